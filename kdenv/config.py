@@ -1,0 +1,90 @@
+"""Configuration: one dataclass per concern, with defaults, saved as YAML beside every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdenv.io import atomic_write
+
+
+@dataclass
+class DataConfig:
+    """Which task and data, and how it is tokenised and split."""
+
+    task: str = "rte"
+    data_dir: str | None = None  # local GLUE folder; None: $KDENV_GLUE_DIR, else the hub
+    max_length: int = 128
+    reward_size: float | int = 0.1  # held out of train for rewards: a fraction, or a count
+    max_reward_examples: int | None = None  # cap on the reward split (cheaper rewards)
+    max_train_examples: int | None = None  # cap on train (proxy budgets)
+    split_seed: int = 0  # fixes the train/reward split, shared by teacher and students
+    cache_tokenization: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning a base model on a task (the teacher). Defaults follow common GLUE practice."""
+
+    model: str = "minilm"  # "minilm" (the packaged all-MiniLM-L6-v2), a hub id, or a local folder
+    epochs: int = 5
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    max_steps: int | None = None  # stop after this many updates (smoke tests); None: full epochs
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Builds a config dataclass, refusing unknown keys (a typo should not silently do nothing)."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def environment_record() -> dict[str, str]:
+    """Versions that affect results, recorded beside every run."""
+    import torch
+    import transformers
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": str(torch.__version__),
+        "transformers": str(transformers.__version__),
+        "command": " ".join(sys.argv),
+    }
+
+
+def save_run_config(path: str | Path, seeds: dict[str, int], **sections: Any) -> Path:
+    """Writes every config section, the seeds and the software versions to one YAML file."""
+    record = {name: to_dict(section) for name, section in sections.items()}
+    record["seeds"] = seeds
+    record["environment"] = environment_record()
+    path = Path(path)
+    with atomic_write(path) as handle:
+        yaml.safe_dump(record, handle, sort_keys=False)
+    return path
+
+
+def load_run_config(path: str | Path, **classes: type) -> dict[str, Any]:
+    """Reads a saved run config back into dataclasses (sections named in ``classes``)."""
+    record = yaml.safe_load(Path(path).read_text())
+    return {name: from_dict(cls, record[name]) for name, cls in classes.items()}

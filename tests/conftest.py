@@ -1,0 +1,86 @@
+"""Shared fixtures: the real GLUE folder, a private runs folder, the packaged tokenizer, tiny BERTs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_GLUE = REPO.parent / "shared" / "data" / "glue"
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    """The real GLUE TSVs. A missing folder fails the tests loudly instead of skipping them."""
+    path = Path(os.environ.get("KDENV_GLUE_DIR") or DEFAULT_GLUE)
+    assert (path / "RTE" / "train.tsv").is_file(), (
+        f"real GLUE data not found at {path}; set KDENV_GLUE_DIR to the GLUE folder"
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_runs_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Every test writes under its own runs folder, never the repository's."""
+    path = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from kdenv.models import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+def tiny_bert(num_labels: int = 2, layers: int = 4, hidden: int = 32, seed: int = 0, **overrides):
+    """A randomly initialised BERT small enough for unit tests, sharing the MiniLM vocabulary size."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=2 * hidden, max_position_embeddings=160, num_labels=num_labels, **overrides,
+    )
+    return BertForSequenceClassification(config)
+
+
+@pytest.fixture
+def tiny_bert_factory():
+    return tiny_bert
+
+
+def toy_task_data(n_train: int = 96, n_eval: int = 32, seed: int = 0, task: str = "rte"):
+    """A learnable toy task with the real data structures: the label says whether token 2000
+    occurs in the sequence. Lengths vary so that padding and bucketing are exercised."""
+    import numpy as np
+
+    from kdenv.data import EncodedSplit, TaskData
+    from kdenv.tasks import get_task
+
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        ids, types, labels = [], [], []
+        for _ in range(n):
+            length = int(rng.integers(6, 20))
+            row = rng.integers(1000, 1999, size=length).astype(np.int32)
+            label = int(rng.integers(0, 2))
+            if label:
+                row[int(rng.integers(1, length - 1))] = 2000
+            row[0], row[-1] = 101, 102
+            ids.append(row)
+            types.append(np.zeros(length, np.int8))
+            labels.append(label)
+        return EncodedSplit(ids, types, np.asarray(labels, np.int64))
+
+    splits = {"train": make(n_train), "reward": make(n_eval), "dev": make(n_eval)}
+    return TaskData(get_task(task), splits, np.arange(n_train), np.arange(n_train, n_train + n_eval), 0)
+
+
+@pytest.fixture
+def toy_data():
+    return toy_task_data()

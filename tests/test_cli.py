@@ -1,0 +1,60 @@
+"""The command-line scripts, run as a user would (tiny models where training is involved)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kdenv.models import save_model
+from kdenv.teacher import load_teacher
+from tests.conftest import REPO
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "agents" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finetune_teacher_help_explains_every_flag():
+    result = subprocess.run([sys.executable, str(REPO / "agents" / "finetune_teacher.py"), "--help"],
+                            capture_output=True, text=True, check=True)
+    for flag in ("--task", "--data-dir", "--model", "--epochs", "--select-on", "--device", "--precision", "--force"):
+        assert flag in result.stdout
+
+
+def test_finetune_teacher_saves_a_reusable_teacher(tmp_path, glue_dir, tokenizer, tiny_bert_factory, capsys, private_runs_dir):
+    base = tmp_path / "tiny_base"
+    save_model(tiny_bert_factory(layers=2), tokenizer, base, {})
+    script = load_script("finetune_teacher")
+    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1",
+            "--max-steps", "3", "--no-progress"]
+    assert script.main(args) == 0
+    saved = private_runs_dir / "teachers" / "wnli"
+    metadata = json.loads((saved / "kdenv.json").read_text())
+    assert metadata["steps"] == 3 and metadata["split_sizes"] == {"train": 571, "reward": 64, "dev": 71}
+    assert "seeds:" in (saved / "config.yaml").read_text()
+    model, _, loaded = load_teacher("wnli")
+    assert model.config.num_hidden_layers == 2 and loaded["dev"] == metadata["dev"]
+    capsys.readouterr()
+    assert script.main(args) == 0  # a second call reuses the teacher
+    assert "already at" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "rtx"], "unknown GLUE task 'rtx'"),
+        (["--task", "rte", "--data-dir", "/nonexistent/glue"], "does not exist; pass --data-dir"),
+        (["--task", "rte", "--model", "./no/such/model"], "does not exist"),
+    ],
+)
+def test_finetune_teacher_bad_input_gives_one_clear_error(args, message, capsys, glue_dir):
+    script = load_script("finetune_teacher")
+    if "--data-dir" not in args:
+        args = args + ["--data-dir", str(glue_dir)]
+    assert script.main(args + ["--no-progress"]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from kdenv.config import DataConfig, FinetuneConfig, from_dict, load_run_config, save_run_config
+from kdenv.io import atomic_write
+from kdenv.runtime import make_runtime, seed_everything
+
+
+def test_cpu_runtime_defaults_to_fp32_and_refuses_fp16():
+    runtime = make_runtime("cpu")
+    assert runtime.device.type == "cpu" and runtime.precision == "fp32"
+    assert runtime.autocast_dtype is None and not runtime.grad_scaler().is_enabled()
+    with pytest.raises(ValueError, match="fp16 mixed precision needs CUDA"):
+        make_runtime("cpu", "fp16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        make_runtime("cpu", "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            make_runtime("cuda")
+    assert make_runtime("cpu", "bf16").autocast_dtype == torch.bfloat16
+
+
+def test_seeding_repeats_random_draws():
+    seed_everything(7)
+    first = torch.rand(3)
+    seed_everything(7)
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_run_config_round_trips_with_seeds_and_versions(tmp_path):
+    data, tune = DataConfig(task="mrpc", reward_size=100), FinetuneConfig(epochs=2)
+    path = save_run_config(tmp_path / "config.yaml", {"train": 3}, data=data, finetune=tune)
+    loaded = load_run_config(path, data=DataConfig, finetune=FinetuneConfig)
+    assert loaded == {"data": data, "finetune": tune}
+    text = path.read_text()
+    assert "seeds:" in text and "torch:" in text
+
+
+def test_unknown_config_keys_are_refused():
+    with pytest.raises(ValueError, match="unknown DataConfig keys \\['taks'\\]"):
+        from_dict(DataConfig, {"taks": "rte"})
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("new, half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
