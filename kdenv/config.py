@@ -46,6 +46,36 @@ class FinetuneConfig:
     max_steps: int | None = None  # stop after this many updates (smoke tests); None: full epochs
 
 
+@dataclass
+class DistillConfig:
+    """Distilling a student from a task's teacher: student shape, optimisation, knowledge losses,
+    and how teacher knowledge is served."""
+
+    student_layers: int = 3  # student built from this many evenly spaced teacher layers
+    student_model: str | None = None  # instead: any pre-trained model with the teacher's vocabulary
+    freeze_embeddings: bool = True  # as in GKD: the student keeps the teacher's embeddings
+    epochs: float = 3.0  # budget of the distill command, in passes over the train split
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    temperature: float = 5.0
+    layer_map: list[list[int]] | None = None  # [[student_layer, teacher_layer], ...]; None: evenly spaced
+    knowledge_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    normalize_losses: bool = True  # divide each loss by a running mean of its magnitude
+    normalizer_momentum: float = 0.9
+    measure_type_grad_norms: bool = True  # per-type gradient norms on each phase's first update
+    restore_on_non_finite: bool = True  # a NaN/inf phase rolls the student back to the phase start
+    teacher_mode: str = "cache"  # "cache" (computed once, reused) or "online" (teacher run every batch)
+    cache_dtype: str = "float16"
+    cache_memory_budget_gb: float = 4.0  # above this the cache is memory-mapped from disk
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

@@ -421,3 +421,47 @@ def padding_savings(lengths: np.ndarray, batches: list[np.ndarray], max_length: 
         "real_tokens": float(lengths.sum()),
         "saving": 1.0 - dynamic / fixed,
     }
+
+
+class BatchStream:
+    """An endless, resumable stream of training batches: epoch after epoch of length-bucketed
+    batches, each epoch reshuffled from (seed, epoch). Its position is part of trainer snapshots."""
+
+    def __init__(self, split: EncodedSplit, pad_token_id: int, batch_size: int, seed: int = 0):
+        self.split, self.pad_token_id, self.batch_size = split, pad_token_id, batch_size
+        self.seed, self.epoch, self.position = seed, 0, 0
+        self._order: list[np.ndarray] | None = None
+        self._lengths = split.lengths
+
+    def _batches(self) -> list[np.ndarray]:
+        if self._order is None:
+            self._order = length_bucketed_batches(
+                self._lengths, self.batch_size, shuffle=True, seed=self.seed * 100_003 + self.epoch
+            )
+        return self._order
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batches = self._batches()
+        if self.position >= len(batches):
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+            batches = self._batches()
+        indices = batches[self.position]
+        self.position += 1
+        return collate(self.split, indices, self.pad_token_id)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._batches())
+
+    def reseed(self, seed: int) -> None:
+        """Starts over from the first epoch with another shuffling seed."""
+        self.seed, self.epoch, self.position, self._order = seed, 0, 0, None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.position, self._order = state["seed"], state["epoch"], state["position"], None
