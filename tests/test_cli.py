@@ -58,3 +58,43 @@ def test_finetune_teacher_bad_input_gives_one_clear_error(args, message, capsys,
         args = args + ["--data-dir", str(glue_dir)]
     assert script.main(args + ["--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path, glue_dir, tokenizer, tiny_bert_factory):
+    """A tiny WNLI teacher saved where the scripts look for it (fine-tuned for 3 steps)."""
+    base = tmp_path / "tiny_base"
+    save_model(tiny_bert_factory(layers=4, attn_implementation="eager"), tokenizer, base, {})
+    assert load_script("finetune_teacher").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1", "--max-steps", "3",
+         "--no-progress"]) == 0
+    return base
+
+
+def test_distill_help_lists_presets_and_flags():
+    result = subprocess.run([sys.executable, str(REPO / "agents" / "distill.py"), "--help"],
+                            capture_output=True, text=True, check=True)
+    for text in ("--knowledge", "gkd-cls", "--teacher-mode", "--epochs", "--no-normalize", "--student-layers"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize("knowledge", ["gkd", "logits=0.5,hidden=1,attention=1,relation=0.5,gradient_cls=1"])
+def test_distill_runs_end_to_end_and_writes_results(knowledge, tiny_teacher, glue_dir, private_runs_dir, tmp_path):
+    out = tmp_path / "run"
+    code = load_script("distill").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", knowledge, "--epochs", "1",
+         "--max-train-examples", "64", "--output-dir", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok" and results["updates"] == 4
+    assert set(results["dev"]) >= {"accuracy", "loss", "agreement"}
+    assert results["student_teacher_ratio"] == pytest.approx(results["dev"]["accuracy"] / results["teacher_dev"]["accuracy"])
+    assert "seeds:" in (out / "config.yaml").read_text()
+    assert list(out.glob("events.out.tfevents.*"))
+    caches = list((private_runs_dir / "cache" / "teacher_knowledge" / "wnli").iterdir())
+    assert any(c.name.startswith("train-") for c in caches)
+
+
+def test_distill_rejects_unknown_knowledge(tiny_teacher, glue_dir, capsys):
+    assert load_script("distill").main(["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "soft", "--no-progress"]) == 2
+    assert "unknown knowledge 'soft'" in capsys.readouterr().err

@@ -181,3 +181,12 @@ def test_non_finite_loss_stops_the_phase_and_restores_the_student(teacher, data)
     assert stats.updates == 1
     assert all(torch.equal(a, b) for a, b in zip(before, parameters(trainer)))
     assert trainer.updates_done == 1  # restored to the phase start
+
+
+def test_gradient_knowledge_works_with_sdpa_attention(data):
+    """Fused SDPA kernels lack double backward; the student's gradient pass must avoid them."""
+    sdpa_teacher = tiny_bert(layers=4, seed=1).eval()
+    assert sdpa_teacher.config._attn_implementation == "sdpa"
+    trainer = make_trainer(sdpa_teacher, data, names=["gradient", "gradient_cls"])
+    stats = trainer.run_phase({"gradient": 1.0, "gradient_cls": 1.0}, 2)
+    assert stats.status == "ok" and stats.grad_norms["gradient"] > 0

@@ -13,6 +13,7 @@ embedding block's output, ``l`` the output of layer ``l``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kdenv.tasks import TaskSpec
 
@@ -281,8 +283,10 @@ class StepContext:
             was_training = self.student.training
             self.student.eval()
             try:
-                context = self.autocast() if self.autocast is not None else _null()
-                with context:
+                context = self.autocast() if self.autocast is not None else contextlib.nullcontext()
+                # Fused SDPA kernels (flash, memory-efficient) have no double backward; the math
+                # kernel does, and matches eager attention.
+                with context, sdpa_kernel(SDPBackend.MATH):
                     self._student_gradients = confidence_gradients(
                         self.student, self.batch, self.task, self.gradient_needs.embedding_gradient,
                         self.gradient_needs.cls_gradient_layers, create_graph=True,
@@ -290,12 +294,6 @@ class StepContext:
             finally:
                 self.student.train(was_training)
         return self._student_gradients
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def normalized_gradient_loss(student_grad: torch.Tensor, teacher_grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
