@@ -76,6 +76,23 @@ class DistillConfig:
     precision: str = "auto"
 
 
+@dataclass
+class EnvConfig:
+    """The knowledge-selection environment: what is offered, how episodes are cut, how rewarded."""
+
+    knowledge: list[str] = dataclasses.field(default_factory=lambda: ["logits", "hidden", "gradient"])
+    base_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"ce": 1.0})  # always on
+    action_space: str = "multibinary"  # "multibinary" (on/off), "box" (weights in [0,1]), "discrete" (2^K subsets)
+    phases: int = 4  # steps per episode
+    updates_per_phase: int = 8
+    reward: str = "metric_gain"  # see kdenv/rewards.py
+    reward_scale: float = 10.0  # metric gains are ~0.01; scaled so returns are O(0.1-1)
+    exploration_bonus: float = 0.0  # count-based bonus (reported apart in info)
+    crash_penalty: float = -1.0  # reward when a phase hits NaN/inf (the episode ends)
+    cls_state: bool = False  # add the teacher's and student's [CLS] vectors (Dict observation)
+    probe_size: int = 16
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

@@ -1,0 +1,308 @@
+"""KnowledgeDistillationEnv: distillation as a Gymnasium environment.
+
+An episode is one distillation run from the same initial student; a step is one phase: the
+action fixes the weight of each offered knowledge type, the trainer runs ``updates_per_phase``
+updates, and the reward split (never GLUE dev) is evaluated for the reward.
+
+Observation (``Box(-1, 1)``, float32), feature by feature (K = number of offered types):
+
+====================  ==========================================================================
+index                 feature
+====================  ==========================================================================
+0                     progress: phases done / phases
+1                     reward-split metric after the last phase
+2                     best reward-split metric so far in the episode
+3                     metric change over the last phase, ×10, clipped
+4                     reward-split loss relative to the initial one (loss / initial − 1), clipped
+5                     loss change over the last phase relative to the initial loss, ×10, clipped
+6                     teacher–student agreement on the reward split (label agreement; corr. for STS-B)
+7                     learning rate / peak learning rate
+8 … 8+K−1             each type's last measured raw loss relative to its first (ratio − 1), clipped
+8+K … 8+2K−1          each type's share of the summed per-type gradient norms in the last phase
+8+2K … 8+3K−1         the previous action's weight of each type
+====================  ==========================================================================
+
+With ``EnvConfig.cls_state`` the observation is a ``Dict`` holding these features under
+``features`` and, as in the knowledge-selection paper, the teacher's and the student's mean
+last-layer [CLS] vectors on a fixed probe batch of reward examples (``teacher_cls``, ``student_cls``,
+squashed by tanh).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from kdenv.config import EnvConfig
+from kdenv.data import collate
+from kdenv.knowledge import KNOWLEDGE_TYPES
+from kdenv.rewards import RewardInput, get_reward
+from kdenv.trainer import StudentTrainer
+from kdenv.training import MODEL_INPUTS, to_device
+
+ACTION_SPACES = ("multibinary", "box", "discrete")
+BASE_FEATURES = 8
+
+
+class WallTime(float):
+    """Seconds on the wall clock. Any two compare equal: determinism checks (gymnasium's
+    ``check_env`` compares ``info`` dicts across identical runs) should judge the computation,
+    not the clock. Otherwise it is a plain float."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WallTime) or float.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = float.__hash__
+
+
+class KnowledgeDistillationEnv(gym.Env):
+    """Each step chooses the knowledge mix of the next distillation phase."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, trainer: StudentTrainer, config: EnvConfig, teacher_probe_cls: np.ndarray | None = None):
+        super().__init__()
+        unknown = [name for name in config.knowledge if name not in trainer.knowledge]
+        if unknown:
+            raise ValueError(f"knowledge {unknown} offered by the environment but not built into the trainer "
+                             f"(trainer has {list(trainer.knowledge)})")
+        if not config.knowledge:
+            raise ValueError("the environment needs at least one knowledge type on offer")
+        if config.action_space not in ACTION_SPACES:
+            raise ValueError(f"unknown action space {config.action_space!r}; choose one of {ACTION_SPACES}")
+        get_reward(config.reward)  # unknown reward names fail here
+        self.trainer, self.config = trainer, config
+        self.knowledge = list(config.knowledge)
+        self.num_types = len(self.knowledge)
+        if config.action_space == "multibinary":
+            self.action_space = spaces.MultiBinary(self.num_types)
+        elif config.action_space == "box":
+            self.action_space = spaces.Box(0.0, 1.0, shape=(self.num_types,), dtype=np.float32)
+        else:
+            self.action_space = spaces.Discrete(2**self.num_types)
+        features = spaces.Box(-1.0, 1.0, shape=(BASE_FEATURES + 3 * self.num_types,), dtype=np.float32)
+        self._probe = None
+        if config.cls_state:
+            if teacher_probe_cls is None:
+                raise ValueError("cls_state needs the teacher's probe [CLS] vector (teacher_probe_cls)")
+            reward_split = trainer.data["reward"]
+            probe = list(range(min(config.probe_size, len(reward_split))))
+            self._probe = collate(reward_split, probe, trainer.data.pad_token_id)
+            self._teacher_cls = np.tanh(np.asarray(teacher_probe_cls, dtype=np.float32))
+            hidden = trainer.student.config.hidden_size
+            self.observation_space = spaces.Dict({
+                "features": features,
+                "teacher_cls": spaces.Box(-1.0, 1.0, shape=self._teacher_cls.shape, dtype=np.float32),
+                "student_cls": spaces.Box(-1.0, 1.0, shape=(hidden,), dtype=np.float32),
+            })
+        else:
+            self.observation_space = features
+        self._reward_fn = get_reward(config.reward)
+        self._initial_snapshot = trainer.snapshot()
+        self._initial_eval = trainer.evaluate("reward")
+        self._peak_lr = trainer.config.learning_rate
+        self._action_counts: Counter = Counter()
+        self.episode_index = -1
+        self._reset_episode_state()
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self.trainer.restore(self._initial_snapshot)
+        self.trainer.reseed(episode_seed)
+        self.episode_index += 1
+        self.episode_seed = episode_seed
+        self._reset_episode_state()
+        return self._observation(), {"episode_seed": episode_seed, "metric": self._metric}
+
+    def step(self, action):
+        weights = self.action_to_weights(action)
+        full_weights = {**self.config.base_weights, **weights}
+        start = time.perf_counter()
+        stats = self.trainer.run_phase(full_weights, self.config.updates_per_phase)
+        self.phase += 1
+        info: dict[str, Any] = {
+            "phase": self.phase, "weights": full_weights, "action_weights": weights, "status": stats.status,
+            "losses": stats.losses, "normalized_losses": stats.normalized_losses, "grad_norms": stats.grad_norms,
+            "learning_rate": stats.learning_rate, "updates": self.trainer.updates_done,
+        }
+        if stats.status != "ok":
+            info.update(crash=stats.message, phase_wall_time_s=WallTime(time.perf_counter() - start),
+                        task_reward=self.config.crash_penalty, exploration_bonus=0.0)
+            self._previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
+            return self._observation(), float(self.config.crash_penalty), True, False, info
+        evaluation = self.trainer.evaluate("reward")
+        terminal = self.phase >= self.config.phases
+        task_reward = self._reward_fn(RewardInput(
+            metric_before=self._metric, metric_after=evaluation[self.trainer.task.primary_metric],
+            loss_before=self._loss, loss_after=evaluation["loss"],
+            metric_initial=self._initial_eval[self.trainer.task.primary_metric], terminal=terminal,
+        )) * self.config.reward_scale
+        bonus = self._exploration_bonus(weights)
+        self._update_state(evaluation, stats, weights)
+        info.update(
+            metric=self._metric, loss=self._loss, agreement=evaluation.get("agreement", 0.0),
+            reward_split=evaluation, task_reward=task_reward, exploration_bonus=bonus,
+            phase_wall_time_s=WallTime(time.perf_counter() - start),
+        )
+        return self._observation(), float(task_reward + bonus), terminal, False, info
+
+    # ------------------------------------------------------------------ actions
+
+    def action_to_weights(self, action) -> dict[str, float]:
+        """The offered types' weights for an action of this environment's action space."""
+        array = np.asarray(action)
+        kind = self.config.action_space
+        if kind == "discrete":
+            if array.size != 1 or not np.issubdtype(array.dtype, np.integer) or not 0 <= int(array) < 2**self.num_types:
+                raise ValueError(f"action {action!r} does not fit Discrete({2**self.num_types}) over {self.knowledge}: "
+                                 f"pass one integer in [0, {2**self.num_types}); bit k switches {self.knowledge[0]}…")
+            index = int(array)
+            return {name: float((index >> k) & 1) for k, name in enumerate(self.knowledge)}
+        if array.shape != (self.num_types,):
+            raise ValueError(f"action of shape {array.shape} does not fit the {self.action_space} action space over "
+                             f"{self.knowledge}: pass a length-{self.num_types} vector")
+        values = array.astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"action {action!r} holds NaN or inf")
+        if kind == "multibinary":
+            if not np.all((values == 0) | (values == 1)):
+                raise ValueError(f"MultiBinary action must hold only 0 and 1, got {action!r}")
+        else:
+            values = np.clip(values, 0.0, 1.0)
+        return {name: float(value) for name, value in zip(self.knowledge, values)}
+
+    def weights_to_action(self, weights: dict[str, float]):
+        """The inverse of :meth:`action_to_weights` (hard spaces round weights at 0.5)."""
+        values = np.array([weights.get(name, 0.0) for name in self.knowledge], dtype=np.float32)
+        if self.config.action_space == "box":
+            return np.clip(values, 0.0, 1.0)
+        bits = (values >= 0.5).astype(np.int8)
+        if self.config.action_space == "multibinary":
+            return bits
+        return int(sum(int(bit) << k for k, bit in enumerate(bits)))
+
+    def _exploration_bonus(self, weights: dict[str, float]) -> float:
+        """Count-based bonus β/√n for the n-th use of a (rounded) action over the env's lifetime."""
+        if self.config.exploration_bonus <= 0:
+            return 0.0
+        key = tuple(round(weights[name], 1) for name in self.knowledge)
+        self._action_counts[key] += 1
+        return self.config.exploration_bonus / math.sqrt(self._action_counts[key])
+
+    # ------------------------------------------------------------------ state and observation
+
+    def _reset_episode_state(self) -> None:
+        metric_name = self.trainer.task.primary_metric
+        self.phase = 0
+        self._metric = self._best = self._initial_eval[metric_name]
+        self._metric_change = 0.0
+        self._loss = self._initial_eval["loss"]
+        self._loss_change = 0.0
+        self._agreement = self._initial_eval.get("agreement", 0.0)
+        self._first_losses: dict[str, float] = {}
+        self._last_losses: dict[str, float] = {}
+        self._grad_share = np.zeros(self.num_types, dtype=np.float32)
+        self._previous_action = np.zeros(self.num_types, dtype=np.float32)
+
+    def _update_state(self, evaluation: dict[str, float], stats, weights: dict[str, float]) -> None:
+        metric = evaluation[self.trainer.task.primary_metric]
+        self._metric_change, self._metric = metric - self._metric, metric
+        self._best = max(self._best, metric)
+        self._loss_change, self._loss = evaluation["loss"] - self._loss, evaluation["loss"]
+        self._agreement = evaluation.get("agreement", 0.0)
+        for name, value in stats.losses.items():
+            self._first_losses.setdefault(name, value)
+            self._last_losses[name] = value
+        norms = np.array([stats.grad_norms.get(name, 0.0) for name in self.knowledge], dtype=np.float64)
+        self._grad_share = (norms / norms.sum() if norms.sum() > 0 else norms).astype(np.float32)
+        self._previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
+
+    def _observation(self):
+        initial_loss = max(self._initial_eval["loss"], 1e-8)
+        loss_ratios = [
+            self._last_losses[name] / max(self._first_losses[name], 1e-8) - 1.0 if name in self._last_losses else 0.0
+            for name in self.knowledge
+        ]
+        lr = self.trainer.scheduler.get_last_lr()[0] / self._peak_lr if self._peak_lr else 0.0
+        features = np.concatenate([
+            [
+                self.phase / self.config.phases, self._metric, self._best, 10 * self._metric_change,
+                self._loss / initial_loss - 1.0, 10 * self._loss_change / initial_loss, self._agreement, lr,
+            ],
+            loss_ratios, self._grad_share, self._previous_action,
+        ])
+        features = np.clip(np.nan_to_num(features), -1.0, 1.0).astype(np.float32)
+        if self._probe is None:
+            return features
+        return {"features": features, "teacher_cls": self._teacher_cls.copy(), "student_cls": self._student_probe_cls()}
+
+    @torch.no_grad()
+    def _student_probe_cls(self) -> np.ndarray:
+        student = self.trainer.student
+        was_training = student.training
+        student.eval()
+        batch = to_device(self._probe, self.trainer.runtime.device)
+        outputs = student(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
+        student.train(was_training)
+        return np.tanh(outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()).astype(np.float32)
+
+
+def make_env(
+    task: str = "rte",
+    env_config: EnvConfig | dict | None = None,
+    data_config=None,
+    distill_config=None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = False,
+) -> KnowledgeDistillationEnv:
+    """Builds the environment for a task: teacher (fine-tuned if missing), cached teacher knowledge,
+    student and trainer, with the learning-rate schedule spanning one episode."""
+    from kdenv.config import DataConfig, DistillConfig
+    from kdenv.distillation import build_distillation
+    from kdenv.runtime import make_runtime
+
+    if isinstance(env_config, dict):
+        env_config = EnvConfig(**env_config)
+    env_config = env_config or EnvConfig()
+    data_config = data_config or DataConfig(task=task, data_dir=data_dir)
+    distill_config = distill_config or DistillConfig(device=device, precision=precision)
+    for name in [*env_config.knowledge, *env_config.base_weights]:
+        if name not in KNOWLEDGE_TYPES:
+            raise ValueError(f"unknown knowledge {name!r}; registered: {', '.join(sorted(KNOWLEDGE_TYPES))}")
+    names = list(dict.fromkeys([*env_config.base_weights, *env_config.knowledge]))
+    runtime = make_runtime(distill_config.device, distill_config.precision)
+    setup = build_distillation(data_config, distill_config, names, runtime,
+                               total_updates=env_config.phases * env_config.updates_per_phase, progress=progress)
+    teacher_cls = None
+    if env_config.cls_state:
+        teacher_cls = teacher_probe_cls(setup, env_config.probe_size, runtime)
+    env = KnowledgeDistillationEnv(setup.trainer, env_config, teacher_probe_cls=teacher_cls)
+    env.distillation = setup
+    return env
+
+
+@torch.no_grad()
+def teacher_probe_cls(setup, probe_size: int, runtime) -> np.ndarray:
+    from kdenv.teacher import load_teacher
+
+    teacher, _, _ = load_teacher(setup.data.task.name)
+    teacher = teacher.to(runtime.device).eval()
+    split = setup.data["reward"]
+    batch = to_device(collate(split, list(range(min(probe_size, len(split)))), setup.data.pad_token_id), runtime.device)
+    outputs = teacher(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
+    return outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()

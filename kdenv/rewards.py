@@ -1,0 +1,60 @@
+"""Reward functions of the environment, by name. Each sees the reward-split evaluation before and
+after a phase (and the episode's first one) and returns a float; none ever sees GLUE dev."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RewardInput:
+    metric_before: float
+    metric_after: float
+    loss_before: float
+    loss_after: float
+    metric_initial: float
+    terminal: bool
+
+
+RewardFn = Callable[[RewardInput], float]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    def add(function: RewardFn) -> RewardFn:
+        REWARDS[name] = function
+        return function
+
+    return add
+
+
+@register_reward("metric_gain")
+def metric_gain(step: RewardInput) -> float:
+    """Change of the task metric on the reward split; the return telescopes to final − initial."""
+    return step.metric_after - step.metric_before
+
+
+@register_reward("loss_decrease")
+def loss_decrease(step: RewardInput) -> float:
+    """Decrease of the reward-split cross-entropy (the knowledge-selection paper's reward)."""
+    return step.loss_before - step.loss_after
+
+
+@register_reward("log_loss")
+def log_loss_decrease(step: RewardInput) -> float:
+    """log(loss before) − log(loss after): scale-free (DACBench's learning-rate control reward)."""
+    return math.log(max(step.loss_before, 1e-12)) - math.log(max(step.loss_after, 1e-12))
+
+
+@register_reward("final_metric")
+def final_metric(step: RewardInput) -> float:
+    """Zero until the last phase, then the episode's metric gain (sparse, terminal only)."""
+    return step.metric_after - step.metric_initial if step.terminal else 0.0
+
+
+def get_reward(name: str) -> RewardFn:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; registered: {', '.join(REWARDS)}")
+    return REWARDS[name]
