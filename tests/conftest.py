@@ -10,6 +10,10 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models run far faster on one thread (and do not stall when another process holds the
+# cores); tests on the real model take all cores through the `all_cores` fixture.
+torch.set_num_threads(1)
 DEFAULT_GLUE = REPO.parent / "shared" / "data" / "glue"
 
 
@@ -29,6 +33,13 @@ def private_runs_dir(tmp_path_factory, monkeypatch) -> Path:
     path = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("KDENV_RUNS_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def all_cores():
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

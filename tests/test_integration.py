@@ -12,7 +12,7 @@ from kdenv.training import evaluate, finetune
 pytestmark = pytest.mark.integration
 
 
-def test_packaged_minilm_fine_tunes_offline_on_real_rte(glue_dir, monkeypatch):
+def test_packaged_minilm_fine_tunes_offline_on_real_rte(glue_dir, monkeypatch, all_cores):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any hub access would now fail
     seed_everything(0)
     tokenizer = load_tokenizer("minilm")
