@@ -51,6 +51,7 @@ class DistillConfig:
     """Distilling a student from a task's teacher: student shape, optimisation, knowledge losses,
     and how teacher knowledge is served."""
 
+    teacher_model: str = "minilm"  # base model fine-tuned into the teacher when none is saved yet
     student_layers: int = 3  # student built from this many evenly spaced teacher layers
     student_model: str | None = None  # instead: any pre-trained model with the teacher's vocabulary
     freeze_embeddings: bool = True  # as in GKD: the student keeps the teacher's embeddings

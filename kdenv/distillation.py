@@ -32,7 +32,8 @@ class Distillation:
     cache_reports: dict[str, str]  # what happened to each cache (valid / rebuilt and why)
 
 
-def ensure_teacher(data_config: DataConfig, runtime: Runtime, progress: bool = True) -> dict[str, Any]:
+def ensure_teacher(data_config: DataConfig, runtime: Runtime, progress: bool = True,
+                   base_model: str = "minilm") -> dict[str, Any]:
     """The task's teacher record, fine-tuning the teacher with default settings if there is none."""
     task = get_task(data_config.task)
     metadata = teacher_metadata(task.name)
@@ -40,7 +41,8 @@ def ensure_teacher(data_config: DataConfig, runtime: Runtime, progress: bool = T
         print(f"no teacher for {task.name} yet: fine-tuning one (saved under runs/teachers/{task.name})")
         teacher_data = DataConfig(task=task.name, data_dir=data_config.data_dir, max_length=data_config.max_length,
                                   reward_size=data_config.reward_size, split_seed=data_config.split_seed)
-        metadata = finetune_teacher(teacher_data, FinetuneConfig(device=str(runtime.device)), runtime, progress=progress)
+        metadata = finetune_teacher(teacher_data, FinetuneConfig(model=base_model, device=str(runtime.device)), runtime,
+                                    progress=progress)
     return metadata
 
 
@@ -77,7 +79,7 @@ def build_distillation(
     if config.teacher_mode not in ("cache", "online"):
         raise ValueError(f"teacher_mode must be 'cache' or 'online', not {config.teacher_mode!r}")
     task = get_task(data_config.task)
-    metadata = ensure_teacher(data_config, runtime, progress)
+    metadata = ensure_teacher(data_config, runtime, progress, base_model=config.teacher_model)
     _check_split_matches_teacher(data_config, metadata)
     needs_eager = any(KNOWLEDGE_TYPES[name].needs_eager_attention for name in knowledge_names)
     attention = "eager" if needs_eager else "sdpa"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -40,6 +41,26 @@ def all_cores():
     torch.set_num_threads(os.cpu_count() or 1)
     yield
     torch.set_num_threads(1)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "agents" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path, glue_dir, tokenizer):
+    """A tiny WNLI teacher saved where the scripts look for it (fine-tuned for 3 steps)."""
+    base = tmp_path / "tiny_base"
+    from kdenv.models import save_model
+
+    save_model(tiny_bert(layers=4, attn_implementation="eager"), tokenizer, base, {})
+    assert load_script("finetune_teacher").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1", "--max-steps", "3",
+         "--no-progress"]) == 0
+    return base
 
 
 @pytest.fixture(scope="session")

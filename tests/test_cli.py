@@ -1,6 +1,5 @@
 """The command-line scripts, run as a user would (tiny models where training is involved)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,14 +8,7 @@ import pytest
 
 from kdenv.models import save_model
 from kdenv.teacher import load_teacher
-from tests.conftest import REPO
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "agents" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import REPO, load_script
 
 
 def test_finetune_teacher_help_explains_every_flag():
@@ -58,17 +50,6 @@ def test_finetune_teacher_bad_input_gives_one_clear_error(args, message, capsys,
         args = args + ["--data-dir", str(glue_dir)]
     assert script.main(args + ["--no-progress"]) == 2
     assert message in capsys.readouterr().err
-
-
-@pytest.fixture
-def tiny_teacher(tmp_path, glue_dir, tokenizer, tiny_bert_factory):
-    """A tiny WNLI teacher saved where the scripts look for it (fine-tuned for 3 steps)."""
-    base = tmp_path / "tiny_base"
-    save_model(tiny_bert_factory(layers=4, attn_implementation="eager"), tokenizer, base, {})
-    assert load_script("finetune_teacher").main(
-        ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1", "--max-steps", "3",
-         "--no-progress"]) == 0
-    return base
 
 
 def test_distill_help_lists_presets_and_flags():

@@ -1,0 +1,113 @@
+"""Fixed knowledge-selection policies: the baselines every learned schedule must beat.
+
+They answer ``predict(observation, state, episode_start, deterministic)`` like a
+stable-baselines3 model, so the same evaluation code runs agents and baselines. A policy reads
+the phase from the observation's progress feature (index 0) and returns an action of the
+environment's action space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdenv.presets import PRESETS
+
+WeightFn = Callable[[int, int, np.random.Generator, list[str]], dict[str, float]]
+
+
+def _all_on(phase, phases, rng, knowledge):
+    return {name: 1.0 for name in knowledge}
+
+
+def _none(phase, phases, rng, knowledge):
+    return {name: 0.0 for name in knowledge}
+
+
+def _random_hard(phase, phases, rng, knowledge):
+    return {name: float(rng.integers(0, 2)) for name in knowledge}
+
+
+def _random_soft(phase, phases, rng, knowledge):
+    return {name: float(rng.uniform()) for name in knowledge}
+
+
+def _progress(phase, phases):
+    return phase / max(phases - 1, 1)
+
+
+def _linear_increase(phase, phases, rng, knowledge):
+    return {name: _progress(phase, phases) for name in knowledge}
+
+
+def _linear_decrease(phase, phases, rng, knowledge):
+    return {name: 1.0 - _progress(phase, phases) for name in knowledge}
+
+
+def _single(kind: str) -> WeightFn:
+    def weights(phase, phases, rng, knowledge):
+        return {name: float(name == kind) for name in knowledge}
+
+    return weights
+
+
+def _recipe(name: str) -> WeightFn:
+    recipe = PRESETS[name]
+
+    def weights(phase, phases, rng, knowledge):
+        # `ce` is the environment's base term unless offered; every other term must be on offer.
+        missing = [k for k, w in recipe.weights.items() if w > 0 and k != "ce" and k not in knowledge]
+        if missing:
+            raise ValueError(f"recipe {name!r} needs knowledge {missing}, which the environment does not offer "
+                             f"({knowledge}); offer them with --knowledge")
+        return {k: float(recipe.weights.get(k, 0.0)) for k in knowledge}
+
+    return weights
+
+
+BASE_POLICIES: dict[str, WeightFn] = {
+    "all": _all_on,
+    "none": _none,
+    "random-hard": _random_hard,
+    "random-soft": _random_soft,
+    "linear-increase": _linear_increase,
+    "linear-decrease": _linear_decrease,
+    **{name: _recipe(name) for name in PRESETS},
+}
+
+
+def policy_names(knowledge: list[str]) -> list[str]:
+    """Every fixed policy available for an environment offering ``knowledge``."""
+    return [*BASE_POLICIES, *(f"only-{name}" for name in knowledge)]
+
+
+@dataclass
+class FixedPolicy:
+    """A fixed schedule over an environment's phases."""
+
+    name: str
+    env: object  # KnowledgeDistillationEnv (duck-typed: knowledge, config, weights_to_action)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.name.startswith("only-"):
+            kind = self.name.removeprefix("only-")
+            if kind not in self.env.knowledge:
+                raise ValueError(f"policy {self.name!r}: {kind!r} is not offered ({self.env.knowledge})")
+            self._weights = _single(kind)
+        elif self.name in BASE_POLICIES:
+            self._weights = BASE_POLICIES[self.name]
+        else:
+            raise ValueError(f"unknown policy {self.name!r}; fixed policies: {', '.join(policy_names(self.env.knowledge))}")
+        self.rng = np.random.default_rng(self.seed)
+        self._weights(0, self.env.config.phases, np.random.default_rng(0), self.env.knowledge)  # fail early
+
+    def weights(self, phase: int) -> dict[str, float]:
+        return self._weights(phase, self.env.config.phases, self.rng, self.env.knowledge)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        features = observation["features"] if isinstance(observation, dict) else observation
+        phase = int(round(float(np.asarray(features)[0]) * self.env.config.phases))
+        return self.env.weights_to_action(self.weights(phase)), state

@@ -1,0 +1,107 @@
+"""Agents and baselines: every algorithm learns a few steps on the tiny environment, fixed
+policies choose what they promise, and the training command works end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kdenv.algorithms import ALGORITHMS, load_hyperparams
+from kdenv.policies import FixedPolicy
+from kdenv.schedules import run_episode
+from kdenv.wrappers import MultiDiscreteOnOff
+from tests.conftest import REPO, load_script
+from tests.test_env import make_tiny_env
+
+SMALL = {  # shrink buffers and batches so that a few environment steps train something
+    "a2c": {"n_steps": 2}, "ppo": {"n_steps": 4, "batch_size": 4, "n_epochs": 1},
+    "trpo": {"n_steps": 4, "batch_size": 4}, "recurrent_ppo": {"n_steps": 4, "batch_size": 4, "n_epochs": 1},
+    "dqn": {"learning_starts": 2, "batch_size": 2}, "sac": {"learning_starts": 2, "batch_size": 2},
+    "td3": {"learning_starts": 2, "batch_size": 2}, "ddpg": {"learning_starts": 2, "batch_size": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_learns_on_its_action_space(name):
+    algorithm = ALGORITHMS[name]
+    env = make_tiny_env(algorithm.action_space)
+    agent_env = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
+    params = load_hyperparams(name)
+    params.update(SMALL[name])
+    policy = params.pop("policy")
+    model = algorithm.load_class()(policy, agent_env, seed=0, **params)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(total_timesteps=8)
+    after = model.policy.state_dict()
+    assert any(not before[k].equal(after[k]) for k in before), f"{name} did not update its policy"
+    record = run_episode(agent_env, model, seed=3, policy_name=name)
+    assert len(record.schedule) == 2 and record.status == "ok"
+
+
+def test_recurrent_ppo_needs_the_wrapper_on_multibinary():
+    env = make_tiny_env("multibinary")
+    wrapped = MultiDiscreteOnOff(env)
+    assert wrapped.action_space.nvec.tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="wraps MultiBinary"):
+        MultiDiscreteOnOff(make_tiny_env("box"))
+
+
+def test_fixed_policies_choose_what_they_promise():
+    env = make_tiny_env("multibinary", phases=3)
+    observation, _ = env.reset(seed=0)
+    assert FixedPolicy("all", env).predict(observation)[0].tolist() == [1, 1, 1]
+    assert FixedPolicy("none", env).predict(observation)[0].tolist() == [0, 0, 0]
+    assert FixedPolicy("only-gradient", env).predict(observation)[0].tolist() == [0, 0, 1]
+    assert FixedPolicy("kd", env).predict(observation)[0].tolist() == [1, 0, 0]  # logits 0.5 rounds on
+    assert FixedPolicy("gkd", env).predict(observation)[0].tolist() == [1, 0, 1]
+    soft = make_tiny_env("box", phases=3)
+    increase = FixedPolicy("linear-increase", soft)
+    record = run_episode(soft, increase, seed=0, policy_name="linear-increase")
+    np.testing.assert_allclose(record.schedule, [[0, 0, 0], [0.5, 0.5, 0.5], [1, 1, 1]])
+    decrease = run_episode(soft, FixedPolicy("linear-decrease", soft), seed=0)
+    np.testing.assert_allclose(decrease.schedule, [[1, 1, 1], [0.5, 0.5, 0.5], [0, 0, 0]])
+    random_soft = run_episode(soft, FixedPolicy("random-soft", soft, seed=4), seed=0).schedule
+    assert random_soft == run_episode(soft, FixedPolicy("random-soft", soft, seed=4), seed=0).schedule
+    with pytest.raises(ValueError, match="needs knowledge \\['gradient_cls'\\]"):
+        FixedPolicy("gkd-cls", env)
+    with pytest.raises(ValueError, match="unknown policy 'best'"):
+        FixedPolicy("best", env)
+
+
+def test_train_a2c_help_runs():
+    result = subprocess.run([sys.executable, str(REPO / "agents" / "train_a2c.py"), "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "A2C" in result.stdout and "--task" in result.stdout and "--algo" not in result.stdout
+    for flag in ("--phases", "--updates-per-phase", "--total-timesteps", "--reward", "--preset", "--hp", "--resume"):
+        assert flag in result.stdout
+
+
+def test_train_command_end_to_end_writes_schedules_to_tensorboard(tiny_teacher, glue_dir, tmp_path):
+    out = tmp_path / "a2c_run"
+    code = load_script("train_a2c").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--phases", "2", "--updates-per-phase", "1",
+         "--total-timesteps", "4", "--max-train-examples", "32", "--max-reward-examples", "16",
+         "--tensorboard-log", str(out), "--no-progress", "--hp", "n_steps=2"], default_algo="a2c")
+    assert code == 0
+    for name in ("agent.zip", "config.yaml", "schedules.json", "schedules.csv", "comparison.json",
+                 "comparison.md", "learned_schedule.png"):
+        assert (out / name).is_file(), name
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [r["policy"] for r in comparison] == ["agent:a2c", "all", "kd"]
+    assert all(r["dev"] is not None and len(r["schedule"]) == 2 for r in comparison)
+    events = EventAccumulator(str(out), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"schedule/logits", "schedule/hidden", "schedule/gradient", "reward/total", "episode/return"} <= set(tags["scalars"])
+    assert "schedule/heatmap" in tags["images"]
+    assert len(events.Scalars("schedule/logits")) == 4  # one per environment step
+    assert list(out.glob("sb3_*/events.out.tfevents.*"))  # SB3's own scalars
+    # A second algorithm runs from the same command without code changes, resuming is possible.
+    resumed = tmp_path / "a2c_resumed"
+    assert load_script("train").main(
+        ["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), "--phases", "2", "--updates-per-phase", "1",
+         "--total-timesteps", "2", "--max-train-examples", "32", "--max-reward-examples", "16", "--baselines", "",
+         "--resume", str(out / "agent.zip"), "--tensorboard-log", str(resumed), "--no-progress"]) == 0
