@@ -50,3 +50,43 @@ def task_metrics(task: TaskSpec, outputs: np.ndarray, labels: np.ndarray) -> dic
     labels = labels.astype(np.int64)
     functions = {"accuracy": accuracy, "f1": f1_binary, "matthews_corr": matthews_corr}
     return {name: functions[name](predictions, labels) for name in task.metrics}
+
+
+# --------------------------------------------------------------------------- teacher–student consistency
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def label_loyalty(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
+    """Share of inputs on which teacher and student predict the same label."""
+    return float(np.mean(np.argmax(teacher_logits, -1) == np.argmax(student_logits, -1)))
+
+
+def probability_loyalty(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
+    """Mean over inputs of 1 − √JSD(p_teacher, p_student), with JSD in bits (so in [0, 1]):
+    1 for identical output distributions, 0 for disjoint ones."""
+    p, q = _softmax(np.asarray(teacher_logits, np.float64)), _softmax(np.asarray(student_logits, np.float64))
+    mixture = 0.5 * (p + q)
+
+    def kl(a, b):
+        return np.sum(np.where(a > 0, a * (np.log2(np.clip(a, 1e-300, None)) - np.log2(np.clip(b, 1e-300, None))), 0.0), -1)
+
+    jsd = np.clip(0.5 * kl(p, mixture) + 0.5 * kl(q, mixture), 0.0, 1.0)
+    return float(np.mean(1.0 - np.sqrt(jsd)))
+
+
+def saliency_loyalty(teacher_saliency: list[np.ndarray], student_saliency: list[np.ndarray]) -> float:
+    """Mean over inputs of the Spearman rank correlation between the teacher's and the student's
+    per-token saliency (1: same token ranking, −1: reversed). Inputs whose saliency is constant
+    for either model (no ranking) count as 0."""
+    values = []
+    for teacher_row, student_row in zip(teacher_saliency, student_saliency):
+        if len(teacher_row) < 2 or np.ptp(teacher_row) == 0 or np.ptp(student_row) == 0:
+            values.append(0.0)
+            continue
+        values.append(float(stats.spearmanr(teacher_row, student_row)[0]))
+    return float(np.mean(values)) if values else 0.0

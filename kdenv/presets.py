@@ -19,7 +19,7 @@ class Recipe:
 # between hard labels and soft logits, as KD's α·T²·KL + (1 − α)·CE does at T = 5.
 PRESETS: dict[str, Recipe] = {
     "kd": Recipe({"ce": 0.5, "logits": 0.5}, description="vanilla KD (Hinton): T=5, alpha=0.5"),
-    "pkd": Recipe({"ce": 0.5, "logits": 0.5, "hidden": 1.0}, {"hidden": {"cls_only": True}},
+    "pkd": Recipe({"ce": 0.5, "logits": 0.5, "hidden_cls": 1.0},
                   description="Patient KD: KD plus normalised [CLS] states at the mapped layers"),
     "gkd": Recipe({"ce": 0.5, "logits": 0.5, "gradient": 1.0},
                   description="Gradient KD: KD plus embedding-gradient alignment"),

@@ -181,3 +181,32 @@ def finetune(
     result.wall_time_s = time.perf_counter() - start
     result.steps = step
     return result
+
+
+def token_saliency(
+    model: torch.nn.Module, split: EncodedSplit, task: TaskSpec, pad_token_id: int, runtime: Runtime,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """Per-token saliency of every example: ‖gradient × input‖₂ over the hidden axis, where the
+    gradient is that of the model's confidence (max softmax probability; the score for regression)
+    w.r.t. the embedding-block output, in eval mode. One array per example (its real tokens)."""
+    from kdenv.knowledge.base import confidence_gradients, encoder_of
+
+    was_training = model.training
+    model.eval()
+    result: list[np.ndarray] = [np.zeros(0)] * len(split)
+    captured = {}
+    handle = encoder_of(model).embeddings.register_forward_hook(
+        lambda _module, _inputs, output: captured.__setitem__("embedding", output.detach()))
+    try:
+        for indices in length_bucketed_batches(split.lengths, batch_size, shuffle=False):
+            batch = to_device(collate(split, indices, pad_token_id), runtime.device)
+            with runtime.autocast():
+                gradient = confidence_gradients(model, batch, task, True, set(), create_graph=False)["grad.embedding"]
+            saliency = (gradient.float() * captured["embedding"].float()).norm(dim=-1).cpu().numpy()
+            for row, example in enumerate(indices):
+                result[example] = saliency[row, : len(split.input_ids[example])]
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def all_cores():
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "agents" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses defined in scripts look their module up
     spec.loader.exec_module(module)
     return module
 

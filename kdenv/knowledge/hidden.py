@@ -60,3 +60,14 @@ class HiddenStates(KnowledgeType):
                 squared = ((student_hidden - teacher_hidden) ** 2 * mask).sum()
                 losses.append(squared / (mask.sum() * teacher_hidden.shape[-1]))
         return torch.stack(losses).mean()
+
+
+@register("hidden_cls")
+class ClsHiddenStates(HiddenStates):
+    """PKD's knowledge as its own type: normalised [CLS] states at the mapped layers."""
+
+    option_names = ()
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        self.cls_only = True

@@ -1,0 +1,63 @@
+"""The evaluation command on a tiny setup: table, plots, resume, and saved agents replaying."""
+
+import json
+
+import numpy as np
+
+from kdenv.config import DataConfig, DistillConfig, EnvConfig
+from kdenv.env import make_env
+from kdenv.schedules import run_episode
+from tests.conftest import load_script
+
+TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
+
+
+def train_tiny_agent(glue_dir, out):
+    assert load_script("train").main(
+        ["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), *TINY, "--total-timesteps", "4",
+         "--tensorboard-log", str(out), "--no-progress", "--hp", "n_steps=2", "--baselines", ""]) == 0
+    return out / "agent.zip"
+
+
+def test_saved_agent_reproduces_its_recorded_schedule(tiny_teacher, glue_dir, tmp_path):
+    agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")
+    recorded = json.loads((tmp_path / "agent_run" / "comparison.json").read_text())[0]
+    evaluate = load_script("evaluate")
+    model, record, _ = evaluate.load_agent(str(agent_path))
+    env = make_env("wnli", EnvConfig(**{k: record["env"][k] for k in ("knowledge", "base_weights", "action_space", "phases", "updates_per_phase")}),
+                   DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16),
+                   DistillConfig())
+    replay = run_episode(env, model, seed=recorded["seed"])
+    assert replay.schedule == recorded["schedule"]
+    assert replay.rewards == recorded["rewards"]
+
+
+def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, tmp_path, monkeypatch):
+    agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")
+    evaluate = load_script("evaluate")
+    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"kd,agent:{agent_path}", "--seeds", "2",
+            *TINY, "--no-progress"]
+    assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval1")]) == 0
+    out = tmp_path / "eval1"
+    for name in ("results.md", "results.csv", "runs.json", "metric_by_policy.png"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("schedule_agent-a2c*.png")) and list(out.glob("events.out.tfevents.*"))
+    runs = json.loads((out / "runs.json").read_text())
+    assert sorted((r["policy"].split("@")[0], r["seed"]) for r in runs) == [("agent:a2c", 0), ("agent:a2c", 1), ("kd", 0), ("kd", 1)]
+    for run in runs:
+        assert 0.0 <= run["label_loyalty"] <= 1.0 and 0.0 <= run["probability_loyalty"] <= 1.0
+        assert -1.0 <= run["saliency_loyalty"] <= 1.0
+    agent_runs = [r for r in runs if r["policy"].startswith("agent")]
+    assert agent_runs[0]["agent_training_s"] > 0
+    table = (out / "results.md").read_text()
+    assert "| kd |" in table and "±" in table and "python agents/evaluate.py" in table
+    kd = [r["dev"]["accuracy"] for r in runs if r["policy"] == "kd"]
+    assert f"{np.mean(kd):.4f}" in table
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setattr(evaluate, "run_episode", must_not_run)
+    monkeypatch.setattr(evaluate, "make_env", must_not_run)
+    assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
+    assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
