@@ -33,7 +33,7 @@ class FinetuneConfig:
     """Fine-tuning a base model on a task (the teacher). Defaults follow common GLUE practice."""
 
     model: str = "minilm"  # "minilm" (the packaged all-MiniLM-L6-v2), a hub id, or a local folder
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 16
     eval_batch_size: int = 64
     learning_rate: float = 5e-5

@@ -29,3 +29,48 @@ def test_packaged_minilm_fine_tunes_offline_on_real_rte(glue_dir, monkeypatch, a
     assert result.steps == 18
     after = evaluate(model, data, "train", runtime)["loss"]
     assert after < before - 0.01, (before, after)
+
+
+def test_a_few_gkd_updates_lower_the_gkd_loss_on_real_rte(glue_dir, all_cores):
+    import torch
+
+    from kdenv.config import DistillConfig
+    from kdenv.data import collate
+    from kdenv.knowledge import StepContext, StudentNeeds
+    from kdenv.models import student_from_teacher
+    from kdenv.presets import PRESETS
+    from kdenv.teacher_cache import OnlineTeacher
+    from kdenv.trainer import StudentTrainer
+
+    rte = get_task("rte")
+    tokenizer = load_tokenizer("minilm")
+    data = load_task_data(DataConfig(task="rte", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16), tokenizer)
+    runtime = make_runtime("cpu")
+    teacher = load_classifier("minilm", rte).eval()
+    weights = PRESETS["gkd"].weights
+    config = DistillConfig(learning_rate=1e-4, warmup_ratio=0.0, normalize_losses=False, measure_type_grad_norms=False)
+    trainer = StudentTrainer(student_from_teacher(teacher, num_layers=3), OnlineTeacher(teacher, rte, runtime), data,
+                             list(weights), config, runtime, 8, teacher.config)
+    batches = [collate(data["train"], list(range(i, i + 16)), data.pad_token_id) for i in (0, 16)]
+    keys = set().union(*(trainer.knowledge[name].teacher_keys() for name in weights))
+
+    def gkd_loss() -> float:
+        trainer.student.eval()  # no dropout: the same number for the same weights
+        total = 0.0
+        for batch in batches:
+            outputs = trainer.student(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                                      attention_mask=batch["attention_mask"])
+            step = StepContext(rte, batch, trainer.student, outputs.logits, None, None,
+                               trainer.teacher_source.batch_outputs(batch, keys),
+                               gradient_needs=StudentNeeds(embedding_gradient=True))
+            total += float(sum(w * trainer.knowledge[name](step) for name, w in weights.items()).detach())
+        trainer.student.train()
+        return total / len(batches)
+
+    before = gkd_loss()
+    stats = trainer.run_phase(weights, 6)
+    after = gkd_loss()
+    assert stats.status == "ok" and stats.losses["gradient"] > 0
+    assert after < before - 0.01, (before, after)
+    assert not torch.equal(trainer.student.bert.encoder.layer[0].attention.self.query.weight,
+                           teacher.bert.encoder.layer[1].attention.self.query.weight)
