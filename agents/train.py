@@ -49,9 +49,9 @@ HYPERPARAMS = Path(__file__).resolve().parent / "hyperparams"
 # Settings for the 2-core CPU default (the whole run in well under 30 minutes) and for a GPU run
 # at the scale of the papers. Command-line flags override either.
 PRESETS = {
-    "cpu": dict(phases=4, updates_per_phase=8, total_timesteps=40, max_reward_examples=128,
+    "cpu": dict(phases=4, updates_per_phase=8, epochs=None, total_timesteps=40, max_reward_examples=128,
                 max_train_examples=None, teacher_model="minilm", student_layers=3),
-    "gpu": dict(phases=10, updates_per_phase=200, total_timesteps=400, max_reward_examples=1000,
+    "gpu": dict(phases=10, updates_per_phase=None, epochs=4.0, total_timesteps=400, max_reward_examples=1000,
                 max_train_examples=None, teacher_model="bert-base-uncased", student_layers=6),
 }
 
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         env_config = EnvConfig(
             knowledge=[name.strip() for name in args.knowledge.split(",") if name.strip()],
             base_weights=_weights(args.base), action_space=algorithm.action_space,
-            phases=pick(args.phases, "phases"), updates_per_phase=pick(args.updates_per_phase, "updates_per_phase"),
+            phases=pick(args.phases, "phases"), updates_per_phase=pick(args.updates_per_phase, "updates_per_phase") or 1,
+            epochs=None if args.updates_per_phase is not None else preset["epochs"],
             reward=args.reward, reward_scale=args.reward_scale, exploration_bonus=args.exploration_bonus,
             cls_state=args.cls_state,
         )

@@ -86,6 +86,7 @@ class EnvConfig:
     action_space: str = "multibinary"  # "multibinary" (on/off), "box" (weights in [0,1]), "discrete" (2^K subsets)
     phases: int = 4  # steps per episode
     updates_per_phase: int = 8
+    epochs: float | None = None  # if set, updates_per_phase is derived: epochs over train / phases
     reward: str = "metric_gain"  # see kdenv/rewards.py
     reward_scale: float = 10.0  # metric gains are ~0.01; scaled so returns are O(0.1-1)
     exploration_bonus: float = 0.0  # count-based bonus (reported apart in info)

@@ -288,6 +288,10 @@ def make_env(
     runtime = make_runtime(distill_config.device, distill_config.precision)
     setup = build_distillation(data_config, distill_config, names, runtime,
                                total_updates=env_config.phases * env_config.updates_per_phase, progress=progress)
+    if env_config.epochs is not None:
+        per_epoch = setup.trainer.stream.batches_per_epoch
+        env_config.updates_per_phase = math.ceil(env_config.epochs * per_epoch / env_config.phases)
+        setup.trainer.set_total_updates(env_config.phases * env_config.updates_per_phase)
     teacher_cls = None
     if env_config.cls_state:
         teacher_cls = teacher_probe_cls(setup, env_config.probe_size, runtime)

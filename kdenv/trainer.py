@@ -163,6 +163,16 @@ class StudentTrainer:
         self.updates_done = 0
         self.compute_calls: dict[str, int] = {name: 0 for name in self.knowledge}  # for tests and profiling
 
+    def set_total_updates(self, total_updates: int) -> None:
+        """Re-plans the learning-rate schedule for a run of ``total_updates`` (before training starts)."""
+        if self.updates_done:
+            raise RuntimeError("the schedule length can only change before the first update")
+        self.total_updates = max(1, total_updates)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        warmup = int(self.config.warmup_ratio * self.total_updates)
+        self.scheduler = linear_warmup_decay(self.optimizer, warmup, self.total_updates)
+
     # ------------------------------------------------------------------ training
 
     def run_phase(

@@ -190,3 +190,15 @@ def test_gradient_knowledge_works_with_sdpa_attention(data):
     trainer = make_trainer(sdpa_teacher, data, names=["gradient", "gradient_cls"])
     stats = trainer.run_phase({"gradient": 1.0, "gradient_cls": 1.0}, 2)
     assert stats.status == "ok" and stats.grad_norms["gradient"] > 0
+
+
+def test_schedule_length_can_be_replanned_before_training(teacher, data):
+    trainer = make_trainer(teacher, data, learning_rate=1e-3, warmup_ratio=0.5)
+    trainer.set_total_updates(4)
+    rates = []
+    for _ in range(4):
+        rates.append(trainer.scheduler.get_last_lr()[0])
+        trainer.run_phase({"ce": 1.0}, 1)
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
+    with pytest.raises(RuntimeError, match="before the first update"):
+        trainer.set_total_updates(10)
