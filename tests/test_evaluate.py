@@ -61,3 +61,17 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     monkeypatch.setattr(evaluate, "make_env", must_not_run)
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
     assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
+
+
+def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_dir, tmp_path):
+    agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")  # trained on WNLI
+    assert load_script("finetune_teacher").main(
+        ["--task", "rte", "--data-dir", str(glue_dir), "--model", str(tiny_teacher), "--epochs", "1",
+         "--max-steps", "2", "--no-progress"]) == 0
+    out = tmp_path / "transfer"
+    assert load_script("evaluate").main(
+        ["--task", "rte", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_path}", "--seeds", "1",
+         *TINY, "--output-dir", str(out), "--no-progress"]) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    assert runs[0]["config"]["task"] == "rte" and runs[0]["policy"].startswith("agent:a2c")
+    assert len(runs[0]["schedule"]) == 2
