@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig, save_run_config, to_dict
 from kdenv.data import DataError
 from kdenv.distillation import build_distillation
@@ -40,7 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
     add("--knowledge", default="kd", help=f"preset ({', '.join(PRESETS)}) or type[=weight] list (default: kd)")
-    add("--data-dir", default=None, help="local GLUE folder; default $KDENV_GLUE_DIR, else the HF hub")
     add("--epochs", type=float, default=distill.epochs, help=f"passes over the train split (default {distill.epochs})")
     add("--eval-every", type=int, default=None, help="updates between reward-split evaluations (default: once per epoch)")
     add("--student-layers", type=int, default=distill.student_layers,
@@ -59,11 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-train-examples", type=int, default=None, help="cap the train split (quick runs)")
     add("--max-length", type=int, default=data.max_length, help=f"maximum tokens per example (default {data.max_length})")
     add("--seed", type=int, default=distill.seed, help=f"seed of student training (default {distill.seed})")
-    add("--device", default=distill.device, help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
-    add("--precision", default=distill.precision, choices=("auto", "fp32", "bf16", "fp16"),
-        help="'auto': bf16/fp16 autocast on CUDA, fp32 on CPU")
     add("--output-dir", default=None, help="run folder (default runs/distill/<task>/<knowledge>_<time>)")
-    add("--no-progress", action="store_true", help="hide progress bars")
+    add_common_arguments(add)
     return parser.parse_args(argv)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from kdenv.algorithms import get_algorithm
+from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, to_dict
 from kdenv.env import make_env
 from kdenv.evaluation import DevScorer
@@ -54,16 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
     add("--policies", default=DEFAULT_POLICIES, help=f"comma list of policies (default {DEFAULT_POLICIES})")
     add("--seeds", type=int, default=3, help="seeds per policy (episode seeds 0..N-1)")
-    add("--data-dir", default=None, help="local GLUE folder; default $KDENV_GLUE_DIR, else the HF hub")
     add("--knowledge", default="logits,hidden,gradient", help="types offered to non-recipe fixed policies")
     add("--phases", type=int, default=4, help="phases per distillation (default 4)")
     add("--updates-per-phase", type=int, default=16, help="student updates per phase (default 16)")
     add("--max-reward-examples", type=int, default=128, help="reward-split cap (phase rewards; dev is never capped)")
     add("--max-train-examples", type=int, default=None, help="cap the train split")
-    add("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
-    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="'auto': bf16/fp16 on CUDA, fp32 on CPU")
     add("--output-dir", default=None, help="default runs/eval/<task>/<time>")
-    add("--no-progress", action="store_true", help="hide progress bars")
+    add_common_arguments(add)
     return parser.parse_args(argv)
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, FinetuneConfig
 from kdenv.data import DataError
 from kdenv.models import ModelError
@@ -28,8 +29,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
-    parser.add_argument("--data-dir", default=None,
-                        help="local GLUE folder (download_glue_data.py layout); default: $KDENV_GLUE_DIR, else the HF hub")
     parser.add_argument("--model", default=tune.model,
                         help="base model: 'minilm' (packaged all-MiniLM-L6-v2, offline), a hub id, or a local folder")
     parser.add_argument("--epochs", type=int, default=tune.epochs, help="passes over the train split")
@@ -45,12 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="split whose metric picks the best epoch; 'reward' keeps GLUE dev for final evaluation only")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many updates (for smoke tests)")
     parser.add_argument("--seed", type=int, default=tune.seed, help="training seed (shuffling, dropout, classifier init)")
-    parser.add_argument("--device", default=tune.device, help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
-    parser.add_argument("--precision", default=tune.precision, choices=("auto", "fp32", "bf16", "fp16"),
-                        help="'auto': bf16/fp16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--output-dir", default=None, help="where to save the teacher; default runs/teachers/<task>")
     parser.add_argument("--force", action="store_true", help="fine-tune again even if a teacher exists")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_common_arguments(parser.add_argument, "hide the progress bar")
     return parser.parse_args(argv)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kdenv.algorithms import ALGORITHMS, get_algorithm, load_hyperparams
+from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, save_run_config
 from kdenv.data import DataError
 from kdenv.env import make_env
@@ -63,7 +64,6 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     if default_algo is None:
         add("--algo", required=True, choices=list(ALGORITHMS), help="RL algorithm")
     add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
-    add("--data-dir", default=None, help="local GLUE folder; default $KDENV_GLUE_DIR, else the HF hub")
     add("--preset", choices=list(PRESETS), default="cpu",
         help="cpu: proxy budget for a 2-core CPU (default); gpu: papers' scale (BERT-base teacher from the hub, "
              "6-layer student, 10 phases x 200 updates)")
@@ -84,10 +84,8 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--seed", type=int, default=0, help="seed of agent training (episode seeds derive from it)")
     add("--eval-seed", type=int, default=1000, help="episode seed of the final comparison (same for every policy)")
     add("--student-seed", type=int, default=DistillConfig.seed, help="seed of the student's initialisation and data order")
-    add("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
-    add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="'auto': bf16/fp16 on CUDA, fp32 on CPU")
     add("--tensorboard-log", default=None, help="run folder (default runs/<task>/<algo>_<time>)")
-    add("--no-progress", action="store_true", help="hide progress bars")
+    add_common_arguments(add)
     args = parser.parse_args(argv)
     if default_algo is not None:
         args.algo = default_algo
