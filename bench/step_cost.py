@@ -57,25 +57,29 @@ def main() -> None:
         sources = {"cached": cache, "online": OnlineTeacher(teacher, task, runtime)}
         mixes = {name: {name: 1.0} for name in TYPES}
         mixes["all (mix)"] = {name: 1.0 for name in TYPES}
-        timings: dict[tuple[str, str], float] = {}
+        trainers, origins = {}, {}
         for source_name, source in sources.items():
             trainer = StudentTrainer(student_from_teacher(teacher, num_layers=3), source, data, TYPES, config, runtime,
                                      1000, teacher.config)
             trainer.run_phase({name: 1.0 for name in TYPES}, 1)  # warm-up (allocations, first-call costs)
-            origin = trainer.snapshot()
-            for mix_name, weights in mixes.items():
-                samples = []
-                for _ in range(args.repeats):
-                    trainer.restore(origin)
+            trainers[source_name], origins[source_name] = trainer, trainer.snapshot()
+        samples: dict[tuple[str, str], list[float]] = {}
+        # Cached and online alternate inside every repeat, so that drift in machine load hits both alike.
+        for mix_name, weights in mixes.items():
+            for _ in range(args.repeats):
+                for source_name, trainer in trainers.items():
+                    trainer.restore(origins[source_name])
                     if runtime.device.type == "cuda":
                         torch.cuda.synchronize()
                     tick = time.perf_counter()
                     trainer.run_phase(weights, args.updates)
                     if runtime.device.type == "cuda":
                         torch.cuda.synchronize()
-                    samples.append((time.perf_counter() - tick) / args.updates)
-                timings[(source_name, mix_name)] = statistics.median(samples)
-                print(f"  {source_name:6s} {mix_name:12s} {timings[(source_name, mix_name)]:.3f} s/update", flush=True)
+                    samples.setdefault((source_name, mix_name), []).append((time.perf_counter() - tick) / args.updates)
+            for source_name in trainers:
+                print(f"  {source_name:6s} {mix_name:12s} {statistics.median(samples[(source_name, mix_name)]):.3f} s/update",
+                      flush=True)
+        timings = {key: statistics.median(values) for key, values in samples.items()}
     baseline = timings[("cached", "ce")]
     lengths = data["train"].lengths
     print(f"\nstep cost on {runtime.describe()}, torch {torch.__version__}, {task.name} batches of {args.batch_size} "
