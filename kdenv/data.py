@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,13 +402,6 @@ def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int) -> dict
         "labels": torch.from_numpy(split.labels[np.asarray(indices, dtype=np.int64)]),
         "example_ids": torch.as_tensor(np.asarray(indices, dtype=np.int64)),
     }
-
-
-def iterate_batches(
-    split: EncodedSplit, pad_token_id: int, batch_size: int, shuffle: bool, seed: int = 0
-) -> Iterator[dict[str, torch.Tensor]]:
-    for indices in length_bucketed_batches(split.lengths, batch_size, shuffle, seed):
-        yield collate(split, indices, pad_token_id)
 
 
 def padding_savings(lengths: np.ndarray, batches: list[np.ndarray], max_length: int) -> dict[str, float]:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from kdenv.io import atomic_directory, atomic_write
@@ -166,7 +165,3 @@ def save_model(
         with atomic_write(tmp / "kdenv.json") as handle:
             json.dump(metadata, handle, indent=2)
     return Path(directory)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

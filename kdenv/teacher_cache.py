@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -247,7 +246,3 @@ class TeacherCache:
                     out[row, :, :length, :length] = torch.from_numpy(block)
             result[name] = out.to(device, non_blocking=True)
         return result
-
-
-def remove_cache(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
