@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 from kdenv.algorithms import get_algorithm
 from kdenv.cli import add_common_arguments
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     envs: dict[tuple, Any] = {}
     scorer = None
     runs: list[dict[str, Any]] = []
+    bar = tqdm(total=len(names) * args.seeds, desc=f"evaluate {task.name}", unit="run", disable=args.no_progress)
     for name in names:
         agent, agent_record, agent_summary = (None, None, {})
         if name.startswith("agent:"):
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             path = cache / f"{label.replace('/', '_').replace(':', '-')}_{tag}_seed{seed}.json"
             if path.is_file():
                 runs.append(json.loads(path.read_text()))
-                print(f"{label} seed {seed}: reused {path.name}")
+                bar.write(f"{label} seed {seed}: reused {path.name}")
+                bar.update(1)
                 continue
             env_key = (tuple(knowledge), action_space, tuple(sorted(base.items())))
             if env_key not in envs:
@@ -151,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_write(path) as handle:
                 json.dump(result, handle, indent=2)
             runs.append(result)
-            print(f"{label} seed {seed}: dev {task.primary_metric} {scores['metrics'][task.primary_metric]:.4f} "
-                  f"({record.wall_time_s:.0f} s)")
+            bar.write(f"{label} seed {seed}: dev {task.primary_metric} {scores['metrics'][task.primary_metric]:.4f} "
+                      f"({record.wall_time_s:.0f} s)")
+            bar.update(1)
+    bar.close()
     write_report(out, task, runs, args)
     return 0
 
