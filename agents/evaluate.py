@@ -44,7 +44,6 @@ from kdenv.presets import PRESETS
 from kdenv.runtime import quiet_transformers
 from kdenv.schedules import heatmap_png, run_episode
 from kdenv.tasks import TASKS, get_task
-from kdenv.teacher import load_teacher
 from kdenv.wrappers import MultiDiscreteOnOff
 
 DEFAULT_POLICIES = "kd,gkd,gkd-cls,pkd,all,none,random-hard,random-soft"
@@ -134,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 envs[env_key] = make_env(task.name, env_config, data_config, distill_config, progress=not args.no_progress)
             env = envs[env_key]
             if scorer is None:
-                teacher, _, _ = load_teacher(task.name)
-                scorer = DevScorer(teacher, env.trainer)
+                scorer = DevScorer(env.distillation.teacher, env.trainer)
             if agent is not None:
                 acting_env = MultiDiscreteOnOff(env) if get_algorithm(agent_record["agent"]["algo"]).wrap_multidiscrete else env
                 policy = agent

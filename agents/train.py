@@ -39,6 +39,7 @@ from kdenv.knowledge import KnowledgeError
 from kdenv.models import ModelError
 from kdenv.paths import runs_dir
 from kdenv.policies import FixedPolicy
+from kdenv.presets import parse_knowledge
 from kdenv.rewards import REWARDS
 from kdenv.runtime import quiet_transformers
 from kdenv.schedules import heatmap_png, run_episode, save_records
@@ -92,14 +93,6 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     return args
 
 
-def _weights(spec: str) -> dict[str, float]:
-    result = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, value = item.partition("=")
-        result[name.strip()] = float(value) if value else 1.0
-    return result
-
-
 def main(argv: list[str] | None = None, default_algo: str | None = None, description: str | None = None) -> int:
     args = parse_args(argv, default_algo, description)
     quiet_transformers()
@@ -111,7 +104,7 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         hyperparams = load_hyperparams(algorithm.name, args.hp, HYPERPARAMS)
         env_config = EnvConfig(
             knowledge=[name.strip() for name in args.knowledge.split(",") if name.strip()],
-            base_weights=_weights(args.base), action_space=algorithm.action_space,
+            base_weights=parse_knowledge(args.base).weights if args.base.strip() else {}, action_space=algorithm.action_space,
             phases=pick(args.phases, "phases"), updates_per_phase=pick(args.updates_per_phase, "updates_per_phase") or 1,
             epochs=None if args.updates_per_phase is not None else preset["epochs"],
             reward=args.reward, reward_scale=args.reward_scale, exploration_bonus=args.exploration_bonus,

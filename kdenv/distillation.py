@@ -30,6 +30,7 @@ class Distillation:
     teacher_metadata: dict[str, Any]
     teacher_scores: dict[str, dict[str, float]]  # split -> the teacher's metrics
     cache_reports: dict[str, str]  # what happened to each cache (valid / rebuilt and why)
+    teacher: Any  # the loaded teacher model (frozen), for anything that needs more of it later
 
 
 def ensure_teacher(data_config: DataConfig, runtime: Runtime, progress: bool = True,
@@ -120,4 +121,4 @@ def build_distillation(
     teacher_scores = {
         split: task_metrics(task, logits, data[split].labels) for split, logits in eval_logits.items()
     }
-    return Distillation(trainer, data, metadata, teacher_scores, reports)
+    return Distillation(trainer, data, metadata, teacher_scores, reports, teacher)

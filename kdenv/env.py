@@ -302,10 +302,7 @@ def make_env(
 
 @torch.no_grad()
 def teacher_probe_cls(setup, probe_size: int, runtime) -> np.ndarray:
-    from kdenv.teacher import load_teacher
-
-    teacher, _, _ = load_teacher(setup.data.task.name)
-    teacher = teacher.to(runtime.device).eval()
+    teacher = setup.teacher.to(runtime.device).eval()
     split = setup.data["reward"]
     batch = to_device(collate(split, list(range(min(probe_size, len(split)))), setup.data.pad_token_id), runtime.device)
     outputs = teacher(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)

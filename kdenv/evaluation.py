@@ -22,7 +22,10 @@ class DevScorer:
         self.data = data[split]
         self.pad_token_id = data.pad_token_id
         teacher = teacher.to(self.runtime.device)
-        self.teacher_logits = predict(teacher, self.data, self.pad_token_id, self.runtime)
+        # The trainer holds the teacher's logits for every evaluation split (from the teacher cache).
+        self.teacher_logits = trainer.eval_teacher_logits.get(split)
+        if self.teacher_logits is None:
+            self.teacher_logits = predict(teacher, self.data, self.pad_token_id, self.runtime)
         self.teacher_saliency = token_saliency(teacher, self.data, self.task, self.pad_token_id, self.runtime)
         self.teacher_metrics = task_metrics(self.task, self.teacher_logits, self.data.labels)
 

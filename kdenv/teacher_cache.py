@@ -36,13 +36,19 @@ class TeacherSource(Protocol):
     def batch_outputs(self, batch: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.Tensor]: ...
 
 
+def frozen(teacher: nn.Module, runtime: Runtime) -> nn.Module:
+    """The teacher on the runtime's device, in eval mode, with no parameter requiring gradients."""
+    teacher = teacher.to(runtime.device).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
 class OnlineTeacher:
     """Runs the teacher on each batch (no cache)."""
 
     def __init__(self, teacher: nn.Module, task: TaskSpec, runtime: Runtime):
-        self.teacher, self.task, self.runtime = teacher.to(runtime.device).eval(), task, runtime
-        for parameter in self.teacher.parameters():
-            parameter.requires_grad_(False)
+        self.teacher, self.task, self.runtime = frozen(teacher, runtime), task, runtime
 
     def batch_outputs(self, batch: dict[str, torch.Tensor], keys: set[str]) -> dict[str, torch.Tensor]:
         if not keys:
@@ -167,9 +173,7 @@ class TeacherCache:
 
     @staticmethod
     def _build(directory, key, teacher, task, split, keys, runtime, pad_token_id, dtype, batch_size, progress):
-        teacher = teacher.to(runtime.device).eval()
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
+        teacher = frozen(teacher, runtime)
         storage = STORAGE_DTYPES[dtype]
         lengths = split.lengths
         token_offsets = np.concatenate([[0], np.cumsum(lengths)])
