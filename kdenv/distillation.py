@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kdenv.config import DataConfig, DistillConfig, FinetuneConfig
-from kdenv.data import TaskData, load_task_data
+from kdenv.data import EncodedSplit, TaskData, load_task_data
 from kdenv.knowledge import KNOWLEDGE_TYPES, KnowledgeError
 from kdenv.metrics import task_metrics
 from kdenv.models import check_same_vocabulary, load_classifier, load_tokenizer, student_from_teacher
@@ -19,7 +19,7 @@ from kdenv.paths import cache_dir
 from kdenv.runtime import Runtime, seed_everything
 from kdenv.tasks import get_task
 from kdenv.teacher import finetune_teacher, load_teacher, teacher_metadata
-from kdenv.teacher_cache import OnlineTeacher, TeacherCache
+from kdenv.teacher_cache import OnlineTeacher, TeacherCache, model_fingerprint, split_fingerprint
 from kdenv.trainer import StudentTrainer, build_knowledge_modules
 
 
@@ -59,9 +59,11 @@ def _check_split_matches_teacher(data_config: DataConfig, metadata: dict[str, An
             )
 
 
-def _cache_directory(task: str, split: str, keys: set[str], dtype: str) -> Any:
-    tag = hashlib.sha256(json.dumps([sorted(keys), dtype]).encode()).hexdigest()[:10]
-    return cache_dir() / "teacher_knowledge" / task / f"{split}-{tag}"
+def _cache_directory(task: str, split_name: str, split: EncodedSplit, keys: set[str], dtype: str) -> Any:
+    """One folder per (split contents, knowledge, dtype): runs that cap a split differently (e.g.
+    another reward-split size) get their own cache instead of rebuilding a shared one in place."""
+    tag = hashlib.sha256(json.dumps([sorted(keys), dtype, split_fingerprint(split)]).encode()).hexdigest()[:10]
+    return cache_dir() / "teacher_knowledge" / task / f"{split_name}-{tag}"
 
 
 def build_distillation(
@@ -98,18 +100,20 @@ def build_distillation(
     reports: dict[str, str] = {}
     budget = int(config.cache_memory_budget_gb * (1 << 30))
     eval_logits: dict[str, np.ndarray] = {}
+    fingerprint = model_fingerprint(teacher)
     for split in [name for name in data.splits if name != "train"]:
         cache = TeacherCache.open(
-            _cache_directory(task.name, split, {"logits"}, "float32"), teacher, task, data[split], {"logits"},
-            runtime, data.pad_token_id, dtype="float32", memory_budget_bytes=budget, progress=progress,
+            _cache_directory(task.name, split, data[split], {"logits"}, "float32"), teacher, task, data[split],
+            {"logits"}, runtime, data.pad_token_id, dtype="float32", memory_budget_bytes=budget, progress=progress,
+            teacher_fingerprint=fingerprint,
         )
         eval_logits[split] = np.asarray(cache.arrays["logits"])
         reports[split] = cache.info.reason
     if config.teacher_mode == "cache" and train_keys:
         source = TeacherCache.open(
-            _cache_directory(task.name, "train", train_keys, config.cache_dtype), teacher, task, data["train"],
-            train_keys, runtime, data.pad_token_id, dtype=config.cache_dtype, memory_budget_bytes=budget,
-            progress=progress,
+            _cache_directory(task.name, "train", data["train"], train_keys, config.cache_dtype), teacher, task,
+            data["train"], train_keys, runtime, data.pad_token_id, dtype=config.cache_dtype,
+            memory_budget_bytes=budget, progress=progress, teacher_fingerprint=fingerprint,
         )
         reports["train"] = f"{source.info.reason}, {source.info.bytes / 1e6:.0f} MB" + (
             ", memory-mapped" if source.info.memory_mapped else "")

@@ -126,14 +126,17 @@ class TeacherCache:
         memory_budget_bytes: int = 4 << 30,
         batch_size: int = 32,
         progress: bool = True,
+        teacher_fingerprint: str | None = None,
     ) -> TeacherCache:
-        """Loads the cache in ``directory`` if it matches and is intact, else (re)builds it."""
+        """Loads the cache in ``directory`` if it matches and is intact, else (re)builds it.
+        ``teacher_fingerprint``: ``model_fingerprint(teacher)`` when the caller already has it
+        (hashing the weights costs a pass over them; several caches of one teacher share it)."""
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"cache dtype must be one of {list(STORAGE_DTYPES)}, not {dtype!r}")
         parse_teacher_keys(keys)  # unknown names fail before any work
         key = {
             "format": CACHE_FORMAT,
-            "teacher": model_fingerprint(teacher),
+            "teacher": teacher_fingerprint or model_fingerprint(teacher),
             "task": task.name,
             "data": split_fingerprint(split),
             "examples": len(split),

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdenv.config import DistillConfig
+from kdenv.config import DataConfig, DistillConfig
+from kdenv.distillation import build_distillation
 from kdenv.knowledge import KnowledgeError
 from kdenv.models import student_from_teacher
 from kdenv.runtime import make_runtime
@@ -77,6 +78,18 @@ def test_cache_is_reused_and_a_stale_or_corrupt_one_rebuilt(teacher, data, tmp_p
     # Stored without padding: one row per real token.
     assert mapped.arrays["grad.embedding"].shape == (int(data["train"].lengths.sum()), 32)
     assert mapped.arrays["grad.embedding"].dtype == np.float16
+
+
+def test_splits_capped_differently_keep_their_own_teacher_caches(tiny_teacher, glue_dir, private_runs_dir):
+    def reward_cache(cap):
+        data_config = DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=cap)
+        return build_distillation(data_config, DistillConfig(), ["logits"], RUNTIME, progress=False).cache_reports["reward"]
+
+    assert reward_cache(16) == "missing"
+    assert reward_cache(24) == "missing"  # its own folder, not a rebuild of the 16-example cache
+    assert reward_cache(16) == "valid"
+    folders = [path.name for path in (private_runs_dir / "cache" / "teacher_knowledge" / "wnli").iterdir()]
+    assert len([name for name in folders if name.startswith("reward-")]) == 2
 
 
 def test_snapshot_restore_repeats_training_exactly(teacher, data):
