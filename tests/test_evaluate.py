@@ -1,8 +1,10 @@
 """The evaluation command on a tiny setup: table, plots, resume, and saved agents replaying."""
 
+import csv
 import json
 
 import numpy as np
+import pytest
 
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
 from kdenv.env import make_env
@@ -53,6 +55,13 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     assert "| kd |" in table and "±" in table and "python agents/evaluate.py" in table
     kd = [r["dev"]["accuracy"] for r in runs if r["policy"] == "kd"]
     assert f"{np.mean(kd):.4f}" in table
+    agent_mean = np.mean([r["dev"]["accuracy"] for r in agent_runs])
+    agent_row = next(line for line in table.splitlines() if line.startswith("| agent:"))
+    assert agent_row.rstrip(" |").endswith(f"{agent_mean - np.mean(kd):+.4f}")  # gain over the only fixed policy
+    with open(out / "results.csv", newline="") as handle:
+        rows = {row["policy"]: row for row in csv.DictReader(handle)}
+    assert rows["kd"]["gain_vs_best_fixed"] == ""
+    assert float(rows[agent_runs[0]["policy"]]["gain_vs_best_fixed"]) == pytest.approx(agent_mean - np.mean(kd))
 
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was recomputed")
