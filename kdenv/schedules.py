@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +77,15 @@ def heatmap_figure(schedule: np.ndarray, knowledge: list[str], title: str = ""):
     import matplotlib.pyplot as plt
 
     schedule = np.asarray(schedule, dtype=np.float32).reshape(-1, len(knowledge))
-    figure, axis = plt.subplots(figsize=(1.2 + 0.5 * schedule.shape[0], 0.8 + 0.45 * len(knowledge)))
+    width = 1.2 + 0.5 * schedule.shape[0]
+    lines = textwrap.wrap(title, width=int(width * 11)) if title else []  # ~11 characters per inch at 9 pt
+    figure, axis = plt.subplots(figsize=(width, 0.8 + 0.45 * len(knowledge) + 0.15 * len(lines)))
     image = axis.imshow(schedule.T, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     axis.set_yticks(range(len(knowledge)), knowledge)
     axis.set_xticks(range(schedule.shape[0]), [str(i + 1) for i in range(schedule.shape[0])])
     axis.set_xlabel("phase")
-    if title:
-        axis.set_title(title, fontsize=9)
+    if lines:
+        axis.set_title("\n".join(lines), fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.05)
     figure.tight_layout()
     return figure
