@@ -174,11 +174,11 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
     distill_seconds = np.mean([r["wall_time_s"] for r in runs]) if runs else float("nan")
     rows, csv_rows = [], [["policy", "seeds", f"{metric}_mean", f"{metric}_std", "teacher", "ratio", "label_loyalty",
                            "probability_loyalty", "saliency_loyalty", "wall_time_s", "agent_cost_in_runs",
-                           "gain_vs_best_fixed"]]
+                           "gain_vs_best_baseline"]]
     writer = SummaryWriter(str(out))
-    fixed_means = {policy: float(np.mean([r["dev"][metric] for r in runs if r["policy"] == policy]))
+    baseline_means = {policy: float(np.mean([r["dev"][metric] for r in runs if r["policy"] == policy]))
                    for policy in policies if not policy.startswith("agent:")}
-    best_fixed = max(fixed_means, key=fixed_means.get) if fixed_means else None
+    best_baseline = max(baseline_means, key=baseline_means.get) if baseline_means else None
     means, stds = [], []
     for index, policy in enumerate(policies):
         group = [r for r in runs if r["policy"] == policy]
@@ -190,8 +190,8 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
         wall = float(np.mean([r["wall_time_s"] for r in group]))
         cost = group[0].get("agent_training_s")
         cost_runs = cost / distill_seconds if cost else None
-        # What the agent's training bought: its mean against the best fixed policy in this table.
-        gain = mean - fixed_means[best_fixed] if policy.startswith("agent:") and best_fixed else None
+        # What the agent's training bought: its mean against the best non-agent policy in this table.
+        gain = mean - baseline_means[best_baseline] if policy.startswith("agent:") and best_baseline else None
         rows.append(f"| {policy} | {mean:.4f} ± {std:.4f} | {mean / teacher:.3f} | {loyalty['label_loyalty']:.3f} | "
                     f"{loyalty['probability_loyalty']:.3f} | {loyalty['saliency_loyalty']:.3f} | {wall:.0f} | "
                     f"{'' if cost_runs is None else f'{cost_runs:.1f}'} | {'' if gain is None else f'{gain:+.4f}'} |")
@@ -211,14 +211,14 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
 
             writer.add_image(f"schedule/{policy}", np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), 0, dataformats="HWC")
     header = (f"| policy | dev {metric} (mean ± std, {args.seeds} seeds) | / teacher | label loyalty | probability loyalty | "
-              f"saliency loyalty | s per run | agent training (× one run) | gain vs best fixed |\n"
+              f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline |\n"
               f"|---|---|---|---|---|---|---|---|---|")
     command = "python agents/evaluate.py " + " ".join(sys.argv[1:])
     table = (f"Task {task.name}; teacher dev {metric} {teacher:.4f}; budget {args.phases} phases × "
              f"{args.updates_per_phase} updates; command: `{command}`\n\n{header}\n" + "\n".join(rows) + "\n")
-    if best_fixed:
+    if best_baseline:
         table += (f"\nAgent training: wall time divided by the mean of one distillation run here ({distill_seconds:.1f} s). "
-                  f"Gain: agent mean minus the best fixed policy's mean ({best_fixed}, {fixed_means[best_fixed]:.4f}).\n")
+                  f"Gain: agent mean minus the best non-agent policy's mean ({best_baseline}, {baseline_means[best_baseline]:.4f}).\n")
     print(table)
     with atomic_write(out / "results.md") as handle:
         handle.write(table)
