@@ -36,7 +36,7 @@ from kdenv.algorithms import get_algorithm
 from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, to_dict
 from kdenv.env import make_env
-from kdenv.evaluation import DevScorer
+from kdenv.evaluation import DevScorer, paired_difference
 from kdenv.io import atomic_write
 from kdenv.paths import runs_dir
 from kdenv.policies import FixedPolicy
@@ -174,10 +174,11 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
     distill_seconds = np.mean([r["wall_time_s"] for r in runs]) if runs else float("nan")
     rows, csv_rows = [], [["policy", "seeds", f"{metric}_mean", f"{metric}_std", "teacher", "ratio", "label_loyalty",
                            "probability_loyalty", "saliency_loyalty", "wall_time_s", "agent_cost_in_runs",
-                           "gain_vs_best_baseline"]]
+                           "gain_vs_best_baseline", "gain_std"]]
     writer = SummaryWriter(str(out))
-    baseline_means = {policy: float(np.mean([r["dev"][metric] for r in runs if r["policy"] == policy]))
-                   for policy in policies if not policy.startswith("agent:")}
+    by_seed = {policy: {r["seed"]: r["dev"][metric] for r in runs if r["policy"] == policy} for policy in policies}
+    baseline_means = {policy: float(np.mean(list(by_seed[policy].values())))
+                      for policy in policies if not policy.startswith("agent:")}
     best_baseline = max(baseline_means, key=baseline_means.get) if baseline_means else None
     means, stds = [], []
     for index, policy in enumerate(policies):
@@ -190,13 +191,15 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
         wall = float(np.mean([r["wall_time_s"] for r in group]))
         cost = group[0].get("agent_training_s")
         cost_runs = cost / distill_seconds if cost else None
-        # What the agent's training bought: its mean against the best non-agent policy in this table.
-        gain = mean - baseline_means[best_baseline] if policy.startswith("agent:") and best_baseline else None
+        # What the agent's training bought: its score minus the best non-agent policy's, seed by seed.
+        gain, gain_std = (paired_difference(by_seed[policy], by_seed[best_baseline])
+                          if policy.startswith("agent:") and best_baseline else (None, None))
         rows.append(f"| {policy} | {mean:.4f} ± {std:.4f} | {mean / teacher:.3f} | {loyalty['label_loyalty']:.3f} | "
                     f"{loyalty['probability_loyalty']:.3f} | {loyalty['saliency_loyalty']:.3f} | {wall:.0f} | "
-                    f"{'' if cost_runs is None else f'{cost_runs:.1f}'} | {'' if gain is None else f'{gain:+.4f}'} |")
+                    f"{'' if cost_runs is None else f'{cost_runs:.1f}'} | "
+                    f"{'' if gain is None else f'{gain:+.4f} ± {gain_std:.4f}'} |")
         csv_rows.append([policy, len(group), mean, std, teacher, mean / teacher, loyalty["label_loyalty"],
-                         loyalty["probability_loyalty"], loyalty["saliency_loyalty"], wall, cost_runs, gain])
+                         loyalty["probability_loyalty"], loyalty["saliency_loyalty"], wall, cost_runs, gain, gain_std])
         writer.add_scalar(f"dev_{metric}/mean", mean, index)
         for r in group:
             writer.add_scalar(f"dev_{metric}/{policy}", r["dev"][metric], r["seed"])
@@ -211,14 +214,15 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
 
             writer.add_image(f"schedule/{policy}", np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), 0, dataformats="HWC")
     header = (f"| policy | dev {metric} (mean ± std, {args.seeds} seeds) | / teacher | label loyalty | probability loyalty | "
-              f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline |\n"
+              f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline (paired) |\n"
               f"|---|---|---|---|---|---|---|---|---|")
     command = "python agents/evaluate.py " + " ".join(sys.argv[1:])
     table = (f"Task {task.name}; teacher dev {metric} {teacher:.4f}; budget {args.phases} phases × "
              f"{args.updates_per_phase} updates; command: `{command}`\n\n{header}\n" + "\n".join(rows) + "\n")
     if best_baseline:
         table += (f"\nAgent training: wall time divided by the mean of one distillation run here ({distill_seconds:.1f} s). "
-                  f"Gain: agent mean minus the best non-agent policy's mean ({best_baseline}, {baseline_means[best_baseline]:.4f}).\n")
+                  f"Gain: agent minus the best non-agent policy ({best_baseline}, {baseline_means[best_baseline]:.4f}), "
+                  f"mean ± std of the per-seed differences.\n")
     print(table)
     with atomic_write(out / "results.md") as handle:
         handle.write(table)

@@ -56,12 +56,17 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     kd = [r["dev"]["accuracy"] for r in runs if r["policy"] == "kd"]
     assert f"{np.mean(kd):.4f}" in table
     agent_mean = np.mean([r["dev"]["accuracy"] for r in agent_runs])
+    agent_by_seed = {r["seed"]: r["dev"]["accuracy"] for r in agent_runs}
+    kd_by_seed = {r["seed"]: r["dev"]["accuracy"] for r in runs if r["policy"] == "kd"}
+    differences = [agent_by_seed[seed] - kd_by_seed[seed] for seed in (0, 1)]
     agent_row = next(line for line in table.splitlines() if line.startswith("| agent:"))
-    assert agent_row.rstrip(" |").endswith(f"{agent_mean - np.mean(kd):+.4f}")  # gain over the only fixed policy
+    # The gain over the only baseline, paired by seed.
+    assert agent_row.rstrip(" |").endswith(f"{np.mean(differences):+.4f} ± {np.std(differences, ddof=1):.4f}")
     with open(out / "results.csv", newline="") as handle:
         rows = {row["policy"]: row for row in csv.DictReader(handle)}
     assert rows["kd"]["gain_vs_best_baseline"] == ""
     assert float(rows[agent_runs[0]["policy"]]["gain_vs_best_baseline"]) == pytest.approx(agent_mean - np.mean(kd))
+    assert float(rows[agent_runs[0]["policy"]]["gain_std"]) == pytest.approx(np.std(differences, ddof=1))
 
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was recomputed")
