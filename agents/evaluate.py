@@ -194,8 +194,9 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
         # What the agent's training bought: its score minus the best non-agent policy's, seed by seed.
         gain, gain_std = (paired_difference(by_seed[policy], by_seed[best_baseline])
                           if policy.startswith("agent:") and best_baseline else (None, None))
-        rows.append(f"| {policy} | {mean:.4f} ± {std:.4f} | {mean / teacher:.3f} | {loyalty['label_loyalty']:.3f} | "
-                    f"{loyalty['probability_loyalty']:.3f} | {loyalty['saliency_loyalty']:.3f} | {wall:.0f} | "
+        shown = {k: "n/a" if np.isnan(v) else f"{v:.3f}" for k, v in loyalty.items()}  # n/a: regression has no distribution
+        rows.append(f"| {policy} | {mean:.4f} ± {std:.4f} | {mean / teacher:.3f} | {shown['label_loyalty']} | "
+                    f"{shown['probability_loyalty']} | {shown['saliency_loyalty']} | {wall:.0f} | "
                     f"{'' if cost_runs is None else f'{cost_runs:.1f}'} | "
                     f"{'' if gain is None else f'{gain:+.4f} ± {gain_std:.4f}'} |")
         csv_rows.append([policy, len(group), mean, std, teacher, mean / teacher, loyalty["label_loyalty"],
