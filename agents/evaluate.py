@@ -21,6 +21,7 @@ when the same policy, seed and configuration come again, so a killed evaluation 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import sys
@@ -42,7 +43,7 @@ from kdenv.paths import runs_dir
 from kdenv.policies import FixedPolicy
 from kdenv.presets import PRESETS
 from kdenv.runtime import quiet_transformers
-from kdenv.schedules import heatmap_png, run_episode
+from kdenv.schedules import heatmap_png, png_array, run_episode
 from kdenv.tasks import TASKS, get_task
 from kdenv.wrappers import MultiDiscreteOnOff
 
@@ -183,7 +184,7 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
     means, stds = [], []
     for index, policy in enumerate(policies):
         group = [r for r in runs if r["policy"] == policy]
-        values = np.array([r["dev"][metric] for r in group])
+        values = np.array(list(by_seed[policy].values()))
         mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
         means.append(mean)
         stds.append(std)
@@ -209,11 +210,7 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
             png = heatmap_png(schedule, group[0]["knowledge"], f"{policy}: mean schedule over {len(group)} seeds")
             with atomic_write(out / f"schedule_{policy.replace(':', '-').replace('/', '_')}.png", "wb") as handle:
                 handle.write(png)
-            import io
-
-            from PIL import Image
-
-            writer.add_image(f"schedule/{policy}", np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), 0, dataformats="HWC")
+            writer.add_image(f"schedule/{policy}", png_array(png), 0, dataformats="HWC")
     header = (f"| policy | dev {metric} (mean ± std, {args.seeds} seeds) | / teacher | label loyalty | probability loyalty | "
               f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline (paired) |\n"
               f"|---|---|---|---|---|---|---|---|---|")
@@ -227,8 +224,6 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
     print(table)
     with atomic_write(out / "results.md") as handle:
         handle.write(table)
-    import csv
-
     with atomic_write(out / "results.csv", newline="") as handle:
         csv.writer(handle).writerows(csv_rows)
     with atomic_write(out / "runs.json") as handle:

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
 from kdenv.env import make_env
 from kdenv.runtime import quiet_transformers
@@ -24,17 +25,16 @@ from kdenv.runtime import quiet_transformers
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="rte", help="GLUE task (its teacher must exist)")
-    parser.add_argument("--data-dir", default=None, help="local GLUE folder (default $KDENV_GLUE_DIR, else hub)")
     parser.add_argument("--updates-per-phase", type=int, default=8, help="student updates per phase")
     parser.add_argument("--max-reward-examples", type=int, default=128, help="reward-split size")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats (median reported)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    add_common_arguments(parser.add_argument)
     args = parser.parse_args()
     quiet_transformers()
     env_config = EnvConfig(updates_per_phase=args.updates_per_phase, phases=4)
     env = make_env(args.task, env_config, DataConfig(task=args.task, data_dir=args.data_dir,
                                                      max_reward_examples=args.max_reward_examples),
-                   DistillConfig(device=args.device))
+                   DistillConfig(device=args.device, precision=args.precision), progress=not args.no_progress)
     trainer = env.trainer
     action = np.ones(len(env.knowledge), dtype=np.int8)
     weights = {**env_config.base_weights, **env.action_to_weights(action)}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig
 from kdenv.data import load_task_data
 from kdenv.models import load_classifier, load_tokenizer, student_from_teacher
@@ -33,13 +34,11 @@ TYPES = ["ce", "logits", "hidden", "attention", "relation", "gradient", "gradien
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="rte", help="GLUE task whose train batches are used")
-    parser.add_argument("--data-dir", default=None, help="local GLUE folder (default $KDENV_GLUE_DIR, else hub)")
     parser.add_argument("--examples", type=int, default=96, help="train examples to cache and draw batches from")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size")
     parser.add_argument("--updates", type=int, default=3, help="updates per timed repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (median reported)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    parser.add_argument("--precision", default="auto", help="'auto', 'fp32', 'bf16' or 'fp16'")
+    add_common_arguments(parser.add_argument)
     args = parser.parse_args()
     quiet_transformers()
     runtime = make_runtime(args.device, args.precision)
@@ -52,7 +51,8 @@ def main() -> None:
     keys = set().union(*(m.teacher_keys() for m in build_knowledge_modules(TYPES, config, task, probe_student, teacher.config).values()))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        cache = TeacherCache.open(Path(tmp) / "cache", teacher, task, data["train"], keys, runtime, data.pad_token_id)
+        cache = TeacherCache.open(Path(tmp) / "cache", teacher, task, data["train"], keys, runtime, data.pad_token_id,
+                                   progress=not args.no_progress)
         cache_seconds = time.perf_counter() - start
         sources = {"cached": cache, "online": OnlineTeacher(teacher, task, runtime)}
         mixes = {name: {name: 1.0} for name in TYPES}

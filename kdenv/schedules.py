@@ -101,11 +101,16 @@ def heatmap_png(schedule: np.ndarray, knowledge: list[str], title: str = "") -> 
     return buffer.getvalue()
 
 
-def heatmap_array(schedule: np.ndarray, knowledge: list[str], title: str = "") -> np.ndarray:
-    """The heatmap as an HWC uint8 RGB array (for TensorBoard images)."""
+def png_array(png: bytes) -> np.ndarray:
+    """PNG bytes as an HWC uint8 RGB array (for TensorBoard images)."""
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(heatmap_png(schedule, knowledge, title))).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def heatmap_array(schedule: np.ndarray, knowledge: list[str], title: str = "") -> np.ndarray:
+    """The heatmap as an HWC uint8 RGB array (for TensorBoard images)."""
+    return png_array(heatmap_png(schedule, knowledge, title))
 
 
 def save_records(records: list[EpisodeRecord], directory: Path, stem: str) -> None:
