@@ -3,9 +3,11 @@
     python agents/distill.py --task rte --knowledge gkd
     python agents/distill.py --task rte --knowledge logits=0.5,hidden=1,gradient=1
 
---knowledge takes a preset (kd, pkd, gkd, gkd-cls), knowledge types (bare: weight 1), or
-type=weight pairs; items may be mixed. Types: ce, logits, hidden, attention, relation, gradient,
-gradient_cls. Weights apply to loss-normalised terms (see README) unless --no-normalize.
+--knowledge takes a recipe (kd, pkd, gkd, gkd-cls; gkd-paper and gkd-cls-paper reproduce the
+official GKD objective and training recipe), knowledge types (bare: weight 1), or type=weight
+pairs; items may be mixed, later ones win. Types: ce, logits, hidden, hidden_cls, attention,
+relation, gradient, gradient_cls. Weights apply to loss-normalised terms (see README) unless
+--no-normalize-losses.
 
 The teacher is fine-tuned first if runs/teachers/<task>/ holds none; its knowledge is cached
 under runs/cache/ and reused. Results, config and TensorBoard logs go to
@@ -22,45 +24,37 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kdenv.cli import add_common_arguments
-from kdenv.config import DataConfig, DistillConfig, save_run_config, to_dict
-from kdenv.data import DataError
-from kdenv.distillation import build_distillation
-from kdenv.io import atomic_write
-from kdenv.knowledge import KnowledgeError
-from kdenv.models import ModelError
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields
+from kdenv.config import ConfigError, DataConfig, DistillConfig, save_run_config, to_dict
+from kdenv.engine.data import DataError
+from kdenv.engine.distillation import prepare_distillation
+from kdenv.engine.knowledge import KnowledgeError
+from kdenv.engine.models import ModelError
+from kdenv.engine.recipes import RECIPES, parse_knowledge
+from kdenv.engine.runtime import make_runtime, quiet_transformers
+from kdenv.engine.tasks import TASKS, get_task
+from kdenv.io import atomic_write, check_writable
 from kdenv.paths import runs_dir
-from kdenv.presets import PRESETS, parse_knowledge
-from kdenv.runtime import make_runtime, quiet_transformers
-from kdenv.tasks import TASKS, get_task
+
+DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
+DISTILL_FLAGS = (
+    "teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "student_model",
+    "freeze_embeddings", "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
+    "temperature", "normalize_losses", "teacher_mode", "cache_dtype", "cache_memory_budget_gb", "seed",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    data, distill = DataConfig(), DistillConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
-    add("--knowledge", default="kd", help=f"preset ({', '.join(PRESETS)}) or type[=weight] list (default: kd)")
-    add("--epochs", type=float, default=distill.epochs, help=f"passes over the train split (default {distill.epochs})")
+    add("--knowledge", default="kd", help=f"recipe ({', '.join(RECIPES)}) or type[=weight] list (default: kd)")
     add("--eval-every", type=int, default=None, help="updates between reward-split evaluations (default: once per epoch)")
-    add("--student-layers", type=int, default=distill.student_layers,
-        help=f"student = this many evenly spaced teacher layers (default {distill.student_layers})")
-    add("--student-model", default=None, help="instead: a pre-trained model (hub id or folder) with the teacher's vocabulary")
-    add("--train-embeddings", action="store_true", help="also train the student's embeddings (frozen by default, as in GKD)")
-    add("--batch-size", type=int, default=distill.batch_size, help=f"training batch size (default {distill.batch_size})")
-    add("--lr", type=float, default=distill.learning_rate, help=f"peak AdamW learning rate (default {distill.learning_rate})")
-    add("--temperature", type=float, default=distill.temperature, help=f"softmax temperature of `logits` (default {distill.temperature})")
-    add("--no-normalize", action="store_true", help="use raw loss magnitudes instead of normalised ones")
-    add("--teacher-mode", choices=("cache", "online"), default=distill.teacher_mode,
-        help="serve teacher knowledge from the on-disk cache (default) or run the teacher every batch")
-    add("--cache-dtype", choices=("float16", "float32"), default=distill.cache_dtype, help="storage of cached teacher tensors")
-    add("--cache-memory-gb", type=float, default=distill.cache_memory_budget_gb,
-        help=f"above this size the cache is memory-mapped instead of loaded (default {distill.cache_memory_budget_gb})")
-    add("--max-train-examples", type=int, default=None, help="cap the train split (quick runs)")
-    add("--max-length", type=int, default=data.max_length, help=f"maximum tokens per example (default {data.max_length})")
-    add("--seed", type=int, default=distill.seed, help=f"seed of student training (default {distill.seed})")
     add("--output-dir", default=None, help="run folder (default runs/distill/<task>/<knowledge>_<time>)")
     add_common_arguments(add)
+    add_config_arguments(parser, DataConfig, "data", "data and splits", DATA_FLAGS)
+    add_config_arguments(parser, DistillConfig, "distill", "student, optimisation and losses (a *-paper recipe sets "
+                         "its own; flags given here still win)", DISTILL_FLAGS)
     return parser.parse_args(argv)
 
 
@@ -70,30 +64,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = get_task(args.task)
         recipe = parse_knowledge(args.knowledge)
-        data_config = DataConfig(task=task.name, data_dir=args.data_dir, max_length=args.max_length,
-                                 max_train_examples=args.max_train_examples)
-        config = DistillConfig(
-            student_layers=args.student_layers, student_model=args.student_model,
-            freeze_embeddings=not args.train_embeddings, epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.lr, temperature=args.temperature, knowledge_options=recipe.options,
-            normalize_losses=not args.no_normalize, teacher_mode=args.teacher_mode, cache_dtype=args.cache_dtype,
-            cache_memory_budget_gb=args.cache_memory_gb, seed=args.seed, device=args.device, precision=args.precision,
-        )
+        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir)
+        # The recipe's training settings (the *-paper recipes), then every flag the user gave.
+        options = {name: {**recipe.options.get(name, {})} for name in recipe.options}
+        config = config_from_args(DistillConfig, args, "distill", **recipe.training, knowledge_options=options,
+                                  device=args.device, precision=args.precision)
+        if args.eval_every is not None and args.eval_every < 1:
+            raise ConfigError(f"--eval-every must be >= 1, not {args.eval_every}")
         runtime = make_runtime(args.device, args.precision)
-        names = list(recipe.weights)
         label = args.knowledge.replace(",", "+").replace("=", "")
         run_dir = Path(args.output_dir) if args.output_dir else runs_dir() / "distill" / task.name / f"{label}_{time.strftime('%Y%m%d-%H%M%S')}"
-        print(f"distilling {task.name} with {recipe.weights} on {runtime.describe()}")
-        setup = build_distillation(data_config, config, names, runtime, progress=not args.no_progress)
-    except (DataError, ModelError, KnowledgeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    trainer = setup.trainer
+        check_writable(run_dir)
+        print(f"distilling {task.name} with {recipe.weights} on {runtime.describe()}"
+              + (f"; recipe settings {recipe.training}, overridden by {given_fields(args, 'distill')}" if recipe.training else ""))
+        setup = prepare_distillation(data_config, config, list(recipe.weights), runtime, progress=not args.no_progress)
+        trainer = setup.build_trainer()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(run_dir / "config.yaml", {"distill": config.seed, "split": data_config.split_seed},
+                        teacher=setup.teacher_record(), data=data_config, distill=config,
+                        knowledge={"spec": args.knowledge, "weights": recipe.weights})
+    except (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError) as error:
+        return fail(error)
     total = trainer.total_updates
     eval_every = args.eval_every or trainer.stream.batches_per_epoch
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(run_dir / "config.yaml", {"distill": config.seed, "split": data_config.split_seed},
-                    data=data_config, distill=config)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir))

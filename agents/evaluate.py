@@ -30,24 +30,42 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
-from kdenv.algorithms import get_algorithm
-from kdenv.cli import add_common_arguments
-from kdenv.config import DataConfig, DistillConfig, EnvConfig, to_dict
-from kdenv.env import make_env
-from kdenv.evaluation import DevScorer, paired_difference
-from kdenv.io import atomic_write
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail
+from kdenv.config import (
+    BUDGETS,
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    EnvConfig,
+    budget_env_fields,
+    environment_record,
+    from_dict,
+    to_dict,
+)
+from kdenv.decision.algorithms import SavedAgent, check_agent_fits
+from kdenv.decision.factory import build_environment
+from kdenv.decision.policies import FixedPolicy, check_policy, recipe_knowledge
+from kdenv.decision.schedules import heatmap_png, png_array, run_episode
+from kdenv.decision.wrappers import MultiDiscreteOnOff
+from kdenv.engine.data import DataError, load_raw_splits
+from kdenv.engine.distillation import ensure_teacher
+from kdenv.engine.evaluation import DevScorer, paired_difference
+from kdenv.engine.knowledge import KnowledgeError
+from kdenv.engine.models import ModelError
+from kdenv.engine.recipes import RECIPES
+from kdenv.engine.runtime import make_runtime, quiet_transformers
+from kdenv.engine.tasks import TASKS, get_task
+from kdenv.engine.teacher import load_teacher
+from kdenv.engine.teacher_cache import model_fingerprint
+from kdenv.io import atomic_write, check_writable
 from kdenv.paths import runs_dir
-from kdenv.policies import FixedPolicy
-from kdenv.presets import PRESETS
-from kdenv.runtime import quiet_transformers
-from kdenv.schedules import heatmap_png, png_array, run_episode
-from kdenv.tasks import TASKS, get_task
-from kdenv.wrappers import MultiDiscreteOnOff
 
 DEFAULT_POLICIES = "kd,gkd,gkd-cls,pkd,all,none,random-hard,random-soft"
+DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
+DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "teacher_mode", "seed")
+CLEAR_ERRORS = (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,71 +74,99 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
     add("--policies", default=DEFAULT_POLICIES, help=f"comma list of policies (default {DEFAULT_POLICIES})")
     add("--seeds", type=int, default=3, help="seeds per policy (episode seeds 0..N-1)")
-    add("--knowledge", default="logits,hidden,gradient", help="types offered to non-recipe fixed policies")
-    add("--phases", type=int, default=4, help="phases per distillation (default 4)")
-    add("--updates-per-phase", type=int, default=16, help="student updates per phase (default 16)")
-    add("--max-reward-examples", type=int, default=128, help="reward-split cap (phase rewards; dev is never capped)")
-    add("--max-train-examples", type=int, default=None, help="cap the train split")
+    add("--preset", choices=list(BUDGETS), default="cpu",
+        help="run budget (the same definitions as agents/train.py); flags below override it")
     add("--output-dir", default=None, help="default runs/eval/<task>/<time>")
     add_common_arguments(add)
+    preset = BUDGETS["cpu"]
+    add_config_arguments(parser, EnvConfig, "env", "episode budget and knowledge of non-recipe fixed policies",
+                         ("knowledge", "phases", "updates_per_phase"), defaults=budget_env_fields(preset))
+    add_config_arguments(parser, DataConfig, "data", "data and splits", DATA_FLAGS,
+                         defaults={"max_reward_examples": preset.max_reward_examples})
+    add_config_arguments(parser, DistillConfig, "distill", "student and teacher", DISTILL_FLAGS,
+                         rename={"seed": "student-seed"},
+                         defaults={"student_layers": preset.student_layers, "teacher_model": preset.teacher_model})
     return parser.parse_args(argv)
 
 
-def load_agent(path: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """An agent saved by agents/train.py, its env config and its run summary (if present)."""
-    zip_path = Path(path)
-    config_path = zip_path.parent / "config.yaml"
-    if not zip_path.is_file() or not config_path.is_file():
-        raise ValueError(f"agent {path!r}: expected agent.zip with config.yaml beside it (as agents/train.py saves)")
-    record = yaml.safe_load(config_path.read_text())
-    algorithm = get_algorithm(record["agent"]["algo"])
-    model = algorithm.load_class().load(str(zip_path), device="cpu")
-    summary_path = zip_path.parent / "comparison_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return model, record, summary
-
-
 def policy_knowledge(name: str, default: list[str]) -> list[str]:
-    if name in PRESETS:
-        return [k for k, w in PRESETS[name].weights.items() if w > 0 and k != "ce"]
-    return default
+    return recipe_knowledge(name) if name in RECIPES else default
+
+
+def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: list[str]) -> list[dict[str, Any]]:
+    """Every policy with the environment it runs in, checked before any run starts: fixed policies
+    against the knowledge on offer, agents against the env spec they were trained with."""
+    plans = []
+    for name in names:
+        if name.startswith("agent:"):
+            path = name.removeprefix("agent:")
+            saved = SavedAgent.open(path)
+            env_fields = {**saved.record["env"], **budget_fields}
+            env_config = from_dict(EnvConfig, env_fields)  # the agent's own knowledge, spaces and observation
+            label = f"agent:{saved.algorithm.name}@{Path(path).parent.name}"
+            plans.append({"name": name, "label": label, "env": env_config, "agent": saved,
+                          "agent_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()})
+        else:
+            offered = policy_knowledge(name, knowledge)
+            check_policy(name, offered)
+            env_config = EnvConfig(knowledge=offered, action_space="box", **budget_fields)
+            plans.append({"name": name, "label": name, "env": env_config, "agent": None})
+    return plans
+
+
+def run_identity(data_config: DataConfig, distill_config: DistillConfig, runtime, progress: bool) -> dict[str, Any]:
+    """What changes a run besides its policy and configs: the teacher's weights, the data files'
+    contents and the software. Part of every cached run's key, so a re-fine-tuned teacher or
+    changed data is never answered from the cache."""
+    ensure_teacher(data_config, runtime, progress, base_model=distill_config.teacher_model)
+    teacher, _, _ = load_teacher(data_config.task)
+    raw = load_raw_splits(get_task(data_config.task), data_config.data_dir)
+    software = environment_record()
+    return {"teacher": model_fingerprint(teacher), "data": {name: split.fingerprint() for name, split in raw.items()},
+            "software": {k: software[k] for k in ("python", "torch", "transformers", "torch_threads")}}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()
+    try:
+        return evaluate(args)
+    except CLEAR_ERRORS as error:
+        return fail(error)
+
+
+def evaluate(args: argparse.Namespace) -> int:
     task = get_task(args.task)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, not {args.seeds}")
+    budget = BUDGETS[args.preset]
+    data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
+                                   max_reward_examples=budget.max_reward_examples)
+    distill_config = config_from_args(DistillConfig, args, "distill", student_layers=budget.student_layers,
+                                      teacher_model=budget.teacher_model, device=args.device, precision=args.precision)
+    budget_config = config_from_args(EnvConfig, args, "env", **budget_env_fields(budget))
+    budget_fields = {"phases": budget_config.phases, "updates_per_phase": budget_config.updates_per_phase,
+                     "epochs": None if "env.updates_per_phase" in vars(args) else budget_config.epochs}
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
-    default_knowledge = [k.strip() for k in args.knowledge.split(",") if k.strip()]
+    if not names:
+        raise ConfigError("--policies is empty; name at least one policy (e.g. kd,gkd,all)")
+    plans = plan_policies(names, budget_fields, budget_config.knowledge)
     out = Path(args.output_dir) if args.output_dir else runs_dir() / "eval" / task.name / time.strftime("%Y%m%d-%H%M%S")
     cache = runs_dir() / "eval" / task.name / "cache"
-    data_config = DataConfig(task=task.name, data_dir=args.data_dir, max_reward_examples=args.max_reward_examples,
-                             max_train_examples=args.max_train_examples)
-    distill_config = DistillConfig(device=args.device, precision=args.precision)
-    envs: dict[tuple, Any] = {}
+    check_writable(out)
+    check_writable(cache)
+    runtime = make_runtime(args.device, args.precision)
+    identity = run_identity(data_config, distill_config, runtime, not args.no_progress)
+    setups: dict[tuple, Any] = {}
     scorer = None
     runs: list[dict[str, Any]] = []
-    bar = tqdm(total=len(names) * args.seeds, desc=f"evaluate {task.name}", unit="run", disable=args.no_progress)
-    for name in names:
-        agent, agent_record, agent_summary = (None, None, {})
-        if name.startswith("agent:"):
-            try:
-                agent, agent_record, agent_summary = load_agent(name.removeprefix("agent:"))
-            except ValueError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-            env_fields = agent_record["env"]
-            knowledge, action_space = env_fields["knowledge"], env_fields["action_space"]
-            base = env_fields["base_weights"]
-            label = f"agent:{agent_record['agent']['algo']}@{Path(name.removeprefix('agent:')).parent.name}"
-        else:
-            knowledge, action_space, base, label = policy_knowledge(name, default_knowledge), "box", {"ce": 1.0}, name
-        env_config = EnvConfig(knowledge=knowledge, base_weights=base, action_space=action_space,
-                               phases=args.phases, updates_per_phase=args.updates_per_phase)
-        key = {"policy": name, "task": task.name, "data": to_dict(data_config), "distill": to_dict(distill_config),
-               "env": to_dict(env_config)}
-        if agent is not None:
-            key["agent_sha256"] = hashlib.sha256(Path(name.removeprefix("agent:")).read_bytes()).hexdigest()
+    bar = tqdm(total=len(plans) * args.seeds, desc=f"evaluate {task.name}", unit="run", disable=args.no_progress)
+    for plan in plans:
+        env_config, label, saved = plan["env"], plan["label"], plan["agent"]
+        key = {"policy": plan["name"], "task": task.name, "data": to_dict(data_config), "distill": to_dict(distill_config),
+               "env": to_dict(env_config), **identity}
+        if saved is not None:
+            key["agent_sha256"] = plan["agent_sha256"]
         tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         for seed in range(args.seeds):
             path = cache / f"{label.replace('/', '_').replace(':', '-')}_{tag}_seed{seed}.json"
@@ -129,26 +175,31 @@ def main(argv: list[str] | None = None) -> int:
                 bar.write(f"{label} seed {seed}: reused {path.name}")
                 bar.update(1)
                 continue
-            env_key = (tuple(knowledge), action_space, tuple(sorted(base.items())))
-            if env_key not in envs:
-                envs[env_key] = make_env(task.name, env_config, data_config, distill_config, progress=not args.no_progress)
-            env = envs[env_key]
+            env_key = json.dumps(to_dict(env_config), sort_keys=True)
+            if env_key not in setups:
+                setups[env_key] = build_environment(task.name, env_config, data_config, distill_config,
+                                                    progress=not args.no_progress)
+            setup = setups[env_key]
+            env = setup.env
             if scorer is None:
-                scorer = DevScorer(env.distillation.teacher, env.trainer)
-            if agent is not None:
-                acting_env = MultiDiscreteOnOff(env) if get_algorithm(agent_record["agent"]["algo"]).wrap_multidiscrete else env
-                policy = agent
+                scorer = DevScorer(setup.distillation.teacher, env.trainer)
+            if saved is not None:
+                policy = saved.load(device="cpu")
+                acting_env = MultiDiscreteOnOff(env) if saved.algorithm.wrap_multidiscrete else env
+                check_agent_fits(policy, acting_env, plan["name"].removeprefix("agent:"))
             else:
-                acting_env, policy = env, FixedPolicy(name, env, seed=seed)
+                acting_env, policy = env, FixedPolicy(plan["name"], env, seed=seed)
             record = run_episode(acting_env, policy, seed, label)
             scores = scorer.score(env.trainer.student)
+            summary_path = saved.path.parent / "comparison_summary.json" if saved is not None else None
+            agent_seconds = (json.loads(summary_path.read_text()).get("agent_training_s")
+                             if summary_path is not None and summary_path.is_file() else None)
             result = {
-                "policy": label, "seed": seed, "tag": tag, "knowledge": knowledge, "schedule": record.schedule,
+                "policy": label, "seed": seed, "tag": tag, "knowledge": env_config.knowledge, "schedule": record.schedule,
                 "return": record.episode_return, "status": record.status, "wall_time_s": record.wall_time_s,
                 "dev": scores["metrics"], "label_loyalty": scores["label_loyalty"],
                 "probability_loyalty": scores["probability_loyalty"], "saliency_loyalty": scores["saliency_loyalty"],
-                "teacher_dev": scorer.teacher_metrics, "agent_training_s": agent_summary.get("agent_training_s"),
-                "config": key,
+                "teacher_dev": scorer.teacher_metrics, "agent_training_s": agent_seconds, "config": key,
             }
             with atomic_write(path) as handle:
                 json.dump(result, handle, indent=2)
@@ -157,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"({record.wall_time_s:.0f} s)")
             bar.update(1)
     bar.close()
-    write_report(out, task, runs, args)
+    write_report(out, task, runs, args, budget_fields)
     return 0
 
 
-def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
+def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,8 +266,8 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args) -> None:
               f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline (paired) |\n"
               f"|---|---|---|---|---|---|---|---|---|")
     command = "python agents/evaluate.py " + " ".join(sys.argv[1:])
-    table = (f"Task {task.name}; teacher dev {metric} {teacher:.4f}; budget {args.phases} phases × "
-             f"{args.updates_per_phase} updates; command: `{command}`\n\n{header}\n" + "\n".join(rows) + "\n")
+    table = (f"Task {task.name}; teacher dev {metric} {teacher:.4f}; budget {budget['phases']} phases × "
+             f"{budget['updates_per_phase']} updates; command: `{command}`\n\n{header}\n" + "\n".join(rows) + "\n")
     if best_baseline:
         table += (f"\nAgent training: wall time divided by the mean of one distillation run here ({distill_seconds:.1f} s). "
                   f"Gain: agent minus the best non-agent policy ({best_baseline}, {baseline_means[best_baseline]:.4f}), "

@@ -18,8 +18,8 @@ import numpy as np
 
 from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
-from kdenv.env import make_env
-from kdenv.runtime import quiet_transformers
+from kdenv.decision.factory import make_env
+from kdenv.engine.runtime import quiet_transformers
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     quiet_transformers()
     env_config = EnvConfig(updates_per_phase=args.updates_per_phase, phases=4)
-    env = make_env(args.task, env_config, DataConfig(task=args.task, data_dir=args.data_dir,
+    env = make_env(task=args.task, env_config=env_config, data_config=DataConfig(task=args.task, data_dir=args.data_dir,
                                                      max_reward_examples=args.max_reward_examples),
-                   DistillConfig(device=args.device, precision=args.precision), progress=not args.no_progress)
+                   distill_config=DistillConfig(device=args.device, precision=args.precision), progress=not args.no_progress)
     trainer = env.trainer
     action = np.ones(len(env.knowledge), dtype=np.int8)
     weights = {**env_config.base_weights, **env.action_to_weights(action)}

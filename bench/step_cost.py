@@ -21,12 +21,13 @@ import torch
 
 from kdenv.cli import add_common_arguments
 from kdenv.config import DataConfig, DistillConfig
-from kdenv.data import load_task_data
-from kdenv.models import load_classifier, load_tokenizer, student_from_teacher
-from kdenv.runtime import make_runtime, quiet_transformers
-from kdenv.tasks import get_task
-from kdenv.teacher_cache import OnlineTeacher, TeacherCache
-from kdenv.trainer import StudentTrainer, build_knowledge_modules
+from kdenv.engine.data import load_task_data
+from kdenv.engine.knowledge import build_knowledge_modules
+from kdenv.engine.models import load_classifier, load_tokenizer, student_from_teacher
+from kdenv.engine.runtime import make_runtime, quiet_transformers
+from kdenv.engine.tasks import get_task
+from kdenv.engine.teacher_cache import OnlineTeacher, TeacherCache
+from kdenv.engine.trainer import StudentTrainer
 
 TYPES = ["ce", "logits", "hidden", "attention", "relation", "gradient", "gradient_cls"]
 

@@ -1,8 +1,18 @@
-"""Command-line flags that every script shares, declared once."""
+"""Command-line flags: the ones every script shares, and flags derived from the config dataclasses.
+
+A config field's flag, type, default and help all come from the dataclass (``kdenv.config``), so a
+script never copies flags into config fields by hand. Derived flags are absent from the parsed
+namespace unless given, so that a config built from them keeps its own (or a recipe's) values for
+everything the user did not set.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def add_common_arguments(add: Callable, progress_help: str = "hide progress bars") -> None:
@@ -12,3 +22,85 @@ def add_common_arguments(add: Callable, progress_help: str = "hide progress bars
     add("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
         help="'auto': bf16 (fp16 if unsupported) autocast on CUDA, fp32 on CPU")
     add("--no-progress", action="store_true", help=progress_help)
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_or_none(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "") else parse(text)
+
+    return parse_or_none
+
+
+def _number(text: str) -> int | float:
+    """A count (``250``) or a fraction (``0.1``)."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int, "float": float, "str": str, "float | int": _number, "list[str]": _name_list,
+}
+
+
+def _parser_for(annotation: str) -> Callable[[str], Any]:
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    if base not in _PARSERS:
+        raise TypeError(f"no command-line parser for a field of type {annotation!r}")
+    return _optional(_PARSERS[base]) if optional else _PARSERS[base]
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "unset" if value is None else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str, title: str,
+                         only: Iterable[str] | None = None, rename: dict[str, str] | None = None,
+                         defaults: dict[str, Any] | None = None) -> None:
+    """Adds one flag per exposed field of ``cls`` (``--field-name``; ``rename`` maps a field to
+    another flag name). ``defaults`` are the values shown in the help where a script's defaults
+    differ from the dataclass's (e.g. a budget's)."""
+    group = parser.add_argument_group(title)
+    rename, defaults = rename or {}, defaults or {}
+    chosen = None if only is None else set(only)
+    for field in dataclasses.fields(cls):
+        if not field.metadata.get("flag", False) or (chosen is not None and field.name not in chosen):
+            continue
+        flag = "--" + rename.get(field.name, field.name.replace("_", "-"))
+        default = defaults.get(field.name, _default_of(field))
+        help_text = f"{field.metadata['help']} (default: {_shown(default)})"
+        dest = f"{prefix}.{field.name}"
+        if field.type == "bool":
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
+        else:
+            metavar = field.name.upper() if field.type != "list[str]" else "A,B,..."
+            group.add_argument(flag, dest=dest, type=_parser_for(field.type), default=argparse.SUPPRESS,
+                               metavar=metavar, help=help_text)
+
+
+def given_fields(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The fields of one config that were set on the command line."""
+    start = prefix + "."
+    return {key[len(start):]: value for key, value in vars(args).items() if key.startswith(start)}
+
+
+def config_from_args(cls: type, args: argparse.Namespace, prefix: str, **base: Any) -> Any:
+    """``cls(**base)`` with every flag given on the command line applied on top."""
+    return cls(**{**base, **given_fields(args, prefix)})
+
+
+def fail(error: Exception | str, code: int = 2) -> int:
+    """Prints a clear one-line error (no traceback) and returns the exit code."""
+    print(f"error: {error}", file=sys.stderr)
+    return code

@@ -1,8 +1,15 @@
-"""Configuration: one dataclass per concern, with defaults, saved as YAML beside every run."""
+"""Configuration: one dataclass per concern, with defaults, saved as YAML beside every run.
+
+Each field carries its help text (``metadata["help"]``), from which the scripts derive their flags
+(``kdenv.cli``), and each dataclass checks its values when it is made, so that a bad value is
+refused with a message that names the fix before any expensive work starts. Run budgets (how much
+distillation one episode is) are defined once, in :data:`BUDGETS`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -14,36 +21,112 @@ import yaml
 from kdenv.io import atomic_write
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says which and how to fix it."""
+
+
+def option(default: Any = None, help: str = "", factory: Any = None, flag: bool = True) -> Any:  # noqa: A002
+    """A dataclass field with its help text (``flag=False``: not exposed as a command-line flag)."""
+    metadata = {"help": help, "flag": flag}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_or_none(name: str, value: int | None) -> None:
+    _require(value is None or (isinstance(value, int) and value >= 1), f"{name} must be a whole number >= 1 or unset, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A named run budget: how long an episode is and how big the models are."""
+
+    phases: int
+    updates_per_phase: int | None  # None: derived from `epochs` over the train split
+    epochs: float | None
+    total_timesteps: int  # agent training, in phases (environment steps)
+    max_reward_examples: int | None
+    student_layers: int
+    teacher_model: str | None  # None: whatever teacher is saved (minilm when one must be fine-tuned)
+    description: str
+
+
+BUDGETS: dict[str, Budget] = {
+    "cpu": Budget(phases=4, updates_per_phase=8, epochs=None, total_timesteps=40, max_reward_examples=128,
+                  student_layers=3, teacher_model=None,
+                  description="proxy budget for a 2-core CPU: 3-layer student, 4 phases x 8 updates, reward split "
+                              "capped at 128, 40 agent steps (10 episodes)"),
+    "gpu": Budget(phases=10, updates_per_phase=None, epochs=4.0, total_timesteps=400, max_reward_examples=1000,
+                  student_layers=6, teacher_model="bert-base-uncased",
+                  description="the papers' scale: BERT-base teacher (hub), 6-layer student, 10 phases covering 4 "
+                              "epochs, reward split capped at 1000, 400 agent steps"),
+}
+DEFAULT_BUDGET = BUDGETS["cpu"]
+
+
 @dataclass
 class DataConfig:
     """Which task and data, and how it is tokenised and split."""
 
-    task: str = "rte"
-    data_dir: str | None = None  # local GLUE folder; None: $KDENV_GLUE_DIR, else the hub
-    max_length: int = 128
-    reward_size: float | int = 0.1  # held out of train for rewards: a fraction, or a count
-    max_reward_examples: int | None = None  # cap on the reward split (cheaper rewards)
-    max_train_examples: int | None = None  # cap on train (proxy budgets)
-    split_seed: int = 0  # fixes the train/reward split, shared by teacher and students
-    cache_tokenization: bool = True
+    task: str = option("rte", "GLUE task", flag=False)
+    data_dir: str | None = option(None, "local GLUE folder; None: $KDENV_GLUE_DIR, else the hub", flag=False)
+    max_length: int = option(128, "maximum tokens per example (truncation)")
+    reward_size: float | int = option(0.1, "held out of GLUE train for rewards and model selection: a fraction in "
+                                           "(0, 1) or a whole count; must match the teacher's")
+    max_reward_examples: int | None = option(None, "cap on the reward split (cheaper rewards); dev is never capped")
+    max_train_examples: int | None = option(None, "cap on the train split (quick runs)")
+    split_seed: int = option(0, "seed of the train/reward split; must match the teacher's")
+    cache_tokenization: bool = option(True, "keep tokenised splits under runs/cache/tokenized", flag=False)
+
+    def __post_init__(self) -> None:
+        size = self.reward_size
+        if isinstance(size, float) and size >= 1 and size.is_integer():
+            self.reward_size = size = int(size)
+        _require(not isinstance(size, bool) and (
+            (isinstance(size, float) and 0 < size < 1) or (isinstance(size, int) and size >= 1)),
+            f"reward_size {size!r}: give a fraction in (0, 1) (0.1 = 10% of train) or a whole count of examples (250)")
+        _require(isinstance(self.max_length, int) and 8 <= self.max_length <= 512,
+                 f"max_length must be a whole number in 8..512, not {self.max_length!r}")
+        _positive_or_none("max_reward_examples", self.max_reward_examples)
+        _positive_or_none("max_train_examples", self.max_train_examples)
 
 
 @dataclass
 class FinetuneConfig:
     """Fine-tuning a base model on a task (the teacher). Defaults follow common GLUE practice."""
 
-    model: str = "minilm"  # "minilm" (the packaged all-MiniLM-L6-v2), a hub id, or a local folder
-    epochs: int = 3
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    device: str = "auto"
-    precision: str = "auto"
-    max_steps: int | None = None  # stop after this many updates (smoke tests); None: full epochs
+    model: str = option("minilm", "base model: 'minilm' (the packaged all-MiniLM-L6-v2), a hub id, or a local folder")
+    epochs: int = option(3, "passes over the train split")
+    batch_size: int = option(16, "training batch size")
+    eval_batch_size: int = option(64, "evaluation batch size", flag=False)
+    learning_rate: float = option(5e-5, "peak AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = option(0.1, "share of updates spent in linear warmup")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    seed: int = option(42, "training seed (shuffling, dropout, classifier initialisation)")
+    device: str = option("auto", "device", flag=False)
+    precision: str = option("auto", "precision", flag=False)
+    max_steps: int | None = option(None, "stop after this many updates (smoke tests); unset: full epochs")
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a whole number >= 1, not {self.epochs!r}")
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
+        _require(_finite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be > 0, not {self.learning_rate!r}")
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay!r}")
+        _require(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
+        _positive_or_none("max_steps", self.max_steps)
+
+
+STUDENT_INITS = ("evenly", "first")
 
 
 @dataclass
@@ -51,48 +134,115 @@ class DistillConfig:
     """Distilling a student from a task's teacher: student shape, optimisation, knowledge losses,
     and how teacher knowledge is served."""
 
-    teacher_model: str = "minilm"  # base model fine-tuned into the teacher when none is saved yet
-    student_layers: int = 3  # student built from this many evenly spaced teacher layers
-    student_model: str | None = None  # instead: any pre-trained model with the teacher's vocabulary
-    freeze_embeddings: bool = True  # as in GKD: the student keeps the teacher's embeddings
-    epochs: float = 3.0  # budget of the distill command, in passes over the train split
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    temperature: float = 5.0
-    layer_map: list[list[int]] | None = None  # [[student_layer, teacher_layer], ...]; None: evenly spaced
-    knowledge_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    normalize_losses: bool = True  # divide each loss by a running mean of its magnitude
-    normalizer_momentum: float = 0.9
-    measure_type_grad_norms: bool = True  # per-type gradient norms on each phase's first update
-    restore_on_non_finite: bool = True  # a NaN/inf phase rolls the student back to the phase start
-    teacher_mode: str = "cache"  # "cache" (computed once, reused) or "online" (teacher run every batch)
-    cache_dtype: str = "float16"
-    cache_memory_budget_gb: float = 4.0  # above this the cache is memory-mapped from disk
-    seed: int = 42
-    device: str = "auto"
-    precision: str = "auto"
+    teacher_model: str | None = option(DEFAULT_BUDGET.teacher_model,
+                                       "base model of the teacher: fine-tuned into one when none is saved (unset: "
+                                       "minilm); when set, a saved teacher must have been fine-tuned from it")
+    student_layers: int = option(DEFAULT_BUDGET.student_layers, "student = this many teacher layers")
+    student_init: str = option("evenly", "which teacher layers the student keeps: 'evenly' spaced (top layer kept, "
+                                         "next to the classifier) or the 'first' ones (the GKD paper's choice)")
+    student_dropout: float | None = option(None, "dropout of the student (unset: the teacher's; the GKD paper: 0)")
+    fresh_head: bool = option(False, "re-initialise the student's pooler and classifier instead of copying the teacher's")
+    student_model: str | None = option(None, "instead: a pre-trained model (hub id or folder) with the teacher's vocabulary")
+    freeze_embeddings: bool = option(True, "keep the teacher's embeddings frozen in the student (as in GKD)")
+    epochs: float = option(3.0, "budget of agents/distill.py, in passes over the train split")
+    batch_size: int = option(16, "training batch size")
+    eval_batch_size: int = option(64, "evaluation batch size", flag=False)
+    learning_rate: float = option(1e-4, "peak AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = option(0.1, "share of the run's updates spent in linear warmup")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    temperature: float = option(5.0, "softmax temperature of `logits`")
+    layer_map: list[list[int]] | None = option(None, "[[student_layer, teacher_layer], ...]; unset: evenly spaced", flag=False)
+    knowledge_options: dict[str, dict[str, Any]] = option(factory=dict, help="per-type options", flag=False)
+    normalize_losses: bool = option(True, "divide each loss by a running mean of its magnitude (weights become shares)")
+    normalizer_momentum: float = option(0.9, "momentum of the loss normaliser's running mean", flag=False)
+    measure_type_grad_norms: bool = option(True, "per-type gradient norms on each phase's first update", flag=False)
+    restore_on_non_finite: bool = option(True, "a NaN/inf phase rolls the student back", flag=False)
+    teacher_mode: str = option("cache", "serve teacher knowledge from the on-disk 'cache' or run the teacher 'online'")
+    cache_dtype: str = option("float16", "storage of cached teacher tensors: float16 or float32")
+    cache_memory_budget_gb: float = option(4.0, "above this size the cache is memory-mapped instead of loaded")
+    seed: int = option(42, "seed of the student (projections, dropout, data order)")
+    device: str = option("auto", "device", flag=False)
+    precision: str = option("auto", "precision", flag=False)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.student_layers, int) and self.student_layers >= 1,
+                 f"student_layers must be >= 1, not {self.student_layers!r}")
+        _require(self.student_init in STUDENT_INITS, f"student_init must be one of {STUDENT_INITS}, not {self.student_init!r}")
+        _require(self.student_dropout is None or (_finite(self.student_dropout) and 0 <= self.student_dropout < 1),
+                 f"student_dropout must be in [0, 1) or unset, not {self.student_dropout!r}")
+        _require(_finite(self.epochs) and self.epochs > 0, f"epochs must be > 0, not {self.epochs!r}")
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
+        _require(_finite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be > 0, not {self.learning_rate!r}")
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay!r}")
+        _require(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
+        _require(_finite(self.temperature) and self.temperature > 0, f"temperature must be > 0, not {self.temperature!r}")
+        _require(self.teacher_mode in ("cache", "online"), f"teacher_mode must be 'cache' or 'online', not {self.teacher_mode!r}")
+        _require(self.cache_dtype in ("float16", "float32"), f"cache_dtype must be float16 or float32, not {self.cache_dtype!r}")
+
+
+ACTION_SPACES = ("multibinary", "box", "discrete")
 
 
 @dataclass
 class EnvConfig:
     """The knowledge-selection environment: what is offered, how episodes are cut, how rewarded."""
 
-    knowledge: list[str] = dataclasses.field(default_factory=lambda: ["logits", "hidden", "gradient"])
-    base_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"ce": 1.0})  # always on
-    action_space: str = "multibinary"  # "multibinary" (on/off), "box" (weights in [0,1]), "discrete" (2^K subsets)
-    phases: int = 4  # steps per episode
-    updates_per_phase: int = 8
-    epochs: float | None = None  # if set, updates_per_phase is derived: epochs over train / phases
-    reward: str = "metric_gain"  # see kdenv/rewards.py
-    reward_scale: float = 10.0  # metric gains are ~0.01; scaled so returns are O(0.1-1)
-    exploration_bonus: float = 0.0  # count-based bonus (reported apart in info)
-    crash_penalty: float = -1.0  # reward when a phase hits NaN/inf (the episode ends)
-    cls_state: bool = False  # add the teacher's and student's [CLS] vectors (Dict observation)
-    probe_size: int = 16
+    knowledge: list[str] = option(factory=lambda: ["logits", "hidden", "gradient"],
+                                  help="knowledge types the agent chooses among")
+    base_weights: dict[str, float] = option(factory=lambda: {"ce": 1.0}, help="always-on terms", flag=False)
+    action_space: str = option("multibinary", "'multibinary' (on/off), 'box' (weights in [0,1]), 'discrete' (2^K subsets)",
+                               flag=False)
+    phases: int = option(DEFAULT_BUDGET.phases, "phases (agent decisions) per episode")
+    updates_per_phase: int = option(DEFAULT_BUDGET.updates_per_phase, "student updates per phase")
+    epochs: float | None = option(DEFAULT_BUDGET.epochs, "if set, updates_per_phase is derived: epochs over train / phases",
+                                  flag=False)
+    reward: str = option("metric_gain", "reward on the reward split (see kdenv/decision/rewards.py)")
+    reward_scale: float = option(10.0, "multiplier of the task reward (metric gains are ~0.01)")
+    exploration_bonus: float = option(0.0, "count-based exploration bonus beta (0: off)")
+    crash_penalty: float = option(-1.0, "reward when a phase hits NaN/inf (the episode ends)", flag=False)
+    cls_state: bool = option(False, "add the teacher's and student's [CLS] vectors to the observation (Dict)")
+    probe_size: int = option(16, "reward examples in the [CLS] probe batch", flag=False)
+
+    def __post_init__(self) -> None:
+        self.knowledge = list(self.knowledge)
+        _require(len(self.knowledge) > 0, "offer at least one knowledge type (e.g. knowledge=['logits', 'gradient'])")
+        duplicates = sorted({name for name in self.knowledge if self.knowledge.count(name) > 1})
+        _require(not duplicates, f"knowledge {duplicates} offered twice; name each type once")
+        overlap = sorted(set(self.knowledge) & set(self.base_weights))
+        _require(not overlap, f"{overlap} is both offered and always on (base_weights); choose one")
+        for name, weight in self.base_weights.items():
+            _require(_finite(weight) and weight >= 0, f"base weight of {name!r} must be a finite number >= 0, not {weight!r}")
+        _require(self.action_space in ACTION_SPACES, f"action_space must be one of {ACTION_SPACES}, not {self.action_space!r}")
+        _require(isinstance(self.phases, int) and not isinstance(self.phases, bool) and self.phases >= 1,
+                 f"phases must be a whole number >= 1, not {self.phases!r}")
+        _require(isinstance(self.updates_per_phase, int) and self.updates_per_phase >= 1,
+                 f"updates_per_phase must be a whole number >= 1, not {self.updates_per_phase!r}")
+        _require(self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
+                 f"epochs must be > 0 or unset, not {self.epochs!r}")
+        _require(_finite(self.reward_scale) and self.reward_scale != 0,
+                 f"reward_scale must be a finite non-zero number, not {self.reward_scale!r}")
+        _require(_finite(self.exploration_bonus) and self.exploration_bonus >= 0,
+                 f"exploration_bonus must be a finite number >= 0, not {self.exploration_bonus!r}")
+        _require(_finite(self.crash_penalty), f"crash_penalty must be finite, not {self.crash_penalty!r}")
+        _require(isinstance(self.probe_size, int) and self.probe_size >= 1, f"probe_size must be >= 1, not {self.probe_size!r}")
+
+    def resolved(self, train_examples: int, batch_size: int) -> EnvConfig:
+        """This config with ``updates_per_phase`` settled: with ``epochs`` set, the updates that make
+        ``epochs`` passes over ``train_examples`` in ``phases`` phases; otherwise unchanged."""
+        if self.epochs is None:
+            return self
+        batches_per_epoch = math.ceil(train_examples / batch_size)
+        return dataclasses.replace(self, updates_per_phase=max(1, math.ceil(self.epochs * batches_per_epoch / self.phases)))
+
+    @property
+    def total_updates(self) -> int:
+        return self.phases * self.updates_per_phase
+
+
+def budget_env_fields(budget: Budget) -> dict[str, Any]:
+    """The EnvConfig fields a budget sets."""
+    return {"phases": budget.phases, "updates_per_phase": budget.updates_per_phase or 1, "epochs": budget.epochs}
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -104,7 +254,7 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     return cls(**values)
 
 
@@ -118,14 +268,18 @@ def environment_record() -> dict[str, str]:
         "platform": platform.platform(),
         "torch": str(torch.__version__),
         "transformers": str(transformers.__version__),
+        "torch_threads": str(torch.get_num_threads()),
         "command": " ".join(sys.argv),
     }
 
 
-def save_run_config(path: str | Path, seeds: dict[str, int], **sections: Any) -> Path:
-    """Writes every config section, the seeds and the software versions to one YAML file."""
-    record = {name: to_dict(section) for name, section in sections.items()}
+def save_run_config(path: str | Path, seeds: dict[str, int], teacher: dict[str, Any] | None = None,
+                    **sections: Any) -> Path:
+    """Writes every config section, the seeds, the teacher's identity and the software versions to one YAML file."""
+    record = {name: section if isinstance(section, dict) else to_dict(section) for name, section in sections.items()}
     record["seeds"] = seeds
+    if teacher is not None:
+        record["teacher"] = teacher
     record["environment"] = environment_record()
     path = Path(path)
     with atomic_write(path) as handle:

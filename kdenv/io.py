@@ -1,9 +1,14 @@
-"""Atomic writes: nothing under runs/ is ever left half-written."""
+"""Atomic writes: nothing under runs/ is ever left half-written.
+
+Temporaries are named ``.<name>.<pid>.<random>.tmp`` beside their target. A process killed by
+SIGKILL cannot remove its own, so the next write to the same target removes those whose process is
+gone."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,12 +21,62 @@ def _umask() -> int:
     return mask
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Removes the temporaries of ``path`` left by processes that no longer run; returns them."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp$")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for sibling in path.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    sibling.unlink()
+            removed.append(sibling)
+    return removed
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Fails at once, with the fix, when outputs cannot be written under ``directory`` (checked on
+    the nearest folder that exists, with a real temporary file)."""
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".kdenv-write-check."):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write outputs under {directory} ({error.strerror or error}); choose another folder "
+                      f"(--output-dir, or $KDENV_RUNS_DIR) or make this one writable") from None
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
     """Opens a temporary file beside ``path``; renames it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -40,7 +95,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp_dir, 0o777 & ~_umask())
     try:
         yield tmp_dir

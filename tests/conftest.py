@@ -56,7 +56,7 @@ def load_script(name: str):
 def tiny_teacher(tmp_path, glue_dir, tokenizer):
     """A tiny WNLI teacher saved where the scripts look for it (fine-tuned for 3 steps)."""
     base = tmp_path / "tiny_base"
-    from kdenv.models import save_model
+    from kdenv.engine.models import save_model
 
     save_model(tiny_bert(layers=4, attn_implementation="eager"), tokenizer, base, {})
     assert load_script("finetune_teacher").main(
@@ -67,7 +67,7 @@ def tiny_teacher(tmp_path, glue_dir, tokenizer):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from kdenv.models import load_tokenizer
+    from kdenv.engine.models import load_tokenizer
 
     return load_tokenizer("minilm")
 
@@ -92,8 +92,8 @@ def toy_task_data(n_train: int = 96, n_eval: int = 32, seed: int = 0, task: str 
     occurs in the sequence. Lengths vary so that padding and bucketing are exercised."""
     import numpy as np
 
-    from kdenv.data import EncodedSplit, TaskData
-    from kdenv.tasks import get_task
+    from kdenv.engine.data import EncodedSplit, TaskData
+    from kdenv.engine.tasks import get_task
 
     rng = np.random.default_rng(seed)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kdenv.algorithms import ALGORITHMS, load_hyperparams
-from kdenv.policies import FixedPolicy
-from kdenv.schedules import run_episode
-from kdenv.wrappers import MultiDiscreteOnOff
+from kdenv.decision.algorithms import ALGORITHMS, load_hyperparams
+from kdenv.decision.policies import FixedPolicy
+from kdenv.decision.schedules import run_episode
+from kdenv.decision.wrappers import MultiDiscreteOnOff
 from tests.conftest import REPO, load_script
 from tests.test_env import make_tiny_env
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from kdenv.models import save_model
-from kdenv.teacher import load_teacher
+from kdenv.engine.models import save_model
+from kdenv.engine.teacher import load_teacher
 from tests.conftest import REPO, load_script
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdenv.metrics import label_loyalty, probability_loyalty, saliency_loyalty
-from kdenv.runtime import make_runtime
-from kdenv.tasks import get_task
-from kdenv.training import token_saliency
+from kdenv.engine.inference import token_saliency
+from kdenv.engine.metrics import label_loyalty, probability_loyalty, saliency_loyalty
+from kdenv.engine.runtime import make_runtime
+from kdenv.engine.tasks import get_task
 from tests.conftest import tiny_bert, toy_task_data
 
 
@@ -55,7 +55,7 @@ def test_token_saliency_of_identical_models_is_identical_and_ignores_padding():
 
 
 def test_paired_difference_removes_the_seed_effect_shared_by_two_policies():
-    from kdenv.evaluation import paired_difference
+    from kdenv.engine.evaluation import paired_difference
 
     # Seed 1 is a bad seed for both policies; the agent is ahead by 0.01, 0.02, 0.03.
     reference = {0: 0.80, 1: 0.70, 2: 0.78}

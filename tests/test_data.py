@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from kdenv import data as kdata
+from kdenv.engine import data as kdata
 from kdenv.config import DataConfig
-from kdenv.data import (
+from kdenv.engine.data import (
     DataError,
     collate,
     length_bucketed_batches,
@@ -14,7 +14,7 @@ from kdenv.data import (
     padding_savings,
     stratified_holdout,
 )
-from kdenv.tasks import get_task
+from kdenv.engine.tasks import get_task
 
 REAL_COUNTS = {
     "rte": (2490, 277), "mrpc": (3668, 408), "cola": (8551, 1043),

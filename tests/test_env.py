@@ -10,12 +10,12 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import kdenv
 from kdenv.config import DistillConfig, EnvConfig
-from kdenv.env import KnowledgeDistillationEnv
-from kdenv.models import student_from_teacher
-from kdenv.rewards import REWARDS, RewardInput
-from kdenv.runtime import make_runtime
-from kdenv.teacher_cache import OnlineTeacher
-from kdenv.trainer import StudentTrainer
+from kdenv.decision.env import KnowledgeDistillationEnv
+from kdenv.decision.rewards import REWARDS, RewardInput
+from kdenv.engine.models import student_from_teacher
+from kdenv.engine.runtime import make_runtime
+from kdenv.engine.teacher_cache import OnlineTeacher
+from kdenv.engine.trainer import StudentTrainer
 from tests.conftest import tiny_bert, toy_task_data
 
 OFFERED = ["logits", "hidden", "gradient"]
@@ -147,4 +147,4 @@ def test_exploration_bonus_is_reported_apart():
 
 def test_environment_id_is_registered():
     assert kdenv.ENV_ID in gym.registry
-    assert gym.registry[kdenv.ENV_ID].entry_point == "kdenv.env:make_env"
+    assert gym.registry[kdenv.ENV_ID].entry_point == "kdenv.decision.factory:make_env"

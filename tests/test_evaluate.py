@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
-from kdenv.env import make_env
-from kdenv.schedules import run_episode
+from kdenv.decision.algorithms import SavedAgent
+from kdenv.decision.factory import make_env
+from kdenv.decision.schedules import run_episode
 from tests.conftest import load_script
 
 TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
@@ -24,11 +25,11 @@ def train_tiny_agent(glue_dir, out):
 def test_saved_agent_reproduces_its_recorded_schedule(tiny_teacher, glue_dir, tmp_path):
     agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")
     recorded = json.loads((tmp_path / "agent_run" / "comparison.json").read_text())[0]
-    evaluate = load_script("evaluate")
-    model, record, _ = evaluate.load_agent(str(agent_path))
-    env = make_env("wnli", EnvConfig(**{k: record["env"][k] for k in ("knowledge", "base_weights", "action_space", "phases", "updates_per_phase")}),
-                   DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16),
-                   DistillConfig())
+    saved = SavedAgent.open(agent_path)
+    model = saved.load(device="cpu")
+    env = make_env(task="wnli", env_config=EnvConfig(**saved.record["env"]),
+                   data_config=DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16),
+                   distill_config=DistillConfig())
     replay = run_episode(env, model, seed=recorded["seed"])
     assert replay.schedule == recorded["schedule"]
     assert replay.rewards == recorded["rewards"]
@@ -72,7 +73,7 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
         raise AssertionError("a finished run was recomputed")
 
     monkeypatch.setattr(evaluate, "run_episode", must_not_run)
-    monkeypatch.setattr(evaluate, "make_env", must_not_run)
+    monkeypatch.setattr(evaluate, "build_environment", must_not_run)
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
     assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
 

@@ -3,11 +3,12 @@
 import pytest
 
 from kdenv.config import DataConfig, FinetuneConfig
-from kdenv.data import load_task_data
-from kdenv.models import load_classifier, load_tokenizer
-from kdenv.runtime import make_runtime, seed_everything
-from kdenv.tasks import get_task
-from kdenv.training import evaluate, finetune
+from kdenv.engine.data import load_task_data
+from kdenv.engine.inference import evaluate
+from kdenv.engine.models import load_classifier, load_tokenizer
+from kdenv.engine.runtime import make_runtime, seed_everything
+from kdenv.engine.tasks import get_task
+from kdenv.engine.teacher import finetune
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +36,19 @@ def test_a_few_gkd_updates_lower_the_gkd_loss_on_real_rte(glue_dir, all_cores):
     import torch
 
     from kdenv.config import DistillConfig
-    from kdenv.data import collate
-    from kdenv.knowledge import StepContext, StudentNeeds
-    from kdenv.models import student_from_teacher
-    from kdenv.presets import PRESETS
-    from kdenv.teacher_cache import OnlineTeacher
-    from kdenv.trainer import StudentTrainer
+    from kdenv.engine.data import collate
+    from kdenv.engine.knowledge import StepContext, StudentNeeds
+    from kdenv.engine.models import student_from_teacher
+    from kdenv.engine.recipes import RECIPES
+    from kdenv.engine.teacher_cache import OnlineTeacher
+    from kdenv.engine.trainer import StudentTrainer
 
     rte = get_task("rte")
     tokenizer = load_tokenizer("minilm")
     data = load_task_data(DataConfig(task="rte", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16), tokenizer)
     runtime = make_runtime("cpu")
     teacher = load_classifier("minilm", rte).eval()
-    weights = PRESETS["gkd"].weights
+    weights = RECIPES["gkd"].weights
     config = DistillConfig(learning_rate=1e-4, warmup_ratio=0.0, normalize_losses=False, measure_type_grad_norms=False)
     trainer = StudentTrainer(student_from_teacher(teacher, num_layers=3), OnlineTeacher(teacher, rte, runtime), data,
                              list(weights), config, runtime, 8, teacher.config)

@@ -7,11 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdenv.data import collate
-from kdenv.knowledge import KnowledgeError, KnowledgeSetup, StepContext, StudentNeeds, build_knowledge, teacher_outputs
-from kdenv.knowledge.base import confidence_gradients, default_layer_map
-from kdenv.models import student_from_teacher
-from kdenv.tasks import get_task
+from kdenv.engine.data import collate
+from kdenv.engine.knowledge import (
+    KnowledgeError,
+    KnowledgeSetup,
+    StepContext,
+    StudentNeeds,
+    build_knowledge,
+    teacher_outputs,
+)
+from kdenv.engine.knowledge.base import confidence_gradients, default_layer_map
+from kdenv.engine.models import student_from_teacher
+from kdenv.engine.tasks import get_task
 from tests.conftest import tiny_bert, toy_task_data
 
 RTE = get_task("rte")
@@ -300,6 +307,6 @@ def test_regression_uses_mse_for_logits_and_score_as_confidence():
 
 
 def teacher_confidence(task):
-    from kdenv.knowledge.base import confidence
+    from kdenv.engine.knowledge.base import confidence
 
     return confidence(task, torch.tensor([[0.5]]))[0]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
-from kdenv.models import (
+from kdenv.engine.models import (
     ModelError,
     check_same_vocabulary,
     evenly_spaced_layers,
@@ -11,7 +11,7 @@ from kdenv.models import (
     save_model,
     student_from_teacher,
 )
-from kdenv.tasks import get_task
+from kdenv.engine.tasks import get_task
 
 
 def test_evenly_spaced_layers_end_at_the_top():

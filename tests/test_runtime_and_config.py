@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from kdenv.config import DataConfig, FinetuneConfig, from_dict, load_run_config, save_run_config
+from kdenv.engine.runtime import make_runtime, seed_everything
 from kdenv.io import atomic_write
-from kdenv.runtime import make_runtime, seed_everything
 
 
 def test_cpu_runtime_defaults_to_fp32_and_refuses_fp16():

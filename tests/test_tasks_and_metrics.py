@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kdenv.metrics import f1_binary, matthews_corr, task_metrics
-from kdenv.tasks import TASKS, get_task
+from kdenv.engine.metrics import f1_binary, matthews_corr, task_metrics
+from kdenv.engine.tasks import TASKS, get_task
 
 
 def test_all_nine_glue_tasks_with_their_official_metrics():

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from kdenv.config import DataConfig, DistillConfig
-from kdenv.distillation import build_distillation
-from kdenv.knowledge import KnowledgeError
-from kdenv.models import student_from_teacher
-from kdenv.runtime import make_runtime
-from kdenv.teacher_cache import OnlineTeacher, TeacherCache
-from kdenv.trainer import StudentTrainer
+from kdenv.engine.distillation import prepare_distillation
+from kdenv.engine.knowledge import KnowledgeError
+from kdenv.engine.models import student_from_teacher
+from kdenv.engine.runtime import make_runtime
+from kdenv.engine.teacher_cache import OnlineTeacher, TeacherCache
+from kdenv.engine.trainer import StudentTrainer
 from tests.conftest import tiny_bert, toy_task_data
 
 ALL = ["ce", "logits", "hidden", "attention", "relation", "gradient", "gradient_cls"]
@@ -83,7 +83,7 @@ def test_cache_is_reused_and_a_stale_or_corrupt_one_rebuilt(teacher, data, tmp_p
 def test_splits_capped_differently_keep_their_own_teacher_caches(tiny_teacher, glue_dir, private_runs_dir):
     def reward_cache(cap):
         data_config = DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=cap)
-        return build_distillation(data_config, DistillConfig(), ["logits"], RUNTIME, progress=False).cache_reports["reward"]
+        return prepare_distillation(data_config, DistillConfig(), ["logits"], RUNTIME, progress=False).cache_reports["reward"]
 
     assert reward_cache(16) == "missing"
     assert reward_cache(24) == "missing"  # its own folder, not a rebuild of the 16-example cache
@@ -205,13 +205,26 @@ def test_gradient_knowledge_works_with_sdpa_attention(data):
     assert stats.status == "ok" and stats.grad_norms["gradient"] > 0
 
 
-def test_schedule_length_can_be_replanned_before_training(teacher, data):
-    trainer = make_trainer(teacher, data, learning_rate=1e-3, warmup_ratio=0.5)
-    trainer.set_total_updates(4)
+def test_schedule_spans_the_updates_it_was_built_for(teacher, data):
+    student = student_from_teacher(teacher, num_layers=2)
+    trainer = StudentTrainer(student, OnlineTeacher(teacher, data.task, RUNTIME), data, ["ce"],
+                             DistillConfig(learning_rate=1e-3, warmup_ratio=0.5), RUNTIME, 4, teacher.config)
     rates = []
     for _ in range(4):
-        rates.append(trainer.scheduler.get_last_lr()[0])
+        rates.append(trainer.learning_rate)
         trainer.run_phase({"ce": 1.0}, 1)
     assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
-    with pytest.raises(RuntimeError, match="before the first update"):
-        trainer.set_total_updates(10)
+    assert trainer.learning_rate == 0.0
+
+
+def test_trainer_uses_the_knowledge_modules_it_is_given(teacher, data):
+    """Assembly builds the knowledge modules once; the trainer takes them as they are."""
+    from kdenv.engine.knowledge import build_knowledge_modules
+
+    student = student_from_teacher(teacher, num_layers=2)
+    modules = build_knowledge_modules(["ce", "hidden"], DistillConfig(), data.task, student, teacher.config)
+    trainer = StudentTrainer(student, OnlineTeacher(teacher, data.task, RUNTIME), data, modules, DistillConfig(),
+                             RUNTIME, 4)
+    assert trainer.knowledge["hidden"] is modules["hidden"]
+    with pytest.raises(ValueError, match="teacher_config"):
+        StudentTrainer(student, OnlineTeacher(teacher, data.task, RUNTIME), data, ["ce"], DistillConfig(), RUNTIME, 4)

@@ -3,9 +3,12 @@ import pytest
 import torch
 
 from kdenv.config import DataConfig, FinetuneConfig
-from kdenv.data import load_task_data
-from kdenv.runtime import make_runtime, seed_everything
-from kdenv.training import evaluate, finetune, linear_warmup_decay, predict, task_loss
+from kdenv.engine.data import load_task_data
+from kdenv.engine.inference import evaluate, predict
+from kdenv.engine.knowledge.ce import task_loss
+from kdenv.engine.optim import linear_warmup_decay
+from kdenv.engine.runtime import make_runtime, seed_everything
+from kdenv.engine.teacher import finetune
 from tests.conftest import toy_task_data
 
 
@@ -66,7 +69,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 def test_task_loss_is_mse_for_regression():
-    from kdenv.tasks import get_task
+    from kdenv.engine.tasks import get_task
 
     scores = torch.tensor([[1.0], [2.0]])
     assert task_loss(get_task("stsb"), scores, torch.tensor([1.5, 2.0])).item() == pytest.approx(0.125)

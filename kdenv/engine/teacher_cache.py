@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdenv.data import EncodedSplit, collate, length_bucketed_batches
+from kdenv.engine.data import EncodedSplit, collate, length_bucketed_batches
+from kdenv.engine.knowledge.base import parse_teacher_keys, teacher_outputs
+from kdenv.engine.runtime import Runtime
+from kdenv.engine.tasks import TaskSpec
 from kdenv.io import atomic_directory
-from kdenv.knowledge.base import parse_teacher_keys, teacher_outputs
-from kdenv.runtime import Runtime
-from kdenv.tasks import TaskSpec
 
 CACHE_FORMAT = 1
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kdenv.tasks import TaskSpec
+from kdenv.engine.tasks import TaskSpec
 
 KNOWLEDGE_TYPES: dict[str, type[KnowledgeType]] = {}
 

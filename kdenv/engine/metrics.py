@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from kdenv.tasks import TaskSpec
+from kdenv.engine.tasks import TaskSpec
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

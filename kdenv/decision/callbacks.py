@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from kdenv.schedules import EpisodeRecord, heatmap_array, save_records
+from kdenv.decision.schedules import EpisodeRecord, heatmap_array, save_records
 
 
 class ScheduleCallback(BaseCallback):
@@ -69,3 +69,23 @@ class ScheduleCallback(BaseCallback):
     def _on_training_end(self) -> None:
         save_records(self.records, self.log_dir, "schedules")
         self.writer.flush()
+
+
+class AgentCheckpoint(BaseCallback):
+    """Saves the agent (atomically) every ``every_episodes`` finished episodes, so that a killed or
+    interrupted training run leaves an agent to evaluate or resume with ``--resume``."""
+
+    def __init__(self, path: Path, every_episodes: int = 1, verbose: int = 0):
+        super().__init__(verbose)
+        self.path, self.every_episodes, self.episodes = Path(path), max(1, every_episodes), 0
+
+    def _on_step(self) -> bool:
+        finished = int(np.sum(self.locals["dones"]))
+        if finished:
+            before = self.episodes // self.every_episodes
+            self.episodes += finished
+            if self.episodes // self.every_episodes > before:
+                from kdenv.decision.algorithms import save_agent
+
+                save_agent(self.model, self.path)
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -55,7 +56,10 @@ class TaskSpec:
         """Turns a label as written in a local TSV into the hub's label id (or a float score)."""
         raw = raw.strip()
         if self.is_regression:
-            return float(raw)
+            score = float(raw)
+            if not math.isfinite(score):
+                raise ValueError(f"score {raw!r} is not a finite number")
+            return score
         if raw in self.label_names:
             return self.label_names.index(raw)
         as_int = int(raw)  # tasks whose files hold ids (0/1) rather than names

@@ -12,7 +12,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,21 +21,20 @@ import torch
 from torch import nn
 
 from kdenv.config import DistillConfig
-from kdenv.data import BatchStream, TaskData
-from kdenv.knowledge import (
-    KnowledgeError,
-    KnowledgeSetup,
+from kdenv.engine.data import MODEL_INPUTS, BatchStream, TaskData, to_device
+from kdenv.engine.inference import predict
+from kdenv.engine.knowledge import (
     KnowledgeType,
     StepContext,
     StudentNeeds,
-    build_knowledge,
+    build_knowledge_modules,
     validate_weights,
 )
-from kdenv.metrics import task_metrics
-from kdenv.models import attention_implementation
-from kdenv.runtime import Runtime, seed_everything
-from kdenv.teacher_cache import TeacherSource
-from kdenv.training import MODEL_INPUTS, linear_warmup_decay, make_optimizer, predict, task_loss, to_device
+from kdenv.engine.knowledge.ce import task_loss
+from kdenv.engine.metrics import task_metrics
+from kdenv.engine.optim import linear_warmup_decay, make_optimizer
+from kdenv.engine.runtime import Runtime, seed_everything
+from kdenv.engine.teacher_cache import TeacherSource
 
 
 class LossNormalizer:
@@ -93,34 +92,6 @@ class Snapshot:
     state: dict[str, Any]
 
 
-def build_knowledge_modules(
-    names: list[str], config: DistillConfig, task, student: nn.Module, teacher_config: Any
-) -> dict[str, KnowledgeType]:
-    """The knowledge types on offer, built for this student/teacher pair (checks layer maps,
-    options, hidden sizes and attention implementations up front)."""
-    setup = KnowledgeSetup(
-        task=task, student_config=student.config, teacher_config=teacher_config,
-        layer_map=[tuple(pair) for pair in config.layer_map] if config.layer_map else None,
-        temperature=config.temperature,
-    )
-    unknown_options = set(config.knowledge_options) - set(names)
-    if unknown_options:
-        raise KnowledgeError(f"options given for knowledge not on offer: {sorted(unknown_options)}")
-    modules = {}
-    for name in names:
-        type_setup = copy.copy(setup)
-        type_setup.options = dict(config.knowledge_options.get(name, {}))
-        module = build_knowledge(name, type_setup)
-        if module.needs_eager_attention and attention_implementation(student) != "eager":
-            raise KnowledgeError(
-                f"knowledge {name!r} reads attention maps, but the student was loaded with "
-                f"{attention_implementation(student)!r} attention; load student and teacher with "
-                "attn_implementation='eager'"
-            )
-        modules[name] = module
-    return modules
-
-
 class StudentTrainer:
     """Trains a student from teacher knowledge, phase by phase."""
 
@@ -129,19 +100,26 @@ class StudentTrainer:
         student: nn.Module,
         teacher_source: TeacherSource,
         data: TaskData,
-        knowledge_names: list[str],
+        knowledge: Mapping[str, KnowledgeType] | Sequence[str],
         config: DistillConfig,
         runtime: Runtime,
         total_updates: int | None,
-        teacher_config: Any,
+        teacher_config: Any = None,
         eval_teacher_logits: dict[str, np.ndarray] | None = None,
     ):
+        """``knowledge``: the knowledge modules built for this student (``build_knowledge_modules``),
+        or their names, to be built here (then ``teacher_config`` is needed). ``total_updates`` is
+        the length of the learning-rate schedule (None: ``config.epochs`` over the train split)."""
         seed_everything(config.seed)  # projections, dropout and shuffling all follow from the seed
         self.data, self.task, self.config, self.runtime = data, data.task, config, runtime
         self.student = student.to(runtime.device).train()
         self.teacher_source = teacher_source
         self.eval_teacher_logits = eval_teacher_logits or {}
-        self.knowledge = build_knowledge_modules(knowledge_names, config, self.task, student, teacher_config)
+        if not isinstance(knowledge, Mapping):
+            if teacher_config is None:
+                raise ValueError("building knowledge modules by name needs the teacher's config (teacher_config)")
+            knowledge = build_knowledge_modules(list(knowledge), config, self.task, student, teacher_config)
+        self.knowledge = dict(knowledge)
         for module in self.knowledge.values():
             module.to(runtime.device)
         if config.freeze_embeddings:
@@ -152,7 +130,6 @@ class StudentTrainer:
                                         config.learning_rate, config.weight_decay)
         self.trainable = [p for p in student.parameters() if p.requires_grad] + extra
         self.stream = BatchStream(data["train"], data.pad_token_id, config.batch_size, seed=config.seed)
-        # The schedule spans the whole run: given in updates, or config.epochs over the train split.
         if total_updates is None:
             total_updates = math.ceil(config.epochs * self.stream.batches_per_epoch)
         self.total_updates = max(1, total_updates)
@@ -163,15 +140,10 @@ class StudentTrainer:
         self.updates_done = 0
         self.compute_calls: dict[str, int] = {name: 0 for name in self.knowledge}  # for tests and profiling
 
-    def set_total_updates(self, total_updates: int) -> None:
-        """Re-plans the learning-rate schedule for a run of ``total_updates`` (before training starts)."""
-        if self.updates_done:
-            raise RuntimeError("the schedule length can only change before the first update")
-        self.total_updates = max(1, total_updates)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group.get("initial_lr", group["lr"])
-        warmup = int(self.config.warmup_ratio * self.total_updates)
-        self.scheduler = linear_warmup_decay(self.optimizer, warmup, self.total_updates)
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next update will use."""
+        return self.scheduler.get_last_lr()[0]
 
     # ------------------------------------------------------------------ training
 
@@ -256,7 +228,7 @@ class StudentTrainer:
         stats.normalized_losses = {name: value / count for name, value in normalized_sums.items()}
         stats.total_loss /= count
         stats.grad_norm /= count
-        stats.learning_rate = self.scheduler.get_last_lr()[0]
+        stats.learning_rate = self.learning_rate
         stats.wall_time_s = time.perf_counter() - start
         return stats
 
@@ -284,6 +256,18 @@ class StudentTrainer:
             else:
                 result["agreement"] = float(np.mean(outputs.argmax(-1) == teacher_logits.argmax(-1)))
         return result
+
+    @torch.no_grad()
+    def probe_cls(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """The student's mean last-layer [CLS] vector on ``batch``, in eval mode (the
+        knowledge-selection paper's state)."""
+        was_training = self.student.training
+        self.student.eval()
+        batch = to_device(batch, self.runtime.device)
+        with self.runtime.autocast():
+            outputs = self.student(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
+        self.student.train(was_training)
+        return outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()
 
     # ------------------------------------------------------------------ snapshots
 

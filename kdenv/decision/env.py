@@ -37,17 +37,15 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
-from kdenv.config import EnvConfig
-from kdenv.data import collate
-from kdenv.knowledge import KNOWLEDGE_TYPES
-from kdenv.rewards import RewardInput, get_reward
-from kdenv.trainer import StudentTrainer
-from kdenv.training import MODEL_INPUTS, to_device
+from kdenv.config import ACTION_SPACES, EnvConfig
+from kdenv.decision.rewards import RewardInput, get_reward
+from kdenv.engine.data import collate
+from kdenv.engine.trainer import StudentTrainer
 
-ACTION_SPACES = ("multibinary", "box", "discrete")
+__all__ = ["ACTION_SPACES", "BASE_FEATURES", "KnowledgeDistillationEnv", "SpacesOnlyEnv", "WallTime", "make_spaces"]
+
 BASE_FEATURES = 8
 
 
@@ -65,6 +63,43 @@ class WallTime(float):
     __hash__ = float.__hash__
 
 
+def make_spaces(config: EnvConfig, cls_sizes: tuple[int, int] | None = None) -> tuple[spaces.Space, spaces.Space]:
+    """The action and observation spaces of an environment with ``config``; ``cls_sizes`` are the
+    teacher's and the student's hidden sizes (needed with ``cls_state``)."""
+    num_types = len(config.knowledge)
+    if config.action_space == "multibinary":
+        action_space = spaces.MultiBinary(num_types)
+    elif config.action_space == "box":
+        action_space = spaces.Box(0.0, 1.0, shape=(num_types,), dtype=np.float32)
+    else:
+        action_space = spaces.Discrete(2**num_types)
+    features = spaces.Box(-1.0, 1.0, shape=(BASE_FEATURES + 3 * num_types,), dtype=np.float32)
+    if not config.cls_state:
+        return action_space, features
+    if cls_sizes is None:
+        raise ValueError("cls_state needs the teacher's and the student's hidden sizes")
+    return action_space, spaces.Dict({
+        "features": features,
+        "teacher_cls": spaces.Box(-1.0, 1.0, shape=(cls_sizes[0],), dtype=np.float32),
+        "student_cls": spaces.Box(-1.0, 1.0, shape=(cls_sizes[1],), dtype=np.float32),
+    })
+
+
+class SpacesOnlyEnv(gym.Env):
+    """An environment with the spaces of a configuration and no trainer behind it: an agent can be
+    constructed on it (checking its hyperparameters) before the expensive environment is built."""
+
+    def __init__(self, config: EnvConfig, cls_sizes: tuple[int, int] | None = None):
+        self.action_space, self.observation_space = make_spaces(config, cls_sizes)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
 class KnowledgeDistillationEnv(gym.Env):
     """Each step chooses the knowledge mix of the next distillation phase."""
 
@@ -76,22 +111,15 @@ class KnowledgeDistillationEnv(gym.Env):
         if unknown:
             raise ValueError(f"knowledge {unknown} offered by the environment but not built into the trainer "
                              f"(trainer has {list(trainer.knowledge)})")
-        if not config.knowledge:
-            raise ValueError("the environment needs at least one knowledge type on offer")
-        if config.action_space not in ACTION_SPACES:
-            raise ValueError(f"unknown action space {config.action_space!r}; choose one of {ACTION_SPACES}")
-        get_reward(config.reward)  # unknown reward names fail here
+        missing_base = [name for name in config.base_weights if name not in trainer.knowledge]
+        if missing_base:
+            raise ValueError(f"always-on knowledge {missing_base} is not built into the trainer "
+                             f"(trainer has {list(trainer.knowledge)})")
         self.trainer, self.config = trainer, config
         self.knowledge = list(config.knowledge)
         self.num_types = len(self.knowledge)
-        if config.action_space == "multibinary":
-            self.action_space = spaces.MultiBinary(self.num_types)
-        elif config.action_space == "box":
-            self.action_space = spaces.Box(0.0, 1.0, shape=(self.num_types,), dtype=np.float32)
-        else:
-            self.action_space = spaces.Discrete(2**self.num_types)
-        features = spaces.Box(-1.0, 1.0, shape=(BASE_FEATURES + 3 * self.num_types,), dtype=np.float32)
         self._probe = None
+        cls_sizes = None
         if config.cls_state:
             if teacher_probe_cls is None:
                 raise ValueError("cls_state needs the teacher's probe [CLS] vector (teacher_probe_cls)")
@@ -99,18 +127,13 @@ class KnowledgeDistillationEnv(gym.Env):
             probe = list(range(min(config.probe_size, len(reward_split))))
             self._probe = collate(reward_split, probe, trainer.data.pad_token_id)
             self._teacher_cls = np.tanh(np.asarray(teacher_probe_cls, dtype=np.float32))
-            hidden = trainer.student.config.hidden_size
-            self.observation_space = spaces.Dict({
-                "features": features,
-                "teacher_cls": spaces.Box(-1.0, 1.0, shape=self._teacher_cls.shape, dtype=np.float32),
-                "student_cls": spaces.Box(-1.0, 1.0, shape=(hidden,), dtype=np.float32),
-            })
-        else:
-            self.observation_space = features
+            cls_sizes = (self._teacher_cls.shape[0], trainer.student.config.hidden_size)
+        self.action_space, self.observation_space = make_spaces(config, cls_sizes)
         self._reward_fn = get_reward(config.reward)
         self._initial_snapshot = trainer.snapshot()
         self._initial_eval = trainer.evaluate("reward")
         self._peak_lr = trainer.config.learning_rate
+        self._terminated = False
         self._action_counts: Counter = Counter()
         self.episode_index = -1
         self._reset_episode_state()
@@ -124,10 +147,14 @@ class KnowledgeDistillationEnv(gym.Env):
         self.trainer.reseed(episode_seed)
         self.episode_index += 1
         self.episode_seed = episode_seed
+        self._terminated = False
         self._reset_episode_state()
         return self._observation(), {"episode_seed": episode_seed, "metric": self._metric}
 
     def step(self, action):
+        if self._terminated:
+            raise RuntimeError("the episode is over (the last step returned terminated=True): call env.reset() before "
+                               "stepping again")
         weights = self.action_to_weights(action)
         full_weights = {**self.config.base_weights, **weights}
         start = time.perf_counter()
@@ -142,6 +169,7 @@ class KnowledgeDistillationEnv(gym.Env):
             info.update(crash=stats.message, phase_wall_time_s=WallTime(time.perf_counter() - start),
                         task_reward=self.config.crash_penalty, exploration_bonus=0.0)
             self._previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
+            self._terminated = True
             return self._observation(), float(self.config.crash_penalty), True, False, info
         evaluation = self.trainer.evaluate("reward")
         terminal = self.phase >= self.config.phases
@@ -157,6 +185,7 @@ class KnowledgeDistillationEnv(gym.Env):
             reward_split=evaluation, task_reward=task_reward, exploration_bonus=bonus,
             phase_wall_time_s=WallTime(time.perf_counter() - start),
         )
+        self._terminated = terminal
         return self._observation(), float(task_reward + bonus), terminal, False, info
 
     # ------------------------------------------------------------------ actions
@@ -236,7 +265,7 @@ class KnowledgeDistillationEnv(gym.Env):
             self._last_losses[name] / max(self._first_losses[name], 1e-8) - 1.0 if name in self._last_losses else 0.0
             for name in self.knowledge
         ]
-        lr = self.trainer.scheduler.get_last_lr()[0] / self._peak_lr if self._peak_lr else 0.0
+        lr = self.trainer.learning_rate / self._peak_lr if self._peak_lr else 0.0
         features = np.concatenate([
             [
                 self.phase / self.config.phases, self._metric, self._best, 10 * self._metric_change,
@@ -247,63 +276,5 @@ class KnowledgeDistillationEnv(gym.Env):
         features = np.clip(np.nan_to_num(features), -1.0, 1.0).astype(np.float32)
         if self._probe is None:
             return features
-        return {"features": features, "teacher_cls": self._teacher_cls.copy(), "student_cls": self._student_probe_cls()}
-
-    @torch.no_grad()
-    def _student_probe_cls(self) -> np.ndarray:
-        student = self.trainer.student
-        was_training = student.training
-        student.eval()
-        batch = to_device(self._probe, self.trainer.runtime.device)
-        outputs = student(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
-        student.train(was_training)
-        return np.tanh(outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()).astype(np.float32)
-
-
-def make_env(
-    task: str = "rte",
-    env_config: EnvConfig | dict | None = None,
-    data_config=None,
-    distill_config=None,
-    data_dir: str | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    progress: bool = False,
-) -> KnowledgeDistillationEnv:
-    """Builds the environment for a task: teacher (fine-tuned if missing), cached teacher knowledge,
-    student and trainer, with the learning-rate schedule spanning one episode."""
-    from kdenv.config import DataConfig, DistillConfig
-    from kdenv.distillation import build_distillation
-    from kdenv.runtime import make_runtime
-
-    if isinstance(env_config, dict):
-        env_config = EnvConfig(**env_config)
-    env_config = env_config or EnvConfig()
-    data_config = data_config or DataConfig(task=task, data_dir=data_dir)
-    distill_config = distill_config or DistillConfig(device=device, precision=precision)
-    for name in [*env_config.knowledge, *env_config.base_weights]:
-        if name not in KNOWLEDGE_TYPES:
-            raise ValueError(f"unknown knowledge {name!r}; registered: {', '.join(sorted(KNOWLEDGE_TYPES))}")
-    names = list(dict.fromkeys([*env_config.base_weights, *env_config.knowledge]))
-    runtime = make_runtime(distill_config.device, distill_config.precision)
-    setup = build_distillation(data_config, distill_config, names, runtime,
-                               total_updates=env_config.phases * env_config.updates_per_phase, progress=progress)
-    if env_config.epochs is not None:
-        per_epoch = setup.trainer.stream.batches_per_epoch
-        env_config.updates_per_phase = math.ceil(env_config.epochs * per_epoch / env_config.phases)
-        setup.trainer.set_total_updates(env_config.phases * env_config.updates_per_phase)
-    teacher_cls = None
-    if env_config.cls_state:
-        teacher_cls = teacher_probe_cls(setup, env_config.probe_size, runtime)
-    env = KnowledgeDistillationEnv(setup.trainer, env_config, teacher_probe_cls=teacher_cls)
-    env.distillation = setup
-    return env
-
-
-@torch.no_grad()
-def teacher_probe_cls(setup, probe_size: int, runtime) -> np.ndarray:
-    teacher = setup.teacher.to(runtime.device).eval()
-    split = setup.data["reward"]
-    batch = to_device(collate(split, list(range(min(probe_size, len(split)))), setup.data.pad_token_id), runtime.device)
-    outputs = teacher(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
-    return outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()
+        student_cls = np.tanh(self.trainer.probe_cls(self._probe)).astype(np.float32)
+        return {"features": features, "teacher_cls": self._teacher_cls.copy(), "student_cls": student_cls}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdenv.presets import PRESETS
+from kdenv.engine.recipes import RECIPES
 
 WeightFn = Callable[[int, int, np.random.Generator, list[str]], dict[str, float]]
 
@@ -53,15 +53,15 @@ def _single(kind: str) -> WeightFn:
     return weights
 
 
+def recipe_knowledge(name: str) -> list[str]:
+    """The types a recipe switches on besides `ce` (which is the environment's base term)."""
+    return [k for k, w in RECIPES[name].weights.items() if w > 0 and k != "ce"]
+
+
 def _recipe(name: str) -> WeightFn:
-    recipe = PRESETS[name]
+    recipe = RECIPES[name]
 
     def weights(phase, phases, rng, knowledge):
-        # `ce` is the environment's base term unless offered; every other term must be on offer.
-        missing = [k for k, w in recipe.weights.items() if w > 0 and k != "ce" and k not in knowledge]
-        if missing:
-            raise ValueError(f"recipe {name!r} needs knowledge {missing}, which the environment does not offer "
-                             f"({knowledge}); offer them with --knowledge")
         return {k: float(recipe.weights.get(k, 0.0)) for k in knowledge}
 
     return weights
@@ -74,8 +74,29 @@ BASE_POLICIES: dict[str, WeightFn] = {
     "random-soft": _random_soft,
     "linear-increase": _linear_increase,
     "linear-decrease": _linear_decrease,
-    **{name: _recipe(name) for name in PRESETS},
+    # Recipes that also set training (the *-paper ones) cannot be a schedule inside an environment
+    # whose trainer is already built: run them with agents/distill.py.
+    **{name: _recipe(name) for name, recipe in RECIPES.items() if not recipe.training},
 }
+
+
+def check_policy(name: str, knowledge: list[str]) -> None:
+    """Refuses, with the fix, a fixed policy that cannot run in an environment offering ``knowledge``."""
+    if name.startswith("only-"):
+        kind = name.removeprefix("only-")
+        if kind not in knowledge:
+            raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with --knowledge")
+        return
+    if name in RECIPES and RECIPES[name].training:
+        raise ValueError(f"{name!r} sets its own training recipe (raw losses, learning rate, student), so it cannot be "
+                         f"a schedule in this environment; run it with: python agents/distill.py --knowledge {name}")
+    if name not in BASE_POLICIES:
+        raise ValueError(f"unknown policy {name!r}; fixed policies: {', '.join(policy_names(knowledge))}")
+    if name in RECIPES:
+        missing = [k for k in recipe_knowledge(name) if k not in knowledge]
+        if missing:
+            raise ValueError(f"recipe {name!r} needs knowledge {missing}, which the environment does not offer "
+                             f"({','.join(knowledge)}); offer them with --knowledge")
 
 
 def policy_names(knowledge: list[str]) -> list[str]:
@@ -92,17 +113,12 @@ class FixedPolicy:
     seed: int = 0
 
     def __post_init__(self):
+        check_policy(self.name, self.env.knowledge)
         if self.name.startswith("only-"):
-            kind = self.name.removeprefix("only-")
-            if kind not in self.env.knowledge:
-                raise ValueError(f"policy {self.name!r}: {kind!r} is not offered ({self.env.knowledge})")
-            self._weights = _single(kind)
-        elif self.name in BASE_POLICIES:
-            self._weights = BASE_POLICIES[self.name]
+            self._weights = _single(self.name.removeprefix("only-"))
         else:
-            raise ValueError(f"unknown policy {self.name!r}; fixed policies: {', '.join(policy_names(self.env.knowledge))}")
+            self._weights = BASE_POLICIES[self.name]
         self.rng = np.random.default_rng(self.seed)
-        self._weights(0, self.env.config.phases, np.random.default_rng(0), self.env.knowledge)  # fail early
 
     def weights(self, phase: int) -> dict[str, float]:
         return self._weights(phase, self.env.config.phases, self.rng, self.env.knowledge)

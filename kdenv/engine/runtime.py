@@ -61,6 +61,16 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(resolved, precision)
 
 
+def _one_thread_after_fork() -> None:
+    # A child forked while torch's OpenMP threads are live hangs in its first parallel kernel (GNU
+    # OpenMP's pool does not survive fork). One thread runs every kernel inline, so forked workers
+    # (gymnasium.make_vec(..., vectorization_mode="async"), SubprocVecEnv with fork) work as called.
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and torch (all devices) and asks torch for deterministic CPU kernels."""
     random.seed(seed)

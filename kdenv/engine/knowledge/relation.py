@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from kdenv.knowledge.base import KnowledgeType, StepContext, StudentNeeds, full_precision, register
-from kdenv.knowledge.hidden import make_projections, project
+from kdenv.engine.knowledge.base import KnowledgeType, StepContext, StudentNeeds, full_precision, register
+from kdenv.engine.knowledge.hidden import make_projections, project
 
 
 def fsp_matrix(first: torch.Tensor, second: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,9 @@ import numpy as np
 import torch
 
 from kdenv.config import DataConfig
+from kdenv.engine.tasks import TaskSpec, get_task
 from kdenv.io import atomic_write
 from kdenv.paths import cache_dir
-from kdenv.tasks import TaskSpec, get_task
 
 GLUE_DIR_ENV = "KDENV_GLUE_DIR"
 HUB_DATASET = "nyu-mll/glue"
@@ -80,10 +82,15 @@ def read_local_split(task: TaskSpec, glue_dir: Path, filename: str) -> RawSplit:
             f"{task.name}: missing file {path}; the GLUE folder must hold {layout.folder}/{filename} "
             f"(download_glue_data.py layout), or leave --data-dir / {GLUE_DIR_ENV} unset to use the hub"
         )
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error}); the file is damaged or not a GLUE TSV (re-download it)") from None
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line.rstrip("\r") for line in lines]
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: the file is empty; re-download the GLUE data (download_glue_data.py layout)")
     if layout.has_header:
         header = lines[0].split("\t")
         rows, first_line = lines[1:], 2
@@ -240,8 +247,8 @@ def _load_encoded(path: Path, key: str) -> EncodedSplit | None:
                 [types[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
                 stored["labels"],
             )
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # truncated or damaged: rebuilt by the caller
 
 
 def encode_split(
@@ -382,6 +389,13 @@ def length_bucketed_batches(
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what a model forward takes from a batch
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
 def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int) -> dict[str, torch.Tensor]:

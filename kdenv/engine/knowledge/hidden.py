@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdenv.knowledge.base import KnowledgeType, StepContext, full_precision, register
+from kdenv.engine.knowledge.base import KnowledgeType, StepContext, full_precision, register
 
 
 def make_projections(setup, layers: list[int]) -> nn.ModuleDict | None:
@@ -44,7 +44,7 @@ class HiddenStates(KnowledgeType):
         return {f"{prefix}.{t}" for _, t in self.setup.layer_map}
 
     def student_needs(self):
-        from kdenv.knowledge.base import StudentNeeds
+        from kdenv.engine.knowledge.base import StudentNeeds
 
         return StudentNeeds(hidden_states=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kdenv.knowledge.base import (
+from kdenv.engine.knowledge.base import (
     KnowledgeError,
     KnowledgeType,
     StepContext,

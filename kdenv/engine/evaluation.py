@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from kdenv.metrics import label_loyalty, probability_loyalty, saliency_loyalty, task_metrics
-from kdenv.trainer import StudentTrainer
-from kdenv.training import predict, token_saliency
+from kdenv.engine.inference import predict, token_saliency
+from kdenv.engine.metrics import label_loyalty, probability_loyalty, saliency_loyalty, task_metrics
+from kdenv.engine.trainer import StudentTrainer
 
 
 class DevScorer:

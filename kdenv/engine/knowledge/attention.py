@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdenv.knowledge.base import KnowledgeType, StepContext, StudentNeeds, full_precision, register
+from kdenv.engine.knowledge.base import KnowledgeType, StepContext, StudentNeeds, full_precision, register
 
 
 @register("attention")

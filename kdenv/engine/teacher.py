@@ -1,0 +1,212 @@
+"""The fine-tuned teacher of a task: trained once, saved under ``runs/teachers/<task>/``, reused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from kdenv.config import DataConfig, FinetuneConfig, save_run_config, to_dict
+from kdenv.engine.data import (
+    MODEL_INPUTS,
+    TaskData,
+    collate,
+    length_bucketed_batches,
+    load_task_data,
+    padding_savings,
+    to_device,
+)
+from kdenv.engine.inference import evaluate
+from kdenv.engine.knowledge.ce import task_loss
+from kdenv.engine.models import ModelError, load_classifier, load_tokenizer, save_model
+from kdenv.engine.optim import linear_warmup_decay, make_optimizer
+from kdenv.engine.runtime import Runtime, seed_everything
+from kdenv.engine.tasks import get_task
+from kdenv.paths import teacher_dir
+
+METADATA_FILE = "kdenv.json"
+
+
+def teacher_metadata(task: str, directory: Path | None = None) -> dict[str, Any] | None:
+    """The saved teacher's record (scores, config), or None when there is no complete teacher."""
+    name = get_task(task).name
+    path = (directory or teacher_dir(name)) / METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        metadata = json.loads(path.read_text())
+        if not isinstance(metadata, dict) or "data" not in metadata or "primary_metric" not in metadata:
+            raise ValueError("a teacher record needs its data and primary_metric entries")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelError(f"the teacher record {path} is damaged ({error}); fine-tune the teacher again: "
+                         f"python agents/finetune_teacher.py --task {name} --force") from None
+    return metadata
+
+
+def load_teacher(task: str, attn_implementation: str = "sdpa", directory: Path | None = None):
+    """Loads the saved teacher of ``task`` (model, tokenizer, metadata)."""
+    spec = get_task(task)
+    directory = directory or teacher_dir(spec.name)
+    metadata = teacher_metadata(spec.name, directory)
+    if metadata is None:
+        raise ModelError(
+            f"no fine-tuned teacher for {spec.name} in {directory}; "
+            f"run: python agents/finetune_teacher.py --task {spec.name}"
+        )
+    try:
+        model = load_classifier(directory, spec, attn_implementation=attn_implementation)
+        tokenizer = load_tokenizer(directory)
+    except ModelError:
+        raise
+    except Exception as error:  # safetensors, json and OS errors all mean a damaged folder here
+        raise ModelError(f"the teacher in {directory} cannot be loaded ({type(error).__name__}: {error}); fine-tune it "
+                         f"again: python agents/finetune_teacher.py --task {spec.name} --force") from None
+    return model, tokenizer, metadata
+
+
+def finetune_teacher(
+    data_config: DataConfig,
+    finetune_config: FinetuneConfig,
+    runtime: Runtime,
+    select_on: str = "reward",
+    directory: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tunes the base model on the task and saves it (atomically) with its config and scores."""
+    task = get_task(data_config.task)
+    directory = Path(directory or teacher_dir(task.name))
+    seed_everything(finetune_config.seed)
+    tokenizer = load_tokenizer(finetune_config.model)
+    data: TaskData = load_task_data(data_config, tokenizer)
+    model = load_classifier(finetune_config.model, task)
+    batches = length_bucketed_batches(data["train"].lengths, finetune_config.batch_size, True, finetune_config.seed)
+    padding = padding_savings(data["train"].lengths, batches, data_config.max_length)
+    result = finetune(
+        model, data, finetune_config, runtime, select_on=select_on,
+        log_dir=directory.parent / "tensorboard" / task.name, progress=progress,
+    )
+    metadata = {
+        "task": task.name,
+        "base_model": finetune_config.model,
+        "primary_metric": task.primary_metric,
+        "dev": result.best_metrics["dev"],
+        "reward": result.best_metrics["reward"],
+        "selected_on": select_on,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "wall_time_s": round(result.wall_time_s, 1),
+        "device": runtime.describe(),
+        "split_sizes": {name: len(split) for name, split in data.splits.items()},
+        "padding": padding,
+        "history": result.history,
+        "data": to_dict(data_config),
+        "finetune": to_dict(finetune_config),
+    }
+
+    def write_config(tmp: Path) -> None:
+        save_run_config(tmp / "config.yaml", {"finetune": finetune_config.seed, "split": data_config.split_seed},
+                        data=data_config, finetune=finetune_config)
+
+    save_model(model, tokenizer, directory, metadata, write_extra=write_config)
+    return metadata
+
+
+@dataclass
+class FinetuneResult:
+    best_metrics: dict[str, dict[str, float]]  # split name -> metrics, at the selected epoch
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    steps: int = 0
+
+
+def finetune(
+    model: torch.nn.Module,
+    data: TaskData,
+    config: FinetuneConfig,
+    runtime: Runtime,
+    select_on: str = "reward",
+    log_dir: Path | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tunes ``model`` on ``data['train']`` with hard labels, evaluating on the reward and dev
+    splits after every epoch and keeping the weights of the epoch best on ``select_on``.
+
+    The model is left holding the best weights.
+    """
+    task = data.task
+    model.to(runtime.device).train()
+    train = data["train"]
+    lengths = train.lengths
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+    scheduler = linear_warmup_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    scaler = runtime.grad_scaler()
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+    metric_name = task.primary_metric
+    best_score, best_state, result = -math.inf, None, FinetuneResult({}, -1)
+    start, step = time.perf_counter(), 0
+    bar = tqdm(total=total_steps, desc=f"fine-tune {task.name}", disable=not progress, unit="step")
+    for epoch in range(config.epochs):
+        for indices in length_bucketed_batches(lengths, config.batch_size, shuffle=True, seed=config.seed + epoch):
+            if step >= total_steps:
+                break
+            batch = to_device(collate(train, indices, data.pad_token_id), runtime.device)
+            with runtime.autocast():
+                logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
+            loss = task_loss(task, logits, batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+        evaluations = {
+            name: evaluate(model, data, name, runtime, config.eval_batch_size)
+            for name in ("reward", "dev")
+        }
+        record = {"epoch": epoch, "step": step, **{f"{s}/{k}": v for s, m in evaluations.items() for k, v in m.items()}}
+        result.history.append(record)
+        if writer is not None:
+            for key, value in record.items():
+                if "/" in key:
+                    writer.add_scalar(key, value, step)
+        bar.write(
+            f"epoch {epoch}: reward {metric_name} {evaluations['reward'][metric_name]:.4f}, "
+            f"dev {metric_name} {evaluations['dev'][metric_name]:.4f}"
+        )
+        if evaluations[select_on][metric_name] > best_score:
+            best_score = evaluations[select_on][metric_name]
+            best_state = copy.deepcopy(model.state_dict())
+            result.best_metrics, result.best_epoch = evaluations, epoch
+        if step >= total_steps:
+            break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.wall_time_s = time.perf_counter() - start
+    result.steps = step
+    return result
