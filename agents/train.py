@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         # value now, not after the teacher, the caches and the student are built.
         probe_env = SpacesOnlyEnv(env_config, (8, 8) if env_config.cls_state else None)
         if resumed is None:
-            algorithm.load_class()(policy, MultiDiscreteOnOff(probe_env) if algorithm.wrap_multidiscrete else probe_env,
-                                   seed=args.seed, verbose=0, **copy.deepcopy(params))
+            try:
+                algorithm.load_class()(policy, MultiDiscreteOnOff(probe_env) if algorithm.wrap_multidiscrete else probe_env,
+                                       seed=args.seed, verbose=0, **copy.deepcopy(params))
+            except (TypeError, ValueError, KeyError, AssertionError) as error:
+                raise ValueError(f"{algorithm.name} cannot be built with these hyperparameters ({type(error).__name__}: "
+                                 f"{error}); check agents/hyperparams/{algorithm.name}.yaml and --hp") from None
         run_dir = Path(args.output_dir) if args.output_dir else (
             runs_dir() / task.name / f"{algorithm.name}_{time.strftime('%Y%m%d-%H%M%S')}")
         check_writable(run_dir)

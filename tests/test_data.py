@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kdenv.engine import data as kdata
 from kdenv.config import DataConfig
+from kdenv.engine import data as kdata
 from kdenv.engine.data import (
     DataError,
     collate,

@@ -1,0 +1,73 @@
+"""The package's floor plan: imports run one way. The engine (data, models, knowledge, teacher,
+cache, trainer) never imports the decision layer (env, rewards, policies, agents), and no module
+imports, even lazily inside a function, one that imports it back."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "kdenv"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def kdenv_imports(path: Path) -> set[str]:
+    """Every kdenv module a file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdenv"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # submodules imported by name
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("kdenv"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph():
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {name: {target for target in kdenv_imports(path) if target in modules and target != name}
+            for name, path in modules.items()}
+
+
+def test_the_engine_never_imports_the_decision_layer(graph):
+    upward = {(name, target) for name, targets in graph.items() if name.startswith("kdenv.engine")
+              for target in targets if target.startswith("kdenv.decision")}
+    assert not upward
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, or None."""
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                return [*path, node, target]
+            if target not in state and (cycle := visit(target, [*path, node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node, [])):
+            return cycle
+    return None
+
+
+def test_imports_form_no_cycle(graph):
+    # A package's __init__ may re-export its own modules: an edge from a member into its own
+    # package is a re-export, not a loop between modules.
+    edges = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in graph.items()}
+    assert find_cycle(edges) is None
+
+
+def test_the_cycle_check_can_fail():
+    """A lazy import that closes a loop (as token_saliency's once did) is found."""
+    assert find_cycle({"kdenv.engine.a": {"kdenv.engine.b"}, "kdenv.engine.b": {"kdenv.engine.a"}}) == [
+        "kdenv.engine.a", "kdenv.engine.b", "kdenv.engine.a"]
