@@ -25,25 +25,6 @@ RTE = get_task("rte")
 T = 5.0
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """A 4-layer eager teacher, a 2-layer student made of its layers 1 and 3, and a padded batch."""
-    torch.manual_seed(0)
-    teacher = tiny_bert(layers=4, attn_implementation="eager", seed=1).eval()
-    with torch.no_grad():  # confident outputs, so that soft-label losses are far from zero
-        teacher.classifier.weight.mul_(200)
-    student = student_from_teacher(teacher, num_layers=2)
-    # Make the student differ from the teacher so that every loss is clearly non-zero.
-    with torch.no_grad():
-        for parameter in [*student.bert.encoder.parameters(), *student.classifier.parameters()]:
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    student.eval()
-    data = toy_task_data(n_train=8)
-    batch = collate(data["train"], list(range(6)), 0)
-    assert batch["attention_mask"].sum(1).min() < batch["input_ids"].shape[1]  # some padding
-    return teacher, student, batch
-
-
 def run_one(model, batch, row, **kwargs):
     """The model on one example alone, unpadded."""
     length = int(batch["attention_mask"][row].sum())

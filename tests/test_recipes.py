@@ -12,7 +12,7 @@ from kdenv.engine.knowledge import KnowledgeError, StepContext, StudentNeeds, bu
 from kdenv.engine.models import student_from_teacher, student_layers_for
 from kdenv.engine.recipes import RECIPES, parse_knowledge
 from tests.conftest import load_script, tiny_bert
-from tests.test_knowledge import RTE, embedding_gradient_alone, pair, rows, run_one  # noqa: F401 (pair: fixture)
+from tests.test_knowledge import RTE, embedding_gradient_alone, rows, run_one
 
 T = 5.0
 
