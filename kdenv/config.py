@@ -105,10 +105,12 @@ class FinetuneConfig:
     """Fine-tuning a base model on a task (the teacher). Defaults follow common GLUE practice."""
 
     model: str = option("minilm", "base model: 'minilm' (the packaged all-MiniLM-L6-v2), a hub id, or a local folder")
-    epochs: int = option(3, "passes over the train split")
+    epochs: int = option(4, "passes over the train split")
     batch_size: int = option(16, "training batch size")
     eval_batch_size: int = option(64, "evaluation batch size", flag=False)
     learning_rate: float = option(5e-5, "peak AdamW learning rate")
+    selection_tolerance: float | None = option(None, "keep the latest epoch whose selection metric is within this of the "
+                                                     "best epoch's (unset: one bootstrap standard error; 0: the best)")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = option(0.1, "share of updates spent in linear warmup")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
@@ -124,6 +126,8 @@ class FinetuneConfig:
         _require(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay!r}")
         _require(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
         _positive_or_none("max_steps", self.max_steps)
+        _require(self.selection_tolerance is None or (_finite(self.selection_tolerance) and self.selection_tolerance >= 0),
+                 f"selection_tolerance must be >= 0 or unset, not {self.selection_tolerance!r}")
 
 
 STUDENT_INITS = ("evenly", "first")

@@ -1,6 +1,7 @@
 """The package's floor plan: imports run one way. The engine (data, models, knowledge, teacher,
-cache, trainer) never imports the decision layer (env, rewards, policies, agents), and no module
-imports, even lazily inside a function, one that imports it back."""
+cache, trainer) never imports the decision layer (env, rewards, policies, agents), neither imports
+the benchmark (tree, tables, oracle), and no module imports, even lazily inside a function, one
+that imports it back."""
 
 import ast
 from pathlib import Path
@@ -34,9 +35,13 @@ def graph():
             for name, path in modules.items()}
 
 
-def test_the_engine_never_imports_the_decision_layer(graph):
-    upward = {(name, target) for name, targets in graph.items() if name.startswith("kdenv.engine")
-              for target in targets if target.startswith("kdenv.decision")}
+@pytest.mark.parametrize("lower, higher", [
+    ("kdenv.engine", ("kdenv.decision", "kdenv.benchmark")),
+    ("kdenv.decision", ("kdenv.benchmark",)),
+])
+def test_lower_floors_never_import_higher_ones(graph, lower, higher):
+    upward = {(name, target) for name, targets in graph.items() if name.startswith(lower)
+              for target in targets if target.startswith(higher)}
     assert not upward
 
 

@@ -8,7 +8,8 @@ from kdenv.engine.inference import evaluate, predict
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.optim import linear_warmup_decay
 from kdenv.engine.runtime import make_runtime, seed_everything
-from kdenv.engine.teacher import finetune
+from kdenv.engine.tasks import get_task
+from kdenv.engine.teacher import bootstrap_stderr, finetune, select_epoch
 from tests.conftest import toy_task_data
 
 
@@ -73,3 +74,42 @@ def test_task_loss_is_mse_for_regression():
 
     scores = torch.tensor([[1.0], [2.0]])
     assert task_loss(get_task("stsb"), scores, torch.tensor([1.5, 2.0])).item() == pytest.approx(0.125)
+
+
+def test_epoch_selection_prefers_the_latest_epoch_within_the_noise():
+    # The RTE case from the issue: epoch 0 "wins" by 0.02 on 249 examples, one standard error is ~0.03.
+    history = [{"reward/accuracy": 0.574, "reward/accuracy_stderr": 0.031},
+               {"reward/accuracy": 0.534, "reward/accuracy_stderr": 0.032},
+               {"reward/accuracy": 0.554, "reward/accuracy_stderr": 0.031}]
+    assert select_epoch(history, "reward/accuracy") == 2
+    assert select_epoch(history, "reward/accuracy", tolerance=0.0) == 0  # plain argmax
+    clear_drop = [{"m": 0.70, "m_stderr": 0.01}, {"m": 0.60, "m_stderr": 0.01}]
+    assert select_epoch(clear_drop, "m") == 0
+
+
+def test_bootstrap_stderr_matches_the_binomial_one_for_accuracy():
+    task = get_task("rte")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    outputs = np.eye(2)[np.where(rng.uniform(size=400) < 0.7, labels, 1 - labels)]
+    accuracy = float(np.mean(outputs.argmax(-1) == labels))
+    expected = np.sqrt(accuracy * (1 - accuracy) / 400)
+    assert bootstrap_stderr(task, outputs, labels, resamples=400) == pytest.approx(expected, rel=0.15)
+
+
+def test_a_teacher_fine_tuned_twice_has_the_same_fingerprint(glue_dir, tokenizer, tmp_path, all_cores):
+    """Same config, software and thread count: the same weights, so anyone can rebuild the teacher a
+    benchmark table was made with."""
+    from kdenv.engine.models import load_classifier, save_model
+    from kdenv.engine.teacher_cache import model_fingerprint
+    from tests.conftest import load_script, tiny_bert
+
+    base = tmp_path / "base"
+    save_model(tiny_bert(layers=2), tokenizer, base, {})
+    fingerprints = []
+    for name in ("first", "second"):
+        assert load_script("finetune_teacher").main(
+            ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "2", "--max-steps", "6",
+             "--output-dir", str(tmp_path / name), "--no-progress"]) == 0
+        fingerprints.append(model_fingerprint(load_classifier(tmp_path / name, get_task("wnli"))))
+    assert fingerprints[0] == fingerprints[1]

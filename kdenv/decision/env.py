@@ -188,6 +188,28 @@ class KnowledgeDistillationEnv(gym.Env):
         self._terminated = terminal
         return self._observation(), float(task_reward + bonus), terminal, False, info
 
+    # ------------------------------------------------------------------ fork: state in, state out
+
+    _EPISODE_FIELDS = ("phase", "episode_seed", "_terminated", "_metric", "_best", "_metric_change", "_loss",
+                       "_loss_change", "_agreement", "_first_losses", "_last_losses", "_grad_share", "_previous_action",
+                       "_action_counts")
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that determines the rest of the episode (trainer snapshot and the episode's
+        observation state), copied: :meth:`set_state` forks the episode from here, any number of
+        times, each continuation seeing the same batches and dropout draws (CompilerGym's fork)."""
+        import copy
+
+        return {"trainer": self.trainer.snapshot(),
+                "episode": copy.deepcopy({name: getattr(self, name, None) for name in self._EPISODE_FIELDS})}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        import copy
+
+        self.trainer.restore(state["trainer"])
+        for name, value in copy.deepcopy(state["episode"]).items():
+            setattr(self, name, value)
+
     # ------------------------------------------------------------------ actions
 
     def action_to_weights(self, action) -> dict[str, float]:

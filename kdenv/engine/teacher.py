@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -23,8 +23,9 @@ from kdenv.engine.data import (
     padding_savings,
     to_device,
 )
-from kdenv.engine.inference import evaluate
+from kdenv.engine.inference import predict
 from kdenv.engine.knowledge.ce import task_loss
+from kdenv.engine.metrics import task_metrics
 from kdenv.engine.models import ModelError, load_classifier, load_tokenizer, save_model
 from kdenv.engine.optim import linear_warmup_decay, make_optimizer
 from kdenv.engine.runtime import Runtime, seed_everything
@@ -137,9 +138,11 @@ def finetune(
     progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tunes ``model`` on ``data['train']`` with hard labels, evaluating on the reward and dev
-    splits after every epoch and keeping the weights of the epoch best on ``select_on``.
+    splits after every epoch, and keeps the weights of the epoch :func:`select_epoch` picks on
+    ``select_on``: the latest one whose metric is within ``config.selection_tolerance`` (default:
+    one bootstrap standard error) of the best epoch's.
 
-    The model is left holding the best weights.
+    The model is left holding the selected weights.
     """
     task = data.task
     model.to(runtime.device).train()
@@ -158,7 +161,7 @@ def finetune(
 
         writer = SummaryWriter(str(log_dir))
     metric_name = task.primary_metric
-    best_score, best_state, result = -math.inf, None, FinetuneResult({}, -1)
+    result, epoch_states = FinetuneResult({}, -1), []
     start, step = time.perf_counter(), 0
     bar = tqdm(total=total_steps, desc=f"fine-tune {task.name}", disable=not progress, unit="step")
     for epoch in range(config.epochs):
@@ -182,12 +185,18 @@ def finetune(
             if writer is not None:
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-        evaluations = {
-            name: evaluate(model, data, name, runtime, config.eval_batch_size)
-            for name in ("reward", "dev")
-        }
+        evaluations, selection_outputs = {}, None
+        for name in ("reward", "dev"):
+            outputs = predict(model, data[name], data.pad_token_id, runtime, config.eval_batch_size)
+            evaluations[name] = task_metrics(task, outputs, data[name].labels)
+            evaluations[name]["loss"] = float(task_loss(task, torch.from_numpy(outputs), torch.from_numpy(data[name].labels)))
+            if name == select_on:
+                selection_outputs = outputs
         record = {"epoch": epoch, "step": step, **{f"{s}/{k}": v for s, m in evaluations.items() for k, v in m.items()}}
+        record[f"{select_on}/{metric_name}_stderr"] = bootstrap_stderr(task, selection_outputs, data[select_on].labels,
+                                                                      seed=config.seed)
         result.history.append(record)
+        epoch_states.append(({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, evaluations))
         if writer is not None:
             for key, value in record.items():
                 if "/" in key:
@@ -196,17 +205,40 @@ def finetune(
             f"epoch {epoch}: reward {metric_name} {evaluations['reward'][metric_name]:.4f}, "
             f"dev {metric_name} {evaluations['dev'][metric_name]:.4f}"
         )
-        if evaluations[select_on][metric_name] > best_score:
-            best_score = evaluations[select_on][metric_name]
-            best_state = copy.deepcopy(model.state_dict())
-            result.best_metrics, result.best_epoch = evaluations, epoch
         if step >= total_steps:
             break
     bar.close()
     if writer is not None:
         writer.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    result.best_epoch = select_epoch(result.history, f"{select_on}/{metric_name}", config.selection_tolerance)
+    best_state, result.best_metrics = epoch_states[result.best_epoch]
+    model.load_state_dict(best_state)
     result.wall_time_s = time.perf_counter() - start
     result.steps = step
     return result
+
+
+def bootstrap_stderr(task, outputs: np.ndarray, labels: np.ndarray, resamples: int = 200, seed: int = 0) -> float:
+    """Standard error of the task's primary metric on a split, by resampling its examples."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        value = task_metrics(task, outputs[index], labels[index])[task.primary_metric]
+        if np.isfinite(value):
+            values.append(value)
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def select_epoch(history: list[dict[str, Any]], key: str, tolerance: float | None = None) -> int:
+    """The latest epoch whose ``key`` is within ``tolerance`` of the best epoch's (None: that
+    epoch's bootstrap standard error, ``key + "_stderr"``; 0: plain argmax).
+
+    Why not the plain argmax: on a small selection split (RTE: 249 examples) the metric's noise is
+    as large as the differences between epochs, and an argmax then often picks epoch 0, a
+    near-uniform model whose accuracy is luck. Later epochs have trained longer; an earlier one
+    wins only when it is better by more than the noise."""
+    scores = [record[key] for record in history]
+    best = int(np.argmax(scores))
+    margin = history[best].get(key + "_stderr", 0.0) if tolerance is None else tolerance
+    return max(index for index, score in enumerate(scores) if score >= scores[best] - margin)

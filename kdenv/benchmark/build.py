@@ -1,0 +1,94 @@
+"""Building a table: the live environment for the tree's setup, its jobs (seed × prefix, resumable,
+independent), and the table with its manifest once every job is done."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kdenv.benchmark.table import write_manifest, write_seed
+from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
+from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
+from kdenv.decision.factory import EnvironmentSetup, build_environment
+from kdenv.engine.teacher_cache import split_fingerprint
+from kdenv.paths import runs_dir
+
+
+@dataclass
+class TreeSetup:
+    """What a tree is built from. Its hash names the work folder, so a rerun resumes the same build."""
+
+    data: DataConfig
+    distill: DistillConfig
+    env: EnvConfig
+
+    def __post_init__(self) -> None:
+        # Tables enumerate subsets, hold task rewards only, and the feature observation.
+        self.env = dataclasses.replace(self.env, action_space="discrete", exploration_bonus=0.0, cls_state=False)
+
+    def key(self) -> str:
+        fields = {"data": to_dict(self.data), "distill": to_dict(self.distill), "env": to_dict(self.env)}
+        for ignored in ("data_dir", "device", "precision"):
+            fields["data"].pop(ignored, None)
+            fields["distill"].pop(ignored, None)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def work_dir(self) -> Path:
+        return runs_dir() / "trees" / self.data.task / self.key()
+
+    def build_env(self, progress: bool = True) -> EnvironmentSetup:
+        return build_environment(self.data.task, self.env, self.data, self.distill, progress=progress)
+
+
+def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: bool = True,
+             environment: EnvironmentSetup | None = None, jobs: list[tuple[int, tuple[int, ...]]] | None = None) -> float:
+    """Runs (or resumes) every job in this process; returns the compute seconds spent."""
+    environment = environment or setup.build_env(progress)
+    builder = TreeBuilder(environment.env, setup.work_dir())
+    jobs = jobs if jobs is not None else builder.jobs(seeds, job_depth)
+    total = sum(builder.job_nodes(prefix) for _, prefix in jobs)
+    bar = tqdm(total=total, desc=f"tree {setup.data.task}", unit="node", disable=not progress, smoothing=0.05)
+    seconds = 0.0
+    for seed, prefix in jobs:
+        bar.set_postfix(seed=seed, prefix=",".join(map(str, prefix)) or "-")
+        seconds += builder.run_job(seed, prefix, bar).seconds
+    bar.close()
+    return seconds
+
+
+def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int], out: Path) -> Path:
+    """Collects each seed's records from the work folder and writes the table and its manifest
+    (the build time is the sum of every node's measured phase and dev-evaluation time)."""
+    num_actions, phases = 2 ** len(setup.env.knowledge), setup.env.phases
+    out = Path(out)
+    build_seconds = 0.0
+    for seed in seeds:
+        records = collect_seed(setup.work_dir(), seed, num_actions, phases)
+        build_seconds += sum(r.get("wall_time_s", 0.0) + r.get("dev_wall_time_s", 0.0) for r in records)
+        write_seed(out, seed, records)
+    distillation = environment.distillation
+    software = environment_record()
+    software.pop("command", None)
+    manifest: dict[str, Any] = {
+        "task": setup.data.task, "knowledge": list(setup.env.knowledge), "phases": phases,
+        "updates_per_phase": environment.config.updates_per_phase, "batch_size": setup.distill.batch_size,
+        "seeds": list(seeds), "nodes_per_seed": tree_size(num_actions, phases) + 1,
+        "data": {k: v for k, v in to_dict(setup.data).items() if k != "data_dir"},
+        "distill": {k: v for k, v in to_dict(setup.distill).items() if k not in ("device", "precision")},
+        "env": to_dict(environment.config),
+        "reward_split": {"examples": len(distillation.data["reward"]),
+                         "fingerprint": split_fingerprint(distillation.data["reward"])},
+        "teacher": distillation.teacher_record(),
+        "device": distillation.runtime.describe(),
+        "software": software,
+        "build_seconds": round(build_seconds, 1),
+        "built": time.strftime("%Y-%m-%d"),
+    }
+    return write_manifest(out, manifest)

@@ -1,0 +1,130 @@
+"""Exact answers from a table: the hindsight-optimal schedule of each seed, the best open-loop
+schedule (one fixed sequence for every seed), the best constant action, every named fixed policy,
+and the headroom an adaptive schedule could have over the best constant one.
+
+Returns are in reward units before ``reward_scale`` (for ``metric_gain`` exactly the final minus the
+initial reward-split metric). A phase that crashed ends its episode with the crash penalty."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from kdenv.benchmark.table import Table
+from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+from kdenv.decision.policies import BASE_POLICIES, FixedPolicy
+
+CRASH_RETURN = -1.0
+
+
+def episode_return(table: Table, seed: int, schedule: tuple[int, ...], reward: str) -> float:
+    """The return of a fixed action sequence on one seed's tree."""
+    nodes, total, history = table.nodes[seed], 0.0, ()
+    for action in schedule:
+        history = (*history, int(action))
+        node = nodes[history]
+        if node["status"] != "ok":
+            return total + CRASH_RETURN
+        total += node["rewards"][reward]
+        if node["terminal"]:
+            break
+    return total
+
+
+def all_returns(table: Table, reward: str) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Every full action sequence and its return on every seed: ([sequence], [seeds × sequences])."""
+    sequences = list(itertools.product(range(table.num_actions), repeat=table.phases))
+    returns = np.array([[episode_return(table, seed, sequence, reward) for sequence in sequences]
+                        for seed in table.seeds])
+    return sequences, returns
+
+
+def policy_schedule(table: Table, name: str, seed: int) -> tuple[int, ...]:
+    """The subset sequence a named fixed policy plays on one seed's tree (weights rounded at 0.5)."""
+    env = KnowledgeSelectionTableEnv(table, seeds=[seed])
+    policy = FixedPolicy(name, env, seed=seed)
+    observation, _ = env.reset(options={"table_seed": seed})
+    done, schedule = False, []
+    while not done:
+        action, _ = policy.predict(observation)
+        schedule.append(env.action_index(action))
+        observation, _, done, _, _ = env.step(action)
+    return tuple(schedule)
+
+
+def named_policies(table: Table) -> list[str]:
+    deterministic = [name for name in BASE_POLICIES if not name.startswith("random")]
+    usable = []
+    for name in [*deterministic, *(f"only-{k}" for k in table.knowledge)]:
+        try:
+            policy_schedule(table, name, table.seeds[0])
+        except ValueError:
+            continue  # a recipe that needs knowledge this table does not offer
+        usable.append(name)
+    return usable
+
+
+def mean_std(values) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def solve(table: Table, reward: str) -> dict[str, Any]:
+    """The oracle, the best open-loop and constant schedules, the named policies and the headroom."""
+    sequences, returns = all_returns(table, reward)  # [seeds, sequences]
+    seeds = table.seeds
+    oracle_index = returns.argmax(axis=1)
+    open_loop = int(returns.mean(axis=0).argmax())
+    constants = [sequences.index((a,) * table.phases) for a in range(table.num_actions)]
+    best_constant = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]
+    oracle = returns[np.arange(len(seeds)), oracle_index]
+    policies = {}
+    for name in named_policies(table):
+        per_seed = [episode_return(table, seed, policy_schedule(table, name, seed), reward) for seed in seeds]
+        policies[name] = {"schedule": [list(policy_schedule(table, name, seed)) for seed in seeds][0],
+                          "return": mean_std(per_seed), "per_seed": per_seed}
+    return {
+        "reward": reward,
+        "seeds": seeds,
+        "oracle": {"per_seed": oracle.tolist(), "return": mean_std(oracle),
+                   "schedules": [list(sequences[i]) for i in oracle_index]},
+        "open_loop": {"schedule": list(sequences[open_loop]), "return": mean_std(returns[:, open_loop]),
+                      "per_seed": returns[:, open_loop].tolist()},
+        "best_constant": {"schedule": list(sequences[best_constant]), "action": sequences[best_constant][0],
+                          "return": mean_std(returns[:, best_constant]), "per_seed": returns[:, best_constant].tolist()},
+        "constants": {str(sequences[i][0]): mean_std(returns[:, i]) for i in constants},
+        "policies": policies,
+        "headroom": mean_std(oracle - returns[:, best_constant]),
+        "open_loop_headroom": mean_std(returns[:, open_loop] - returns[:, best_constant]),
+    }
+
+
+def reward_dev_correlation(table: Table) -> dict[str, Any]:
+    """Does the reward split measure what we care about? Spearman's rank correlation over leaves
+    between the final reward-split metric and the GLUE dev metric, per seed and pooled."""
+    metric = None
+    per_seed, pooled_reward, pooled_dev = {}, [], []
+    for seed in table.seeds:
+        leaves = [leaf for leaf in table.leaves(seed) if "dev" in leaf]
+        if not leaves:
+            continue
+        metric = metric or next(k for k in leaves[0]["dev"] if k != "loss")
+        reward_values = [leaf["metric"] for leaf in leaves]
+        dev_values = [leaf["dev"][metric] for leaf in leaves]
+        per_seed[seed] = float(spearmanr(reward_values, dev_values).statistic)
+        pooled_reward += reward_values
+        pooled_dev += dev_values
+    pooled = float(spearmanr(pooled_reward, pooled_dev).statistic) if pooled_reward else float("nan")
+    return {"dev_metric": metric, "per_seed": per_seed, "pooled": pooled}
+
+
+def action_names(table: Table) -> list[str]:
+    """Readable names of the 2^K subsets: '-' for none, else the types switched on."""
+    names = []
+    for index in range(table.num_actions):
+        on = [name for bit, name in enumerate(table.knowledge) if (index >> bit) & 1]
+        names.append("+".join(on) if on else "-")
+    return names

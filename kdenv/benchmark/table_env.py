@@ -1,0 +1,119 @@
+"""The knowledge-selection environment replayed from a schedule table: the live environment's
+spaces and rewards, no teacher, no model, no GLUE files, microseconds per step.
+
+Registered as ``kdenv/KnowledgeSelectionTable-v0``: ``gymnasium.make("kdenv/KnowledgeSelectionTable-v0",
+task="stsb")`` loads the table shipped in ``benchmarks/stsb/``; ``table=PATH`` loads another.
+Each ``reset`` draws one of the table's seeds (``seeds=`` restricts the draw: train/test splits
+over seeds); ``reset(options={"table_seed": s})`` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from kdenv.benchmark.table import Table, TableError, benchmarks_dir
+from kdenv.config import ACTION_SPACES, EnvConfig
+from kdenv.decision.env import make_spaces
+from kdenv.decision.rewards import REWARDS
+
+
+class KnowledgeSelectionTableEnv(gym.Env):
+    """Steps through a table's trees; observations and rewards are those the live env returned."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, table: Table, seeds: list[int] | None = None, reward: str = "metric_gain",
+                 reward_scale: float = 10.0, action_space: str = "discrete"):
+        super().__init__()
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; registered: {', '.join(REWARDS)}")
+        if action_space not in ACTION_SPACES:
+            raise ValueError(f"action_space must be one of {ACTION_SPACES}, not {action_space!r}")
+        seeds = table.seeds if seeds is None else [int(seed) for seed in seeds]
+        unknown = sorted(set(seeds) - set(table.seeds))
+        if not seeds or unknown:
+            raise TableError(f"seeds {unknown or seeds} are not in the table (it has {table.seeds})")
+        if table.manifest["env"].get("cls_state"):
+            raise TableError("tables hold the feature observation only (cls_state off)")
+        self.table, self.seeds, self.reward, self.reward_scale = table, seeds, reward, float(reward_scale)
+        self.knowledge = table.knowledge
+        self.config = EnvConfig(knowledge=self.knowledge, action_space=action_space, phases=table.phases,
+                                updates_per_phase=int(table.manifest["env"]["updates_per_phase"]), reward=reward,
+                                reward_scale=reward_scale)
+        self.action_space, self.observation_space = make_spaces(self.config)
+        self._nodes: dict[tuple[int, ...], dict[str, Any]] = {}
+        self._observations: dict[int, dict[tuple[int, ...], np.ndarray]] = {
+            seed: {history: np.asarray(node["observation"], dtype=np.float32) for history, node in table.nodes[seed].items()}
+            for seed in seeds}
+        self._history: tuple[int, ...] = ()
+        self._done = True
+        self.table_seed = seeds[0]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        chosen = (options or {}).get("table_seed")
+        if chosen is None:
+            chosen = self.seeds[int(self.np_random.integers(len(self.seeds)))]
+        elif chosen not in self.seeds:
+            raise TableError(f"table_seed {chosen} is not among this environment's seeds {self.seeds}")
+        self.table_seed = int(chosen)
+        self._nodes = self.table.nodes[self.table_seed]
+        self._history, self._done = (), False
+        return self._observations[self.table_seed][()].copy(), {"table_seed": self.table_seed}
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError("the episode is over: call env.reset() before stepping again")
+        index = self.action_index(action)
+        self._history = (*self._history, index)
+        node = self._nodes[self._history]
+        if node["status"] != "ok":
+            self._done = True
+            return self._observations[self.table_seed][self._history].copy(), float(self.config.crash_penalty), True, \
+                False, {"crash": node.get("crash", ""), "status": node["status"], "history": self._history}
+        reward = node["rewards"][self.reward] * self.reward_scale
+        self._done = bool(node["terminal"])
+        info = {"metric": node["metric"], "loss": node["loss"], "task_reward": reward, "exploration_bonus": 0.0,
+                "action_weights": dict(node["weights"]), "status": "ok", "history": self._history}
+        if self._done and "dev" in node:
+            info["dev"] = node["dev"]
+        return self._observations[self.table_seed][self._history].copy(), float(reward), self._done, False, info
+
+    def action_index(self, action) -> int:
+        """The subset index of an action of this env's space (Box weights round at 0.5)."""
+        array = np.asarray(action)
+        kind = self.config.action_space
+        if kind == "discrete":
+            if array.size != 1 or not 0 <= int(array) < self.table.num_actions:
+                raise ValueError(f"action {action!r} does not fit Discrete({self.table.num_actions})")
+            return int(array)
+        if array.shape != (len(self.knowledge),):
+            raise ValueError(f"action of shape {array.shape} does not fit {self.action_space} over {self.knowledge}")
+        bits = (array.astype(np.float64) >= 0.5) if kind == "box" else array.astype(np.int64)
+        if kind == "multibinary" and not np.all((array == 0) | (array == 1)):
+            raise ValueError(f"MultiBinary action must hold only 0 and 1, got {action!r}")
+        return int(sum(int(bit) << k for k, bit in enumerate(bits)))
+
+    def weights_to_action(self, weights: dict[str, float]):
+        """As the live env: fixed policies act here unchanged."""
+        values = np.array([weights.get(name, 0.0) for name in self.knowledge], dtype=np.float32)
+        if self.config.action_space == "box":
+            return np.clip(values, 0.0, 1.0)
+        bits = (values >= 0.5).astype(np.int8)
+        if self.config.action_space == "multibinary":
+            return bits
+        return int(sum(int(bit) << k for k, bit in enumerate(bits)))
+
+
+def make_table_env(task: str | None = None, table: str | None = None, seeds: list[int] | None = None,
+                   reward: str = "metric_gain", reward_scale: float = 10.0,
+                   action_space: str = "discrete") -> KnowledgeSelectionTableEnv:
+    """``gymnasium.make("kdenv/KnowledgeSelectionTable-v0", task="stsb")``: the shipped table of a
+    task, or ``table=PATH``."""
+    if (task is None) == (table is None):
+        raise TableError("name either task= (a table shipped in benchmarks/) or table= (a folder), not both or none")
+    directory = benchmarks_dir() / task if task is not None else table
+    return KnowledgeSelectionTableEnv(Table.load(directory), seeds, reward, reward_scale, action_space)

@@ -1,0 +1,223 @@
+"""The oracle benchmark on a tiny tree (tiny random BERT teacher, 2 phases, 2 knowledge types):
+the builder enumerates every schedule with common random numbers and resumes after a kill, the
+table is checked on load, the table environment passes the checkers, the oracle gets known
+answers right, and replaying schedules on the live trainer reproduces the table exactly."""
+
+import gzip
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import kdenv
+from kdenv.benchmark.build import TreeSetup, run_jobs, write_table
+from kdenv.benchmark.oracle import action_names, reward_dev_correlation, solve
+from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
+from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
+from kdenv.benchmark.validate import validate
+from kdenv.config import DataConfig, DistillConfig, EnvConfig
+
+
+def tiny_setup(glue_dir):
+    return TreeSetup(DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16),
+                     DistillConfig(), EnvConfig(knowledge=["logits", "gradient"], phases=2, updates_per_phase=1))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, glue_dir, tokenizer):
+    """One tiny table (2 seeds), built once for the module in its own runs folder."""
+    import os
+
+    from kdenv.engine.models import save_model
+    from tests.conftest import load_script, tiny_bert
+
+    root = tmp_path_factory.mktemp("bench")
+    old = os.environ.get("KDENV_RUNS_DIR")
+    os.environ["KDENV_RUNS_DIR"] = str(root / "runs")
+    try:
+        save_model(tiny_bert(layers=4, attn_implementation="eager"), tokenizer, root / "base", {})
+        assert load_script("finetune_teacher").main(
+            ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(root / "base"), "--epochs", "1",
+             "--max-steps", "3", "--no-progress"]) == 0
+        setup = tiny_setup(glue_dir)
+        environment = setup.build_env(progress=False)
+        run_jobs(setup, [0, 1], job_depth=1, progress=False, environment=environment)
+        write_table(setup, environment, [0, 1], root / "table")
+        yield {"root": root, "setup": setup, "environment": environment, "table": root / "table"}
+    finally:
+        if old is None:
+            os.environ.pop("KDENV_RUNS_DIR", None)
+        else:
+            os.environ["KDENV_RUNS_DIR"] = old
+
+
+def test_the_tree_holds_every_schedule_with_shared_prefixes(built):
+    table = Table.load(built["table"])
+    assert table.seeds == [0, 1] and table.num_actions == 4
+    for seed in table.seeds:
+        assert len(table.nodes[seed]) == tree_size(4, 2) + 1 == 21
+        leaves = table.leaves(seed)
+        assert len(leaves) == 16 and all("dev" in leaf and "accuracy" in leaf["dev"] for leaf in leaves)
+    root = table.nodes[0][()]
+    first = table.nodes[0][(0,)]
+    assert set(first["rewards"]) == {"metric_gain", "loss_decrease", "log_loss", "final_metric"}
+    assert first["rewards"]["metric_gain"] == pytest.approx(first["metric"] - root["metric"])
+    # Common random numbers: the all-off action trains ce only, so its loss differs from the
+    # logits-on sibling only through the action; seeds differ through data order and dropout.
+    assert table.nodes[0][(0,)]["losses"]["ce"] == pytest.approx(table.nodes[0][(1,)]["losses"]["ce"])
+    assert table.nodes[0][(0,)]["losses"]["ce"] != table.nodes[1][(0,)]["losses"]["ce"]
+    manifest = table.manifest
+    assert manifest["teacher"]["fingerprint"] == built["environment"].distillation.teacher_fingerprint
+    assert manifest["reward_split"]["examples"] == 16 and manifest["knowledge"] == ["logits", "gradient"]
+    assert manifest["build_seconds"] > 0 and manifest["software"]["torch"]
+
+
+def test_replaying_three_schedules_live_matches_the_table_exactly(built):
+    table = Table.load(built["table"])
+    for seed, schedule in [(0, [3, 0]), (1, [1, 2]), (0, [2, 2])]:
+        result = validate(table, schedule, seed, built["environment"])
+        assert result.ok, result.mismatches
+        assert len(result.live_rewards) == 2
+
+
+def test_validation_catches_a_changed_table(built, tmp_path):
+    table = Table.load(built["table"])
+    table.nodes[0][(3,)]["rewards"]["metric_gain"] += 0.01
+    result = validate(table, [3, 0], 0, built["environment"])
+    assert not result.ok and "reward at [3]" in result.mismatches[0]
+    table.manifest["teacher"] = {**table.manifest["teacher"], "fingerprint": "0" * 20}
+    with pytest.raises(TableError, match="built with teacher 0+, this machine's wnli teacher"):
+        validate(table, [3, 0], 0, built["environment"])
+
+
+def test_a_killed_build_resumes_and_loses_only_the_node_in_flight(built, glue_dir, monkeypatch):
+    setup, environment = built["setup"], built["environment"]
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "resume_runs"))
+    builder = TreeBuilder(environment.env, setup.work_dir())
+
+    class KillAfter:
+        def __init__(self, n):
+            self.n = n
+
+        def update(self, count=1):
+            self.n -= 1
+            if self.n == 0:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        builder.run_job(0, (), KillAfter(9))
+    lines = builder.job_path(0, ()).read_text().splitlines()
+    assert 0 < len([line for line in lines if '"complete"' not in line]) < 21
+    with open(builder.job_path(0, ()), "a") as handle:
+        handle.write('{"history": [3, 1], "trunc')  # a line cut short by the kill
+    stats = builder.run_job(0, ())
+    assert stats.reused >= 1 and stats.computed >= 1
+    resumed = collect_seed(setup.work_dir(), 0, 4, 2)
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    original = collect_seed(setup.work_dir(), 0, 4, 2)
+    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("wall_time_s")} for r in records]  # noqa: E731
+    assert strip(resumed) == strip(original)
+
+
+def test_damaged_or_mismatched_tables_are_refused(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["table"], copy)
+    with pytest.raises(TableError, match="offers \\['logits', 'gradient'\\], not \\['logits', 'hidden'\\]"):
+        Table.load(copy, knowledge=["logits", "hidden"])
+    with pytest.raises(TableError, match="has 2 phases, not 3"):
+        Table.load(copy, phases=3)
+    data = (copy / "seed1.jsonl.gz").read_bytes()
+    (copy / "seed1.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TableError, match="seed1.jsonl.gz is missing, truncated or altered"):
+        Table.load(copy)
+    with pytest.raises(TableError, match="no table at"):
+        Table.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("action_space", ["discrete", "multibinary", "box"])
+def test_table_env_passes_the_checkers_and_replays_the_tree(built, action_space):
+    env = gym.make(kdenv.TABLE_ENV_ID, table=str(built["table"]), action_space=action_space, seeds=[1])
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+    table = Table.load(built["table"])
+    observation, info = env.reset(seed=0)
+    assert info["table_seed"] == 1
+    assert np.array_equal(observation, np.asarray(table.nodes[1][()]["observation"], np.float32))
+    action = {"discrete": 2, "multibinary": np.array([0, 1], np.int8), "box": np.array([0.2, 0.9], np.float32)}
+    observation, reward, terminated, _, step_info = env.step(action[action_space])
+    node = table.nodes[1][(2,)]
+    assert reward == pytest.approx(10.0 * node["rewards"]["metric_gain"]) and not terminated
+    assert np.array_equal(observation, np.asarray(node["observation"], np.float32))
+    assert step_info["action_weights"] == {"logits": 0.0, "gradient": 1.0}
+
+
+def test_table_env_rewards_and_seed_splits(built):
+    table = Table.load(built["table"])
+    env = KnowledgeSelectionTableEnv(table, seeds=[0], reward="loss_decrease", reward_scale=2.0)
+    env.reset(options={"table_seed": 0})
+    _, reward, _, _, _ = env.step(1)
+    assert reward == pytest.approx(2.0 * table.nodes[0][(1,)]["rewards"]["loss_decrease"])
+    with pytest.raises(TableError, match="seeds \\[5\\] are not in the table"):
+        KnowledgeSelectionTableEnv(table, seeds=[5])
+    with pytest.raises(TableError, match="table_seed 1 is not among"):
+        env.reset(options={"table_seed": 1})
+
+
+def synthetic_table(directory, returns_by_seed):
+    """A 1-type, 2-phase table whose leaf returns are given: rewards 0 at depth 1, the return at
+    depth 2. Actions 0/1 = logits off/on."""
+    nodes_by_seed = {}
+    for seed, returns in returns_by_seed.items():
+        records = [{"history": [], "depth": 0, "observation": [0.0] * 11, "metric": 0.0, "loss": 1.0}]
+        for a in range(2):
+            records.append({"history": [a], "depth": 1, "observation": [0.5] + [0.0] * 10, "metric": 0.0,
+                            "loss": 1.0, "status": "ok", "terminal": False, "weights": {"logits": float(a)},
+                            "rewards": {"metric_gain": 0.0}})
+            for b in range(2):
+                value = returns[(a, b)]
+                records.append({"history": [a, b], "depth": 2, "observation": [1.0] + [0.0] * 10, "metric": value,
+                                "loss": 1.0, "status": "ok", "terminal": True, "weights": {"logits": float(b)},
+                                "rewards": {"metric_gain": value}, "dev": {"accuracy": value}})
+        write_seed(directory, seed, records)
+        nodes_by_seed[seed] = records
+    write_manifest(directory, {"task": "rte", "seeds": list(returns_by_seed),
+                               "env": {"knowledge": ["logits"], "phases": 2, "updates_per_phase": 1}})
+    return Table.load(directory)
+
+
+def test_oracle_known_answers(tmp_path):
+    table = synthetic_table(tmp_path, {
+        0: {(0, 0): 0.10, (0, 1): 0.30, (1, 0): 0.00, (1, 1): 0.20},
+        1: {(0, 0): 0.10, (0, 1): 0.00, (1, 0): 0.40, (1, 1): 0.20},
+    })
+    result = solve(table, "metric_gain")
+    assert result["oracle"]["per_seed"] == pytest.approx([0.30, 0.40])
+    assert result["oracle"]["schedules"] == [[0, 1], [1, 0]]
+    # Open loop: (1,0) has mean 0.20, (1,1) 0.20, (0,1) 0.15, (0,0) 0.10: the first best in order is (1, 0).
+    assert result["open_loop"]["schedule"] == [1, 0] and result["open_loop"]["return"]["mean"] == pytest.approx(0.20)
+    assert result["best_constant"]["schedule"] == [1, 1]
+    assert result["best_constant"]["return"]["mean"] == pytest.approx(0.20)
+    assert result["headroom"]["mean"] == pytest.approx(((0.30 - 0.20) + (0.40 - 0.20)) / 2)
+    assert result["headroom"]["std"] == pytest.approx(np.std([0.10, 0.20], ddof=1))
+    assert result["policies"]["all"]["per_seed"] == pytest.approx([0.20, 0.20])
+    assert result["policies"]["none"]["per_seed"] == pytest.approx([0.10, 0.10])
+    assert result["policies"]["linear-increase"]["schedule"] == [0, 1]
+    assert action_names(table) == ["-", "logits"]
+    correlation = reward_dev_correlation(table)
+    assert correlation["pooled"] == pytest.approx(1.0) and correlation["dev_metric"] == "accuracy"
+
+
+def test_tables_are_written_reproducibly(built, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    setup, environment = built["setup"], built["environment"]
+    write_table(setup, environment, [0, 1], tmp_path / "again")
+    for name in ("seed0.jsonl.gz", "seed1.jsonl.gz"):
+        assert (tmp_path / "again" / name).read_bytes() == (built["table"] / name).read_bytes()
+    with gzip.open(built["table"] / "seed0.jsonl.gz", "rt") as handle:
+        assert json.loads(handle.readline())["history"] == []
