@@ -221,3 +221,36 @@ def test_tables_are_written_reproducibly(built, tmp_path, monkeypatch):
         assert (tmp_path / "again" / name).read_bytes() == (built["table"] / name).read_bytes()
     with gzip.open(built["table"] / "seed0.jsonl.gz", "rt") as handle:
         assert json.loads(handle.readline())["history"] == []
+
+
+def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
+    from tests.conftest import load_script
+
+    table_dir = tmp_path / "table"
+    common = ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0-1", "--phases", "2", "--updates-per-phase",
+              "1", "--knowledge", "logits,gradient", "--max-train-examples", "32", "--max-reward-examples", "16",
+              "--no-progress"]
+    build = load_script("build_tree")
+    assert build.main([*common, "--job", "0:2", "--output", str(table_dir)]) == 0  # one job, no table yet
+    assert not (table_dir / "manifest.json").exists()
+    assert build.main([*common, "--output", str(table_dir)]) == 0
+    table = Table.load(table_dir)
+    assert table.seeds == [0, 1] and all(len(nodes) == 21 for nodes in table.nodes.values())
+    out = tmp_path / "oracle"
+    assert load_script("oracle").main(["--table", str(table_dir), "--output-dir", str(out)]) == 0
+    report = json.loads((out / "oracle.json").read_text())
+    result = report["results"]["metric_gain"]
+    assert result["oracle"]["return"]["mean"] >= result["open_loop"]["return"]["mean"] >= \
+        result["best_constant"]["return"]["mean"] - 1e-12
+    assert result["headroom"]["mean"] >= 0 and set(report["results"]) == {"metric_gain", "loss_decrease", "log_loss",
+                                                                          "final_metric"}
+    for name in ("oracle.md", "oracle_seed0.png", "open_loop.png", "best_constant.png"):
+        assert (out / name).is_file(), name
+    assert "Headroom (oracle − best constant)" in (out / "oracle.md").read_text()
+
+
+def test_build_refuses_bad_seeds(glue_dir, capsys):
+    from tests.conftest import load_script
+
+    assert load_script("build_tree").main(["--task", "wnli", "--seeds", "3-1", "--data-dir", str(glue_dir)]) == 2
+    assert "--seeds '3-1'" in capsys.readouterr().err

@@ -1,0 +1,154 @@
+"""Build a schedule table: every knowledge schedule of a short distillation, run from the same
+initial student on the real trainer, for several episode seeds.
+
+    python agents/build_tree.py --task stsb --seeds 0-3 --phases 3 --updates-per-phase 4
+    python agents/build_tree.py --task stsb --seeds 0-3 --estimate      # time a few nodes, print the cost
+
+With K offered types there are 2^K subsets per phase: for K = 3 and P = 3 phases, 8 + 64 + 512 =
+584 phases per seed. Each child restores its parent's snapshot, so siblings share batches and
+dropout draws (common random numbers) and differ only by the action. Leaves are also scored on
+GLUE dev (for analysis only; no reward reads dev).
+
+Work is split into jobs by prefix (--job-depth) and kept under runs/trees/<task>/<setup hash>/: a
+killed build resumes where it stopped (rerun the same command), and --job SEED:PREFIX runs one job
+(for several processes or machines sharing that folder). When every job is done the table is
+written to benchmarks/<task>/ (--output): one gzipped JSONL per seed and a manifest with the
+configs, the teacher's fingerprint, the reward split's hash, software versions and checksums.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kdenv.benchmark.build import TreeSetup, run_jobs, write_table
+from kdenv.benchmark.table import benchmarks_dir
+from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail
+from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
+from kdenv.engine.data import DataError
+from kdenv.engine.knowledge import KnowledgeError
+from kdenv.engine.models import ModelError
+from kdenv.engine.runtime import quiet_transformers
+from kdenv.engine.tasks import TASKS, get_task
+from kdenv.io import check_writable
+
+DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
+DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "seed")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-3`` or ``0,2,5``."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, sep, high = part.partition("-")
+        seeds.extend(range(int(low), int(high) + 1) if sep else [int(low)])
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: give distinct seeds >= 0, e.g. 0-3 or 0,2,5")
+    return seeds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--seeds", default="0-3", help="episode seeds, one tree each: 0-3 or 0,2,5 (default 0-3)")
+    add("--job-depth", type=int, default=1, help="jobs are the subtrees below prefixes of this many actions (default 1)")
+    add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
+    add("--estimate", action="store_true", help="time the first nodes of seed 0, print the projected cost, and stop")
+    add("--output", default=None, help="table folder (default benchmarks/<task>)")
+    add_common_arguments(add)
+    preset = BUDGETS["cpu"]
+    add_config_arguments(parser, EnvConfig, "env", "the tree: knowledge on offer and episode length",
+                         ("knowledge", "phases", "updates_per_phase"),
+                         defaults={"phases": 3, "updates_per_phase": 4})
+    add_config_arguments(parser, DataConfig, "data", "data and splits", DATA_FLAGS,
+                         defaults={"max_reward_examples": preset.max_reward_examples})
+    add_config_arguments(parser, DistillConfig, "distill", "student and teacher", DISTILL_FLAGS,
+                         rename={"seed": "student-seed"})
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_transformers()
+    try:
+        task = get_task(args.task)
+        seeds = parse_seeds(args.seeds)
+        env_config = config_from_args(EnvConfig, args, "env", phases=3, updates_per_phase=4, epochs=None)
+        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
+                                       max_reward_examples=BUDGETS["cpu"].max_reward_examples)
+        distill_config = config_from_args(DistillConfig, args, "distill", device=args.device, precision=args.precision)
+        setup = TreeSetup(data_config, distill_config, env_config)
+        job = None
+        if args.job is not None:
+            seed_text, _, prefix_text = args.job.partition(":")
+            job = (int(seed_text), parse_prefix(prefix_text))
+        if args.job_depth < 0:
+            raise ConfigError(f"--job-depth must be >= 0, not {args.job_depth}")
+        output = Path(args.output) if args.output else benchmarks_dir() / task.name
+        check_writable(setup.work_dir())
+        check_writable(output)
+        num_actions = 2 ** len(setup.env.knowledge)
+        nodes = tree_size(num_actions, setup.env.phases) * len(seeds)
+        print(f"tree for {task.name}: {len(setup.env.knowledge)} types {setup.env.knowledge} -> {num_actions} actions, "
+              f"{setup.env.phases} phases x {setup.env.updates_per_phase} updates; {nodes} phases over {len(seeds)} "
+              f"seeds; records in {setup.work_dir()}")
+        environment = setup.build_env(progress=not args.no_progress)
+    except (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError) as error:
+        return fail(error)
+    if args.estimate:
+        return estimate(setup, environment, seeds)
+    start = time.perf_counter()
+    jobs = [job] if job is not None else None
+    try:
+        run_jobs(setup, seeds, args.job_depth, not args.no_progress, environment, jobs)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; records are kept in {setup.work_dir()}: run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"jobs done in {(time.perf_counter() - start) / 60:.1f} min (this run)")
+    if job is not None:
+        return 0
+    manifest = write_table(setup, environment, seeds, output)
+    print(f"table written to {output} ({manifest.name} + {len(seeds)} seed files)")
+    return 0
+
+
+def estimate(setup: TreeSetup, environment, seeds: list[int], sample: int = 12) -> int:
+    """Times the first nodes of seed 0's tree (in a scratch folder) and projects the whole build."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        builder = TreeBuilder(environment.env, Path(scratch))
+
+        class Stop(Exception):
+            pass
+
+        class Counter:
+            count = 0
+
+            def update(self, n=1):
+                Counter.count += 1
+                if Counter.count >= sample:
+                    raise Stop
+
+            def set_postfix(self, **kwargs):
+                pass
+
+        start = time.perf_counter()
+        try:
+            builder.run_job(seeds[0], (), Counter())
+        except Stop:
+            pass
+        seconds = (time.perf_counter() - start) / Counter.count
+    per_seed = tree_size(builder.num_actions, builder.phases)
+    print(f"~{seconds:.2f} s per node (first {Counter.count} nodes, dev scoring of leaves included where reached); "
+          f"{per_seed} nodes per seed -> ~{seconds * per_seed / 60:.0f} min per seed, "
+          f"~{seconds * per_seed * len(seeds) / 3600:.1f} h for {len(seeds)} seeds on {environment.distillation.runtime.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The exact answers a schedule table holds: is there anything for an agent to learn?
+
+    python agents/oracle.py --task stsb
+    python agents/oracle.py --table benchmarks/mrpc --rewards metric_gain,loss_decrease
+
+For each reward variant, from the table alone (no model, no data):
+  - the hindsight-optimal schedule of each seed (the oracle);
+  - the best open-loop schedule: one fixed sequence, best on average over seeds;
+  - the best constant action, and every named fixed policy (kd, gkd, all, none, only-*, ramps);
+  - the headroom: oracle minus best constant, mean ± std over seeds (and the open-loop headroom);
+  - whether the reward measures what we care about: Spearman's rank correlation over leaves
+    between the final reward-split metric and the GLUE dev metric.
+
+Returns are in reward units before scaling (metric_gain: final minus initial reward-split metric).
+Writes runs/oracle/<task>/: oracle.md, oracle.json and schedule heatmaps (oracle per seed,
+open-loop, best constant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kdenv.benchmark.oracle import action_names, reward_dev_correlation, solve
+from kdenv.benchmark.table import Table, TableError, benchmarks_dir
+from kdenv.cli import fail
+from kdenv.decision.rewards import REWARDS
+from kdenv.decision.schedules import heatmap_png
+from kdenv.io import atomic_write, check_writable
+from kdenv.paths import runs_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="a task whose table ships in benchmarks/<task>/")
+    source.add_argument("--table", help="a table folder (manifest.json + seed files)")
+    parser.add_argument("--rewards", default=",".join(REWARDS), help=f"reward variants (default: all: {','.join(REWARDS)})")
+    parser.add_argument("--output-dir", default=None, help="default runs/oracle/<task>")
+    return parser.parse_args(argv)
+
+
+def fmt(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
+
+
+def schedule_text(schedule, names) -> str:
+    return " → ".join(names[a] for a in schedule)
+
+
+def report(table: Table, results: dict[str, dict], correlation: dict) -> str:
+    names = action_names(table)
+    lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
+             f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", ""]
+    lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
+                 f"{correlation['pooled']:+.3f}; per seed " +
+                 ", ".join(f"{seed}: {value:+.3f}" for seed, value in correlation["per_seed"].items()) + ".")
+    for reward, result in results.items():
+        lines += ["", f"## Reward `{reward}` (returns before scaling)", "",
+                  "| schedule | return (mean ± std over seeds) | schedule (phase by phase) |", "|---|---|---|",
+                  f"| oracle (per seed, hindsight) | {fmt(result['oracle']['return'])} | per seed below |",
+                  f"| best open-loop | {fmt(result['open_loop']['return'])} | "
+                  f"{schedule_text(result['open_loop']['schedule'], names)} |",
+                  f"| best constant | {fmt(result['best_constant']['return'])} | "
+                  f"{schedule_text(result['best_constant']['schedule'], names)} |"]
+        for name, policy in result["policies"].items():
+            lines.append(f"| {name} | {fmt(policy['return'])} | {schedule_text(policy['schedule'], names)} |")
+        lines += ["", f"Headroom (oracle − best constant): {fmt(result['headroom'])}; "
+                  f"open-loop − best constant: {fmt(result['open_loop_headroom'])}.", "",
+                  "Oracle schedule per seed: " + "; ".join(
+                      f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
+                      for seed, schedule, value in zip(result["seeds"], result["oracle"]["schedules"],
+                                                       result["oracle"]["per_seed"])) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def one_hot(schedule: list[int], table: Table) -> np.ndarray:
+    return np.array([[float((a >> bit) & 1) for bit in range(len(table.knowledge))] for a in schedule])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        table = Table.load(benchmarks_dir() / args.task if args.task else Path(args.table))
+        rewards = [name.strip() for name in args.rewards.split(",") if name.strip()]
+        unknown = [name for name in rewards if name not in REWARDS]
+        if unknown or not rewards:
+            raise ValueError(f"unknown rewards {unknown}; registered: {', '.join(REWARDS)}")
+        out = Path(args.output_dir) if args.output_dir else runs_dir() / "oracle" / table.task
+        check_writable(out)
+    except (TableError, ValueError, OSError) as error:
+        return fail(error)
+    results = {reward: solve(table, reward) for reward in rewards}
+    correlation = reward_dev_correlation(table)
+    text = report(table, results, correlation)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "oracle.md") as handle:
+        handle.write(text)
+    with atomic_write(out / "oracle.json") as handle:
+        json.dump({"table": str(table.directory), "manifest": table.manifest, "results": results,
+                   "reward_dev_correlation": correlation, "action_names": action_names(table)}, handle, indent=2)
+    primary = results[rewards[0]]
+    images = {f"oracle_seed{seed}": schedule for seed, schedule in zip(primary["seeds"], primary["oracle"]["schedules"])}
+    images["open_loop"] = primary["open_loop"]["schedule"]
+    images["best_constant"] = primary["best_constant"]["schedule"]
+    for name, schedule in images.items():
+        with atomic_write(out / f"{name}.png", "wb") as handle:
+            handle.write(heatmap_png(one_hot(schedule, table), table.knowledge, f"{table.task}: {name} ({rewards[0]})"))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
