@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # table_agents.py beside this script
+
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields
 from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig, budget_env_fields, save_run_config
 from kdenv.decision.algorithms import (
@@ -72,7 +74,7 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add = parser.add_argument
     if default_algo is None:
         add("--algo", required=True, choices=list(ALGORITHMS), help="RL algorithm")
-    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--task", default=None, help=f"GLUE task: {', '.join(TASKS)} (required unless --table)")
     add("--preset", choices=list(BUDGETS), default="cpu",
         help="run budget; flags below override it. " + "; ".join(f"{name}: {b.description}" for name, b in BUDGETS.items()))
     add("--base", default="ce=1", help="always-on terms as type=weight list (default ce=1; '' for none)")
@@ -84,7 +86,14 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--seed", type=int, default=0, help="seed of agent training (episode seeds derive from it)")
     add("--eval-seed", type=int, default=1000, help="episode seed of the final comparison (same for every policy)")
     add("--output-dir", "--tensorboard-log", dest="output_dir", default=None,
-        help="run folder (default runs/<task>/<algo>_<time>)")
+        help="run folder (default runs/<task>/<algo>_<time>; with --table runs/tables/<task>/<algo>_<time>)")
+    table = parser.add_argument_group("training on a schedule table (no model, no data: thousands of episodes in minutes)")
+    table.add_argument("--table", default=None, metavar="TASK|PATH",
+                       help="train on benchmarks/<TASK>/ (or a table folder) instead of the live trainer")
+    table.add_argument("--train-seeds", default=None, help="table seeds to train on (default: all but the last)")
+    table.add_argument("--test-seeds", default=None, help="held-out table seeds to evaluate on (default: the last)")
+    table.add_argument("--episodes", type=int, default=10_000, help="training episodes per agent (default 10000)")
+    table.add_argument("--agent-seeds", type=int, default=5, help="agents trained, one per seed (default 5)")
     add_common_arguments(add)
     preset = BUDGETS["cpu"]
     add_config_arguments(parser, EnvConfig, "env", "environment (episode budget, reward, observation)", ENV_FLAGS,
@@ -142,7 +151,16 @@ def agent_settings(args, algorithm) -> tuple[dict, dict, SavedAgent | None]:
 def main(argv: list[str] | None = None, default_algo: str | None = None, description: str | None = None) -> int:
     args = parse_args(argv, default_algo, description)
     quiet_transformers()
+    if args.table is not None:
+        from table_agents import train_on_table
+
+        try:
+            return train_on_table(args, get_algorithm(args.algo), HYPERPARAMS)
+        except CLEAR_ERRORS as error:
+            return fail(error)
     try:
+        if args.task is None:
+            raise ConfigError("--task is required (or --table to train on a schedule table)")
         task = get_task(args.task)
         algorithm = get_algorithm(args.algo)
         data_config, distill_config, env_config, total_timesteps = make_configs(args, algorithm.action_space)

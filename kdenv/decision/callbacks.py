@@ -18,9 +18,13 @@ from kdenv.decision.schedules import EpisodeRecord, heatmap_array, save_records
 
 
 class ScheduleCallback(BaseCallback):
-    def __init__(self, log_dir: Path, knowledge: list[str], save_every: int = 1, verbose: int = 0):
+    """``log_every``: write per-step scalars and the heatmap of one episode in this many (table
+    agents run thousands of episodes); every episode's schedule is still kept in the files."""
+
+    def __init__(self, log_dir: Path, knowledge: list[str], save_every: int = 1, verbose: int = 0, log_every: int = 1):
         super().__init__(verbose)
         self.log_dir, self.knowledge, self.save_every = Path(log_dir), list(knowledge), save_every
+        self.log_every = max(1, log_every)
         self.writer = None
         self.records: list[EpisodeRecord] = []
         self._current: dict[int, EpisodeRecord] = {}
@@ -36,15 +40,6 @@ class ScheduleCallback(BaseCallback):
         for index, info in enumerate(infos):
             if "action_weights" not in info:
                 continue
-            for name in self.knowledge:
-                self.writer.add_scalar(f"schedule/{name}", info["action_weights"][name], step)
-            self.writer.add_scalar("reward/total", float(rewards[index]), step)
-            self.writer.add_scalar("reward/task", info["task_reward"], step)
-            self.writer.add_scalar("reward/exploration_bonus", info["exploration_bonus"], step)
-            self.writer.add_scalar("phase/wall_time_s", float(info["phase_wall_time_s"]), step)
-            for key in ("metric", "loss", "agreement"):
-                if key in info:
-                    self.writer.add_scalar(f"reward_split/{key}", info[key], step)
             record = self._current.setdefault(index, EpisodeRecord("training", -1, self.knowledge))
             record.schedule.append([info["action_weights"][name] for name in self.knowledge])
             record.rewards.append(float(rewards[index]))
@@ -52,17 +47,30 @@ class ScheduleCallback(BaseCallback):
             record.metrics.append(float(info.get("metric", np.nan)))
             if dones[index]:
                 self._finish_episode(self._current.pop(index))
+            if len(self.records) % self.log_every:
+                continue
+            for name in self.knowledge:
+                self.writer.add_scalar(f"schedule/{name}", info["action_weights"][name], step)
+            self.writer.add_scalar("reward/total", float(rewards[index]), step)
+            self.writer.add_scalar("reward/task", info["task_reward"], step)
+            self.writer.add_scalar("reward/exploration_bonus", info["exploration_bonus"], step)
+            if "phase_wall_time_s" in info:
+                self.writer.add_scalar("phase/wall_time_s", float(info["phase_wall_time_s"]), step)
+            for key in ("metric", "loss", "agreement"):
+                if key in info:
+                    self.writer.add_scalar(f"reward_split/{key}", info[key], step)
         return True
 
     def _finish_episode(self, record: EpisodeRecord) -> None:
         episode = len(self.records)
         self.records.append(record)
-        self.writer.add_scalar("episode/return", record.episode_return, episode)
-        self.writer.add_scalar("episode/final_metric", record.metrics[-1], episode)
-        image = heatmap_array(np.array(record.schedule), self.knowledge,
-                              f"episode {episode}: return {record.episode_return:.3f}")
-        self.writer.add_image("schedule/heatmap", image, episode, dataformats="HWC")
-        self.writer.flush()
+        if episode % self.log_every == 0:
+            self.writer.add_scalar("episode/return", record.episode_return, episode)
+            self.writer.add_scalar("episode/final_metric", record.metrics[-1], episode)
+            image = heatmap_array(np.array(record.schedule), self.knowledge,
+                                  f"episode {episode}: return {record.episode_return:.3f}")
+            self.writer.add_image("schedule/heatmap", image, episode, dataformats="HWC")
+            self.writer.flush()
         if episode % self.save_every == 0:
             save_records(self.records, self.log_dir, "schedules")
 
