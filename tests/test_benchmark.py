@@ -254,3 +254,13 @@ def test_build_refuses_bad_seeds(glue_dir, capsys):
 
     assert load_script("build_tree").main(["--task", "wnli", "--seeds", "3-1", "--data-dir", str(glue_dir)]) == 2
     assert "--seeds '3-1'" in capsys.readouterr().err
+
+
+def test_validate_command_replays_the_oracle_schedules(built, glue_dir, monkeypatch, capsys):
+    from tests.conftest import load_script
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    assert load_script("validate_table").main(["--table", str(built["table"]), "--data-dir", str(glue_dir),
+                                               "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("exact match") == 2
