@@ -34,6 +34,7 @@ from kdenv.engine.models import ModelError
 from kdenv.engine.runtime import quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
 from kdenv.io import check_writable
+from kdenv.jobs import JobError, JobRunner, add_job_arguments
 
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
 DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "seed")
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--estimate", action="store_true", help="time the first nodes of seed 0, print the projected cost, and stop")
     add("--output", default=None, help="table folder (default benchmarks/<task>)")
     add_common_arguments(add)
+    add_job_arguments(add)
     preset = BUDGETS["cpu"]
     add_config_arguments(parser, EnvConfig, "env", "the tree: knowledge on offer and episode length",
                          ("knowledge", "phases", "updates_per_phase"),
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                                        max_reward_examples=BUDGETS["cpu"].max_reward_examples)
         distill_config = config_from_args(DistillConfig, args, "distill", device=args.device, precision=args.precision)
         setup = TreeSetup(data_config, distill_config, env_config)
+        runner = JobRunner.from_args(args)
+        runner.check()
         job = None
         if args.job is not None:
             seed_text, _, prefix_text = args.job.partition(":")
@@ -97,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{setup.env.phases} phases x {setup.env.updates_per_phase} updates; {nodes} phases over {len(seeds)} "
               f"seeds; records in {setup.work_dir()}")
         environment = setup.build_env(progress=not args.no_progress)
-    except (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError) as error:
+    except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError) as error:
         return fail(error)
     if args.estimate:
         return estimate(setup, environment, seeds)
     start = time.perf_counter()
     jobs = [job] if job is not None else None
     try:
-        run_jobs(setup, seeds, args.job_depth, not args.no_progress, environment, jobs)
+        run_jobs(setup, seeds, args.job_depth, not args.no_progress, environment, jobs, runner)
     except KeyboardInterrupt:
         print(f"\ninterrupted; records are kept in {setup.work_dir()}: run the same command to resume", file=sys.stderr)
         return 130

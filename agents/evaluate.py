@@ -44,14 +44,13 @@ from kdenv.config import (
     from_dict,
     to_dict,
 )
-from kdenv.decision.algorithms import SavedAgent, check_agent_fits
-from kdenv.decision.factory import build_environment
-from kdenv.decision.policies import FixedPolicy, check_policy, recipe_knowledge
-from kdenv.decision.schedules import heatmap_png, png_array, run_episode
-from kdenv.decision.wrappers import MultiDiscreteOnOff
+from kdenv.decision.algorithms import SavedAgent
+from kdenv.decision.policies import check_policy, recipe_knowledge
+from kdenv.decision.runs import EvaluationJob, release, run_evaluation_job
+from kdenv.decision.schedules import heatmap_png, png_array
 from kdenv.engine.data import DataError, load_raw_splits
-from kdenv.engine.distillation import ensure_teacher
-from kdenv.engine.evaluation import DevScorer, paired_difference
+from kdenv.engine.distillation import ensure_teacher, prepare_distillation
+from kdenv.engine.evaluation import paired_difference
 from kdenv.engine.knowledge import KnowledgeError
 from kdenv.engine.models import ModelError
 from kdenv.engine.recipes import RECIPES
@@ -60,12 +59,13 @@ from kdenv.engine.tasks import TASKS, get_task
 from kdenv.engine.teacher import load_teacher
 from kdenv.engine.teacher_cache import model_fingerprint
 from kdenv.io import atomic_write, check_writable
+from kdenv.jobs import JobError, JobRunner, add_job_arguments
 from kdenv.paths import runs_dir
 
 DEFAULT_POLICIES = "kd,gkd,gkd-cls,pkd,all,none,random-hard,random-soft"
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
 DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "teacher_mode", "seed")
-CLEAR_ERRORS = (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError)
+CLEAR_ERRORS = (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run budget (the same definitions as agents/train.py); flags below override it")
     add("--output-dir", default=None, help="default runs/eval/<task>/<time>")
     add_common_arguments(add)
+    add_job_arguments(add)
     preset = BUDGETS["cpu"]
     add_config_arguments(parser, EnvConfig, "env", "episode budget and knowledge of non-recipe fixed policies",
                          ("knowledge", "phases", "updates_per_phase"), defaults=budget_env_fields(preset))
@@ -155,60 +156,50 @@ def evaluate(args: argparse.Namespace) -> int:
     cache = runs_dir() / "eval" / task.name / "cache"
     check_writable(out)
     check_writable(cache)
+    runner = JobRunner.from_args(args)
+    runner.check()
     runtime = make_runtime(args.device, args.precision)
     identity = run_identity(data_config, distill_config, runtime, not args.no_progress)
-    setups: dict[tuple, Any] = {}
-    scorer = None
-    runs: list[dict[str, Any]] = []
+    runs: dict[str, dict[str, Any]] = {}
+    jobs: list[EvaluationJob] = []
     bar = tqdm(total=len(plans) * args.seeds, desc=f"evaluate {task.name}", unit="run", disable=args.no_progress)
     for plan in plans:
-        env_config, label, saved = plan["env"], plan["label"], plan["agent"]
+        env_config, label = plan["env"], plan["label"]
         key = {"policy": plan["name"], "task": task.name, "data": to_dict(data_config), "distill": to_dict(distill_config),
                "env": to_dict(env_config), **identity}
-        if saved is not None:
+        if plan["agent"] is not None:
             key["agent_sha256"] = plan["agent_sha256"]
         tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         for seed in range(args.seeds):
             path = cache / f"{label.replace('/', '_').replace(':', '-')}_{tag}_seed{seed}.json"
             if path.is_file():
-                runs.append(json.loads(path.read_text()))
+                runs[str(path)] = json.loads(path.read_text())
                 bar.write(f"{label} seed {seed}: reused {path.name}")
                 bar.update(1)
                 continue
-            env_key = json.dumps(to_dict(env_config), sort_keys=True)
-            if env_key not in setups:
-                setups[env_key] = build_environment(task.name, env_config, data_config, distill_config,
-                                                    progress=not args.no_progress)
-            setup = setups[env_key]
-            env = setup.env
-            if scorer is None:
-                scorer = DevScorer(setup.distillation.teacher, env.trainer)
-            if saved is not None:
-                policy = saved.load(device="cpu")
-                acting_env = MultiDiscreteOnOff(env) if saved.algorithm.wrap_multidiscrete else env
-                check_agent_fits(policy, acting_env, plan["name"].removeprefix("agent:"))
-            else:
-                acting_env, policy = env, FixedPolicy(plan["name"], env, seed=seed)
-            record = run_episode(acting_env, policy, seed, label)
-            scores = scorer.score(env.trainer.student)
-            summary_path = saved.path.parent / "comparison_summary.json" if saved is not None else None
-            agent_seconds = (json.loads(summary_path.read_text()).get("agent_training_s")
-                             if summary_path is not None and summary_path.is_file() else None)
-            result = {
-                "policy": label, "seed": seed, "tag": tag, "knowledge": env_config.knowledge, "schedule": record.schedule,
-                "return": record.episode_return, "status": record.status, "wall_time_s": record.wall_time_s,
-                "dev": scores["metrics"], "label_loyalty": scores["label_loyalty"],
-                "probability_loyalty": scores["probability_loyalty"], "saliency_loyalty": scores["saliency_loyalty"],
-                "teacher_dev": scorer.teacher_metrics, "agent_training_s": agent_seconds, "config": key,
-            }
-            with atomic_write(path) as handle:
-                json.dump(result, handle, indent=2)
-            runs.append(result)
-            bar.write(f"{label} seed {seed}: dev {task.primary_metric} {scores['metrics'][task.primary_metric]:.4f} "
-                      f"({record.wall_time_s:.0f} s)")
-            bar.update(1)
+            runs[str(path)] = {}
+            jobs.append(EvaluationJob(plan["name"], label, seed, tag, to_dict(data_config), to_dict(distill_config),
+                                      to_dict(env_config), key, str(path)))
+    if jobs and runner.ray:
+        # Shared inputs first: the teacher and every teacher-knowledge cache the jobs will read,
+        # built once here; the workers find them valid in the shared runs folder.
+        for env_fields in {json.dumps(job.env, sort_keys=True) for job in jobs}:
+            env_config = EnvConfig(**json.loads(env_fields))
+            names = list(dict.fromkeys([*env_config.base_weights, *env_config.knowledge]))
+            prepare_distillation(data_config, distill_config, names, runtime, progress=not args.no_progress)
+
+    def finished(job: EvaluationJob, result: dict[str, Any]) -> None:
+        runs[job.path] = result
+        bar.write(f"{job.label} seed {job.seed}: dev {task.primary_metric} {result['dev'][task.primary_metric]:.4f} "
+                  f"({result['wall_time_s']:.0f} s)")
+        bar.update(1)
+
+    try:
+        runner.map(run_evaluation_job, jobs, on_result=finished)
+    finally:
+        release()
     bar.close()
-    write_report(out, task, runs, args, budget_fields)
+    write_report(out, task, list(runs.values()), args, budget_fields)
     return 0
 
 

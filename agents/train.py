@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameter overrides (YAML values), e.g. learning_rate=1e-3")
     add("--resume", default=None, help="continue training a saved agent.zip (same algorithm; --hp still applies)")
     add("--checkpoint-every", type=int, default=1, help="save agent.zip every N training episodes (default 1)")
+    add("--n-envs", type=int, default=1,
+        help="environments stepping at once, each a full environment (own student) in its own process "
+             "(SB3 SubprocVecEnv, forkserver start; torch threads = cores / N); default 1: in this process")
     add("--seed", type=int, default=0, help="seed of agent training (episode seeds derive from it)")
     add("--eval-seed", type=int, default=1000, help="episode seed of the final comparison (same for every policy)")
     add("--output-dir", "--tensorboard-log", dest="output_dir", default=None,
@@ -126,6 +129,8 @@ def make_configs(args: argparse.Namespace, action_space: str) -> tuple[DataConfi
         raise ConfigError(f"--total-timesteps must be >= 1, not {total_timesteps}")
     if args.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, not {args.checkpoint_every}")
+    if args.n_envs < 1:
+        raise ConfigError(f"--n-envs must be >= 1, not {args.n_envs}")
     return data_config, distill_config, env_config, total_timesteps
 
 
@@ -188,19 +193,23 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         setup = build_environment(task.name, env_config, data_config, distill_config, progress=not args.no_progress)
         env, env_config = setup.env, setup.config
         agent_env = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
+        training_env = agent_env if args.n_envs == 1 else vectorised(args, task.name, env_config, data_config,
+                                                                       distill_config, algorithm)
         cls = algorithm.load_class()
         if resumed is not None:
-            model = resumed.load(env=agent_env, tensorboard_log=str(run_dir), **copy.deepcopy(overrides))
+            model = resumed.load(env=training_env, tensorboard_log=str(run_dir), **copy.deepcopy(overrides))
             check_agent_fits(model, agent_env, args.resume)
         else:
             # SB3 edits policy_kwargs in place (A2C adds its optimiser class): give it a copy.
-            model = cls(policy, agent_env, seed=args.seed, tensorboard_log=str(run_dir), verbose=0, **copy.deepcopy(params))
+            model = cls(policy, training_env, seed=args.seed, tensorboard_log=str(run_dir), verbose=0,
+                        **copy.deepcopy(params))
         run_dir.mkdir(parents=True, exist_ok=True)
         save_run_config(run_dir / "config.yaml", {"agent": args.seed, "student": distill_config.seed,
                                                   "eval": args.eval_seed, "split": data_config.split_seed},
                         teacher=setup.distillation.teacher_record(), data=data_config, distill=distill_config,
                         env=env_config, agent={"algo": algorithm.name, "total_timesteps": total_timesteps,
-                                               "hyperparams": {"policy": policy, **params}, "resumed_from": args.resume})
+                                               "hyperparams": {"policy": policy, **params}, "resumed_from": args.resume,
+                                               "n_envs": args.n_envs})
     except CLEAR_ERRORS as error:
         return fail(error)
     distillation = setup.distillation
@@ -210,7 +219,8 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
     from kdenv.decision.callbacks import AgentCheckpoint, ScheduleCallback
 
     agent_path = run_dir / "agent.zip"
-    agent_env.reset(seed=args.seed)
+    if args.n_envs == 1:
+        agent_env.reset(seed=args.seed)
     print(f"[2/4] training {algorithm.name} for {total_timesteps} phases "
           f"({total_timesteps // env_config.phases} episodes of {env_config.phases} x {env_config.updates_per_phase} updates)")
     start = time.perf_counter()
@@ -223,6 +233,9 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         print(f"\ninterrupted after {model.num_timesteps} phases; agent saved to {agent_path}. Continue with:\n"
               f"  python agents/train.py --algo {algorithm.name} --task {task.name} --resume {agent_path}", file=sys.stderr)
         return 130
+    finally:
+        if args.n_envs > 1:
+            training_env.close()
     agent_seconds = time.perf_counter() - start
     save_agent(model, agent_path)
     print(f"      saved agent to {agent_path} ({agent_seconds / 60:.1f} min)")
@@ -234,6 +247,23 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
     write_comparison(run_dir, records, env, distillation, task, agent_seconds)
     print(f"[4/4] TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def vectorised(args, task: str, env_config, data_config, distill_config, algorithm):
+    """N full environments in worker processes (SB3's SubprocVecEnv, forkserver: safe with torch's
+    threads), each with cores / N torch threads. The teacher and its caches exist already (built
+    by this process), so every worker only loads them."""
+    import functools
+    import os
+
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    from kdenv.decision.factory import worker_env
+
+    threads = max(1, (os.cpu_count() or 1) // args.n_envs)
+    make = functools.partial(worker_env, task, env_config, data_config, distill_config, threads,
+                             algorithm.wrap_multidiscrete)
+    return SubprocVecEnv([make] * args.n_envs, start_method="forkserver")
 
 
 def write_comparison(run_dir: Path, records, env, distillation, task, agent_seconds: float) -> None:

@@ -72,8 +72,7 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was recomputed")
 
-    monkeypatch.setattr(evaluate, "run_episode", must_not_run)
-    monkeypatch.setattr(evaluate, "build_environment", must_not_run)
+    monkeypatch.setattr(evaluate, "run_evaluation_job", must_not_run)
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
     assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
 

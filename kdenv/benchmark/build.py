@@ -18,6 +18,7 @@ from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.teacher_cache import split_fingerprint
+from kdenv.jobs import JobRunner
 from kdenv.paths import runs_dir
 
 
@@ -47,12 +48,44 @@ class TreeSetup:
         return build_environment(self.data.task, self.env, self.data, self.distill, progress=progress)
 
 
+_ENVIRONMENTS: dict[str, EnvironmentSetup] = {}
+
+
+def environment_for(setup: TreeSetup) -> EnvironmentSetup:
+    """This process's environment for a tree setup, built once (a Ray worker reuses it across jobs)."""
+    key = f"{runs_dir()}:{setup.key()}"
+    if key not in _ENVIRONMENTS:
+        _ENVIRONMENTS[key] = setup.build_env(progress=False)
+    return _ENVIRONMENTS[key]
+
+
+@dataclass(frozen=True)
+class TreeJob:
+    setup: TreeSetup
+    seed: int
+    prefix: tuple[int, ...]
+
+
+def run_tree_job(job: TreeJob) -> float:
+    """One (seed, prefix) job, in whatever process runs it; returns its compute seconds."""
+    environment = environment_for(job.setup)
+    return TreeBuilder(environment.env, job.setup.work_dir()).run_job(job.seed, job.prefix).seconds
+
+
 def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: bool = True,
-             environment: EnvironmentSetup | None = None, jobs: list[tuple[int, tuple[int, ...]]] | None = None) -> float:
-    """Runs (or resumes) every job in this process; returns the compute seconds spent."""
+             environment: EnvironmentSetup | None = None, jobs: list[tuple[int, tuple[int, ...]]] | None = None,
+             runner: JobRunner | None = None) -> float:
+    """Runs (or resumes) every job, here or as Ray tasks (``runner``); returns the compute seconds.
+    The driver's environment (built first: teacher and caches) serves the in-process jobs."""
     environment = environment or setup.build_env(progress)
     builder = TreeBuilder(environment.env, setup.work_dir())
     jobs = jobs if jobs is not None else builder.jobs(seeds, job_depth)
+    if runner is not None and runner.ray:
+        bar = tqdm(total=len(jobs), desc=f"tree {setup.data.task} (Ray jobs)", unit="job", disable=not progress)
+        seconds = runner.map(run_tree_job, [TreeJob(setup, seed, prefix) for seed, prefix in jobs],
+                             on_result=lambda job, result: bar.update(1))
+        bar.close()
+        return float(sum(seconds))
     total = sum(builder.job_nodes(prefix) for _, prefix in jobs)
     bar = tqdm(total=total, desc=f"tree {setup.data.task}", unit="node", disable=not progress, smoothing=0.05)
     seconds = 0.0

@@ -56,3 +56,19 @@ def build_environment(
 def make_env(**kwargs) -> KnowledgeDistillationEnv:
     """``gymnasium.make("kdenv/KnowledgeSelection-v0", task=..., env_config=...)``: the environment alone."""
     return build_environment(**kwargs).env
+
+
+def worker_env(task: str, env_config: EnvConfig, data_config: DataConfig, distill_config: DistillConfig,
+               threads: int, wrap_multidiscrete: bool = False):
+    """A full environment (its own student and trainer) for a vectorised-environment worker
+    process, with torch limited to ``threads`` so that N workers share the cores instead of
+    fighting over them. Picklable through ``functools.partial`` (spawn / forkserver workers)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    env = build_environment(task, env_config, data_config, distill_config).env
+    if wrap_multidiscrete:
+        from kdenv.decision.wrappers import MultiDiscreteOnOff
+
+        return MultiDiscreteOnOff(env)
+    return env

@@ -1,0 +1,96 @@
+"""Ray as the engine for independent jobs, against a real local Ray runtime (2 CPUs): the same
+results as in-process for evaluation runs and schedule trees, a killed worker retried, an
+unreachable cluster refused within seconds; and live agents on several environments at once."""
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+import ray
+
+from kdenv.jobs import JobError, JobRunner, check_reachable
+from tests.conftest import REPO, load_script
+
+TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Workers import the test job functions from the repository.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def without_timing(runs):
+    return [{k: v for k, v in run.items() if k not in ("wall_time_s",)} for run in runs]
+
+
+def test_a_killed_worker_is_retried_and_every_result_arrives(local_ray, tmp_path):
+    from tests.ray_jobs import square_once_killed
+
+    jobs = [(value, str(tmp_path / f"marker{value}")) for value in range(4)]
+    results = JobRunner(ray=True, num_cpus=1).map(square_once_killed, jobs)
+    assert [result[0] for result in results] == [0, 1, 4, 9]
+    assert all(threads == 1 for _, threads in results)  # torch threads = the CPUs the task declared
+    assert all((tmp_path / f"marker{value}").exists() for value in range(4))  # every job's worker died once
+
+
+def test_evaluation_with_ray_gives_the_in_process_results(local_ray, tiny_teacher, glue_dir, tmp_path,
+                                                          private_runs_dir, capsys):
+    evaluate = load_script("evaluate")
+    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd,only-gradient", "--seeds", "2", *TINY,
+            "--no-progress"]
+    assert evaluate.main([*args, "--output-dir", str(tmp_path / "here")]) == 0
+    shutil.rmtree(private_runs_dir / "eval" / "wnli" / "cache")  # the Ray run must compute everything again
+    assert evaluate.main([*args, "--ray", "--output-dir", str(tmp_path / "ray")]) == 0
+    assert "reused" not in capsys.readouterr().out
+    here = json.loads((tmp_path / "here" / "runs.json").read_text())
+    there = json.loads((tmp_path / "ray" / "runs.json").read_text())
+    assert len(here) == 4 and without_timing(here) == without_timing(there)
+
+
+def test_a_tree_built_by_ray_jobs_equals_the_in_process_tree(local_ray, tiny_teacher, glue_dir, tmp_path):
+    from kdenv.benchmark.table import Table
+
+    common = ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0", "--phases", "2", "--updates-per-phase",
+              "1", "--knowledge", "logits,gradient", "--max-train-examples", "32", "--max-reward-examples", "16",
+              "--no-progress"]
+    from kdenv.paths import runs_dir
+
+    build = load_script("build_tree")
+    assert build.main([*common, "--output", str(tmp_path / "here")]) == 0
+    shutil.rmtree(runs_dir() / "trees")  # the Ray build starts from nothing
+    assert build.main([*common, "--ray", "--output", str(tmp_path / "ray")]) == 0
+
+    def records(path):
+        nodes = Table.load(path).nodes[0]
+        return {h: {k: v for k, v in n.items() if not k.endswith("wall_time_s")} for h, n in nodes.items()}
+
+    assert records(tmp_path / "here") == records(tmp_path / "ray")
+
+
+def test_an_unreachable_cluster_fails_within_seconds(glue_dir, tmp_path, capsys):
+    start = time.perf_counter()
+    code = load_script("evaluate").main(["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd",
+                                         "--ray-address", "127.0.0.1:1", "--output-dir", str(tmp_path / "out"),
+                                         "--no-progress"])
+    assert code == 2 and time.perf_counter() - start < 10
+    assert "no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(JobError, match="must look like HOST:PORT"):
+        check_reachable("nowhere")
+
+
+def test_live_agents_step_two_environments_in_subprocesses(tiny_teacher, glue_dir, tmp_path):
+    out = tmp_path / "two"
+    assert load_script("train").main(
+        ["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), *TINY, "--total-timesteps", "8",
+         "--n-envs", "2", "--hp", "n_steps=2", "--baselines", "kd", "--output-dir", str(out), "--no-progress"]) == 0
+    schedules = json.loads((out / "schedules.json").read_text())
+    assert len(schedules) == 4  # 8 steps over 2 environments, 2 phases each
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [r["policy"] for r in comparison] == ["agent:a2c", "kd"]
