@@ -226,7 +226,10 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
     start = time.perf_counter()
     callbacks = [ScheduleCallback(run_dir, env.knowledge), AgentCheckpoint(agent_path, args.checkpoint_every)]
     try:
-        model.learn(total_timesteps=total_timesteps, callback=callbacks, tb_log_name="sb3",
+        # log_interval=1: SB3 writes its own scalars (losses, entropy, value loss) after every rollout
+        # (on-policy) or episode (off-policy); its defaults (A2C: every 100 rollouts) write none at
+        # the CPU budget's 10 rollouts.
+        model.learn(total_timesteps=total_timesteps, callback=callbacks, tb_log_name="sb3", log_interval=1,
                     progress_bar=not args.no_progress, reset_num_timesteps=resumed is None)
     except KeyboardInterrupt:
         save_agent(model, agent_path)
@@ -236,6 +239,7 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
     finally:
         if args.n_envs > 1:
             training_env.close()
+    model.logger.dump(step=model.num_timesteps)  # the last update's losses (SB3 dumps before training on a rollout)
     agent_seconds = time.perf_counter() - start
     save_agent(model, agent_path)
     print(f"      saved agent to {agent_path} ({agent_seconds / 60:.1f} min)")
@@ -245,8 +249,45 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
     for name in filter(None, (part.strip() for part in args.baselines.split(","))):
         records.append(run_episode(env, FixedPolicy(name, env, seed=args.eval_seed), args.eval_seed, name, evaluate_dev=True))
     write_comparison(run_dir, records, env, distillation, task, agent_seconds)
+    write_tensorboard_summary(run_dir, records, task, distillation, algorithm.name, {"policy": policy, **params},
+                              env_config, total_timesteps)
     print(f"[4/4] TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def write_tensorboard_summary(run_dir: Path, records, task, distillation, algo: str, hyperparams: dict,
+                              env_config, total_timesteps: int) -> None:
+    """The run's summary in TensorBoard: one hparams entry (algorithm, key hyperparameters,
+    knowledge on offer, budget against the agent's final reward-split and dev metric), and the
+    comparison with the baselines as text and as scalars."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    metric = task.primary_metric
+    agent = records[0]
+    shown = {"algo": algo, "knowledge": ",".join(env_config.knowledge), "phases": env_config.phases,
+             "updates_per_phase": env_config.updates_per_phase, "total_timesteps": total_timesteps,
+             "reward": env_config.reward, "action_space": env_config.action_space}
+    for key, value in hyperparams.items():
+        if isinstance(value, (int, float, str, bool)):
+            shown[f"hp/{key}"] = value
+    results = {f"final/reward_split_{metric}": agent.metrics[-1], f"final/dev_{metric}": agent.dev[metric],
+               "final/return": agent.episode_return}
+    writer = SummaryWriter(str(run_dir))
+    # Written into the run's own event file, so that the HPARAMS tab lists one row per run.
+    experiment, start, end = hparams_summary(shown, results)
+    for summary in (experiment, start, end):
+        writer.file_writer.add_summary(summary)
+    for name, value in results.items():
+        writer.add_scalar(name, value, 0)
+    teacher = distillation.teacher_scores["dev"][metric]
+    rows = [f"| policy | dev {metric} | / teacher | return |", "|---|---|---|---|"]
+    for record in records:
+        rows.append(f"| {record.policy} | {record.dev[metric]:.4f} | {record.dev[metric] / teacher:.3f} | "
+                    f"{record.episode_return:.3f} |")
+        writer.add_scalar(f"comparison/dev_{metric}/{record.policy}", record.dev[metric], 0)
+    writer.add_text("comparison", "\n".join(rows), 0)
+    writer.close()
 
 
 def vectorised(args, task: str, env_config, data_config, distill_config, algorithm):

@@ -98,7 +98,21 @@ def test_train_command_end_to_end_writes_schedules_to_tensorboard(tiny_teacher, 
     assert {"schedule/logits", "schedule/hidden", "schedule/gradient", "reward/total", "episode/return"} <= set(tags["scalars"])
     assert "schedule/heatmap" in tags["images"]
     assert len(events.Scalars("schedule/logits")) == 4  # one per environment step
-    assert list(out.glob("sb3_*/events.out.tfevents.*"))  # SB3's own scalars
+    # SB3's own scalars, written after every rollout even at this tiny budget.
+    (sb3_dir,) = out.glob("sb3_*")
+    sb3 = EventAccumulator(str(sb3_dir), size_guidance={"scalars": 0})
+    sb3.Reload()
+    assert {"train/value_loss", "train/policy_loss", "train/entropy_loss"} <= set(sb3.Tags()["scalars"])
+    assert len(sb3.Scalars("train/value_loss")) == 2  # 4 steps, n_steps=2: two rollouts
+    # One hparams entry tying the configuration to the final metrics, and the comparison.
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(
+        events.PluginTagToContent("hparams"))
+    start_info = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert b"a2c" in start_info and b"hp/n_steps" in start_info
+    assert {"final/dev_accuracy", "final/reward_split_accuracy", "comparison/dev_accuracy/kd"} <= set(tags["scalars"])
+    assert "comparison/text_summary" in events.Tags()["tensors"]
+    text = events.Tensors("comparison/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| agent:a2c |" in text and "| kd |" in text
     # A second algorithm runs from the same command without code changes, resuming is possible.
     resumed = tmp_path / "a2c_resumed"
     assert load_script("train").main(
