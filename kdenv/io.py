@@ -7,6 +7,7 @@ gone."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -47,6 +48,15 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
                     sibling.unlink()
             removed.append(sibling)
     return removed
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _prefix(path: Path) -> str:

@@ -10,7 +10,6 @@ the SHA-256 of every file, checked on load: a truncated or altered file is refus
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdenv.io import atomic_write
+from kdenv.io import atomic_write, file_sha256
 
 TABLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -32,14 +31,6 @@ class TableError(ValueError):
 def benchmarks_dir() -> Path:
     """``$KDENV_BENCHMARKS_DIR``, else ``benchmarks/`` beside the kdenv package (the repository's)."""
     return Path(os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[2] / "benchmarks")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def seed_file(seed: int) -> str:
@@ -62,7 +53,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     """The manifest, with a checksum of every seed file it lists."""
     directory = Path(directory)
     manifest = {**manifest, "format": TABLE_FORMAT,
-                "files": {seed_file(seed): _sha256(directory / seed_file(seed)) for seed in manifest["seeds"]}}
+                "files": {seed_file(seed): file_sha256(directory / seed_file(seed)) for seed in manifest["seeds"]}}
     with atomic_write(directory / MANIFEST) as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True)
     return directory / MANIFEST
@@ -121,7 +112,7 @@ class Table:
             raise TableError(f"the table at {directory} has {table.phases} phases, not {phases}")
         for name, checksum in manifest["files"].items():
             file = directory / name
-            if not file.is_file() or _sha256(file) != checksum:
+            if not file.is_file() or file_sha256(file) != checksum:
                 raise TableError(f"{file} is missing, truncated or altered (its SHA-256 differs from the manifest's); "
                                  "restore it from the repository (git checkout) or rebuild the table")
         for seed in manifest["seeds"]:

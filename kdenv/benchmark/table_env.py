@@ -16,7 +16,7 @@ import numpy as np
 
 from kdenv.benchmark.table import Table, TableError, benchmarks_dir
 from kdenv.config import ACTION_SPACES, EnvConfig
-from kdenv.decision.env import make_spaces
+from kdenv.decision.env import make_spaces, weights_to_action
 from kdenv.decision.rewards import REWARDS
 
 
@@ -99,13 +99,7 @@ class KnowledgeSelectionTableEnv(gym.Env):
 
     def weights_to_action(self, weights: dict[str, float]):
         """As the live env: fixed policies act here unchanged."""
-        values = np.array([weights.get(name, 0.0) for name in self.knowledge], dtype=np.float32)
-        if self.config.action_space == "box":
-            return np.clip(values, 0.0, 1.0)
-        bits = (values >= 0.5).astype(np.int8)
-        if self.config.action_space == "multibinary":
-            return bits
-        return int(sum(int(bit) << k for k, bit in enumerate(bits)))
+        return weights_to_action(weights, self.knowledge, self.config.action_space)
 
 
 def make_table_env(task: str | None = None, table: str | None = None, seeds: list[int] | None = None,

@@ -44,7 +44,7 @@ from kdenv.decision.rewards import RewardInput, get_reward
 from kdenv.engine.data import collate
 from kdenv.engine.trainer import StudentTrainer
 
-__all__ = ["ACTION_SPACES", "BASE_FEATURES", "KnowledgeDistillationEnv", "SpacesOnlyEnv", "WallTime", "make_spaces"]
+__all__ = ["ACTION_SPACES", "BASE_FEATURES", "KnowledgeDistillationEnv", "SpacesOnlyEnv", "WallTime", "make_spaces", "weights_to_action"]
 
 BASE_FEATURES = 8
 
@@ -83,6 +83,19 @@ def make_spaces(config: EnvConfig, cls_sizes: tuple[int, int] | None = None) -> 
         "teacher_cls": spaces.Box(-1.0, 1.0, shape=(cls_sizes[0],), dtype=np.float32),
         "student_cls": spaces.Box(-1.0, 1.0, shape=(cls_sizes[1],), dtype=np.float32),
     })
+
+
+def weights_to_action(weights: dict[str, float], knowledge: list[str], action_space: str):
+    """An action of ``action_space`` over ``knowledge`` for per-type weights: the weights themselves
+    (``box``), or on/off bits rounded at 0.5 (``multibinary``), or their subset index (``discrete``,
+    bit k switches type k)."""
+    values = np.array([weights.get(name, 0.0) for name in knowledge], dtype=np.float32)
+    if action_space == "box":
+        return np.clip(values, 0.0, 1.0)
+    bits = (values >= 0.5).astype(np.int8)
+    if action_space == "multibinary":
+        return bits
+    return int(sum(int(bit) << k for k, bit in enumerate(bits)))
 
 
 class SpacesOnlyEnv(gym.Env):
@@ -237,13 +250,7 @@ class KnowledgeDistillationEnv(gym.Env):
 
     def weights_to_action(self, weights: dict[str, float]):
         """The inverse of :meth:`action_to_weights` (hard spaces round weights at 0.5)."""
-        values = np.array([weights.get(name, 0.0) for name in self.knowledge], dtype=np.float32)
-        if self.config.action_space == "box":
-            return np.clip(values, 0.0, 1.0)
-        bits = (values >= 0.5).astype(np.int8)
-        if self.config.action_space == "multibinary":
-            return bits
-        return int(sum(int(bit) << k for k, bit in enumerate(bits)))
+        return weights_to_action(weights, self.knowledge, self.config.action_space)
 
     def _exploration_bonus(self, weights: dict[str, float]) -> float:
         """Count-based bonus β/√n for the n-th use of a (rounded) action over the env's lifetime."""

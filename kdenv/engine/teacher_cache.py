@@ -26,7 +26,7 @@ from kdenv.engine.data import EncodedSplit, collate, length_bucketed_batches
 from kdenv.engine.knowledge.base import parse_teacher_keys, teacher_outputs
 from kdenv.engine.runtime import Runtime
 from kdenv.engine.tasks import TaskSpec
-from kdenv.io import atomic_directory
+from kdenv.io import atomic_directory, file_sha256
 
 CACHE_FORMAT = 1
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -73,14 +73,6 @@ def split_fingerprint(split: EncodedSplit) -> str:
         digest.update(np.ascontiguousarray(types, dtype=np.int8).tobytes())
         digest.update(b"|")
     return digest.hexdigest()[:20]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _kind(key: str) -> str:
@@ -170,7 +162,7 @@ class TeacherCache:
             return "stale (teacher, data or knowledge changed)"
         for entry in manifest["files"].values():
             path = directory / entry["file"]
-            if not path.is_file() or path.stat().st_size != entry["bytes"] or _file_sha256(path) != entry["sha256"]:
+            if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
                 return f"corrupt file {entry['file']}"
         return None
 
@@ -220,7 +212,7 @@ class TeacherCache:
             manifest_files = {}
             for name in names:
                 path = tmp / f"{name}.npy"
-                manifest_files[name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+                manifest_files[name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
             manifest = {"key": key, "heads": heads, "files": manifest_files}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
