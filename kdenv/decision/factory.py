@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdenv.config import DataConfig, DistillConfig, EnvConfig
+from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict
 from kdenv.decision.env import KnowledgeDistillationEnv
 from kdenv.decision.rewards import get_reward
 from kdenv.engine.distillation import Distillation, check_knowledge_names, prepare_distillation
@@ -27,19 +27,24 @@ class EnvironmentSetup:
 def build_environment(
     task: str = "rte",
     env_config: EnvConfig | dict | None = None,
-    data_config: DataConfig | None = None,
-    distill_config: DistillConfig | None = None,
+    data_config: DataConfig | dict | None = None,
+    distill_config: DistillConfig | dict | None = None,
     data_dir: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     progress: bool = False,
 ) -> EnvironmentSetup:
     """Teacher (fine-tuned if missing), cached teacher knowledge, student and trainer, with the
-    learning-rate schedule spanning exactly one episode."""
+    learning-rate schedule spanning exactly one episode. Configs may be given as dicts of their
+    fields (as ``gymnasium.make`` and rl_zoo3's ``--env-kwargs`` pass them)."""
     if isinstance(env_config, dict):
-        env_config = EnvConfig(**env_config)
+        env_config = from_dict(EnvConfig, env_config)
     env_config = env_config or EnvConfig()
+    if isinstance(data_config, dict):
+        data_config = from_dict(DataConfig, {"task": task, "data_dir": data_dir, **data_config})
     data_config = data_config or DataConfig(task=task, data_dir=data_dir)
+    if isinstance(distill_config, dict):
+        distill_config = from_dict(DistillConfig, {"device": device, "precision": precision, **distill_config})
     distill_config = distill_config or DistillConfig(device=device, precision=precision)
     names = list(dict.fromkeys([*env_config.base_weights, *env_config.knowledge]))
     check_knowledge_names(names)
