@@ -1,0 +1,26 @@
+# Two-command start:  make install  then  make run   (make test runs the test suite).
+# The same steps by hand are in README.md (Install, Quick start, Tests).
+PYTHON ?= python3
+VENV ?= .venv
+GLUE ?= ../shared/data/glue
+TASK ?= rte
+BIN = $(VENV)/bin
+
+.PHONY: install run test help
+
+help:
+	@echo "make install        virtual environment in $(VENV), torch (CPU build here), kdenv with its extras"
+	@echo "make run [TASK=rte] the main job: A2C learns a knowledge schedule (teacher fine-tuned first if missing)"
+	@echo "make test           the test suite on the GLUE files in GLUE=$(GLUE)"
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[test,ray,zoo]"
+
+run:
+	KDENV_GLUE_DIR=$(GLUE) $(BIN)/python agents/train_a2c.py --task $(TASK)
+
+test:
+	KDENV_GLUE_DIR=$(GLUE) $(BIN)/python -m pytest -q
