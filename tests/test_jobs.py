@@ -32,17 +32,17 @@ def without_timing(runs):
 def test_a_killed_worker_is_retried_and_every_result_arrives(local_ray, tmp_path):
     from tests.ray_jobs import square_once_killed
 
-    jobs = [(value, str(tmp_path / f"marker{value}")) for value in range(4)]
+    jobs = [(value, str(tmp_path / f"marker{value}")) for value in (2, 3)]
     results = JobRunner(ray=True, num_cpus=1).map(square_once_killed, jobs)
-    assert [result[0] for result in results] == [0, 1, 4, 9]
+    assert [result[0] for result in results] == [4, 9]
     assert all(threads == 1 for _, threads in results)  # torch threads = the CPUs the task declared
-    assert all((tmp_path / f"marker{value}").exists() for value in range(4))  # every job's worker died once
+    assert all((tmp_path / f"marker{value}").exists() for value in (2, 3))  # every job's worker died once
 
 
 def test_evaluation_with_ray_gives_the_in_process_results(local_ray, tiny_teacher, glue_dir, tmp_path,
                                                           private_runs_dir, capsys):
     evaluate = load_script("evaluate")
-    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd,only-gradient", "--seeds", "2", *TINY,
+    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd,only-gradient", "--seeds", "1", *TINY,
             "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "here")]) == 0
     shutil.rmtree(private_runs_dir / "eval" / "wnli" / "cache")  # the Ray run must compute everything again
@@ -50,7 +50,7 @@ def test_evaluation_with_ray_gives_the_in_process_results(local_ray, tiny_teache
     assert "reused" not in capsys.readouterr().out
     here = json.loads((tmp_path / "here" / "runs.json").read_text())
     there = json.loads((tmp_path / "ray" / "runs.json").read_text())
-    assert len(here) == 4 and without_timing(here) == without_timing(there)
+    assert len(here) == 2 and without_timing(here) == without_timing(there)
 
 
 def test_a_tree_built_by_ray_jobs_equals_the_in_process_tree(local_ray, tiny_teacher, glue_dir, tmp_path):
