@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
     add("--estimate", action="store_true", help="time the first nodes of seed 0, print the projected cost, and stop")
     add("--output", default=None, help="table folder (default benchmarks/<task>)")
+    add("--threads", type=int, default=None,
+        help="torch threads of an in-process build (default: torch's default); with --ray: --cpus-per-job")
     add_common_arguments(add)
     add_job_arguments(add)
     preset = BUDGETS["cpu"]
@@ -83,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
                                        max_reward_examples=BUDGETS["cpu"].max_reward_examples)
         distill_config = config_from_args(DistillConfig, args, "distill", device=args.device, precision=args.precision)
-        setup = TreeSetup(data_config, distill_config, env_config)
         runner = JobRunner.from_args(args)
         runner.check()
+        import torch
+
+        # Records are exact for one torch thread count: the Ray tasks' CPUs, or this process's threads.
+        threads = int(runner.num_cpus) if runner.ray else args.threads or torch.get_num_threads()
+        setup = TreeSetup(data_config, distill_config, env_config, threads)
         job = None
         if args.job is not None:
             seed_text, _, prefix_text = args.job.partition(":")

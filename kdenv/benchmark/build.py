@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from kdenv.benchmark.table import write_manifest, write_seed
@@ -24,18 +25,23 @@ from kdenv.paths import runs_dir
 
 @dataclass
 class TreeSetup:
-    """What a tree is built from. Its hash names the work folder, so a rerun resumes the same build."""
+    """What a tree is built from. Its hash names the work folder, so a rerun resumes the same build.
+
+    ``threads`` (torch's, in every process that computes nodes) is part of it: CPU kernels reduce
+    in a different order with another thread count, so records are exact only for one count."""
 
     data: DataConfig
     distill: DistillConfig
     env: EnvConfig
+    threads: int = 1
 
     def __post_init__(self) -> None:
         # Tables enumerate subsets, hold task rewards only, and the feature observation.
         self.env = dataclasses.replace(self.env, action_space="discrete", exploration_bonus=0.0, cls_state=False)
 
     def key(self) -> str:
-        fields = {"data": to_dict(self.data), "distill": to_dict(self.distill), "env": to_dict(self.env)}
+        fields = {"data": to_dict(self.data), "distill": to_dict(self.distill), "env": to_dict(self.env),
+                  "threads": self.threads}
         for ignored in ("data_dir", "device", "precision"):
             fields["data"].pop(ignored, None)
             fields["distill"].pop(ignored, None)
@@ -68,6 +74,7 @@ class TreeJob:
 
 def run_tree_job(job: TreeJob) -> float:
     """One (seed, prefix) job, in whatever process runs it; returns its compute seconds."""
+    torch.set_num_threads(job.setup.threads)
     environment = environment_for(job.setup)
     return TreeBuilder(environment.env, job.setup.work_dir()).run_job(job.seed, job.prefix).seconds
 
@@ -81,11 +88,15 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
     builder = TreeBuilder(environment.env, setup.work_dir())
     jobs = jobs if jobs is not None else builder.jobs(seeds, job_depth)
     if runner is not None and runner.ray:
+        if int(runner.num_cpus) != setup.threads:
+            raise ValueError(f"Ray jobs of {runner.num_cpus} CPUs run torch with {int(runner.num_cpus)} threads, but this "
+                             f"tree's setup says {setup.threads}; records are exact for one thread count only")
         bar = tqdm(total=len(jobs), desc=f"tree {setup.data.task} (Ray jobs)", unit="job", disable=not progress)
         seconds = runner.map(run_tree_job, [TreeJob(setup, seed, prefix) for seed, prefix in jobs],
                              on_result=lambda job, result: bar.update(1))
         bar.close()
         return float(sum(seconds))
+    torch.set_num_threads(setup.threads)
     total = sum(builder.job_nodes(prefix) for _, prefix in jobs)
     bar = tqdm(total=total, desc=f"tree {setup.data.task}", unit="node", disable=not progress, smoothing=0.05)
     seconds = 0.0
@@ -116,6 +127,7 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
         "data": {k: v for k, v in to_dict(setup.data).items() if k != "data_dir"},
         "distill": {k: v for k, v in to_dict(setup.distill).items() if k not in ("device", "precision")},
         "env": to_dict(environment.config),
+        "torch_threads": setup.threads,
         "reward_split": {"examples": len(distillation.data["reward"]),
                          "fingerprint": split_fingerprint(distillation.data["reward"])},
         "teacher": distillation.teacher_record(),
