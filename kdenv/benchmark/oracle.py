@@ -105,13 +105,15 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
 def reward_dev_correlation(table: Table) -> dict[str, Any]:
     """Does the reward split measure what we care about? Spearman's rank correlation over leaves
     between the final reward-split metric and the GLUE dev metric, per seed and pooled."""
-    metric = None
+    from kdenv.engine.tasks import TASKS
+
+    metric = TASKS[table.task].primary_metric if table.task in TASKS else None
     per_seed, pooled_reward, pooled_dev = {}, [], []
     for seed in table.seeds:
         leaves = [leaf for leaf in table.leaves(seed) if "dev" in leaf]
         if not leaves:
             continue
-        metric = metric or next(k for k in leaves[0]["dev"] if k != "loss")
+        metric = metric or next(k for k in leaves[0]["dev"] if k not in ("loss", "agreement"))
         reward_values = [leaf["metric"] for leaf in leaves]
         dev_values = [leaf["dev"][metric] for leaf in leaves]
         per_seed[seed] = float(spearmanr(reward_values, dev_values).statistic)
