@@ -83,9 +83,9 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     oracle = returns[np.arange(len(seeds)), oracle_index]
     policies = {}
     for name in named_policies(table):
-        per_seed = [episode_return(table, seed, policy_schedule(table, name, seed), reward) for seed in seeds]
-        policies[name] = {"schedule": [list(policy_schedule(table, name, seed)) for seed in seeds][0],
-                          "return": mean_std(per_seed), "per_seed": per_seed}
+        schedules = [policy_schedule(table, name, seed) for seed in seeds]
+        per_seed = [episode_return(table, seed, schedule, reward) for seed, schedule in zip(seeds, schedules)]
+        policies[name] = {"schedule": list(schedules[0]), "return": mean_std(per_seed), "per_seed": per_seed}
     return {
         "reward": reward,
         "seeds": seeds,

@@ -34,16 +34,23 @@ def predict(
     return outputs
 
 
-def evaluate(
+def evaluate_with_outputs(
     model: torch.nn.Module, data: TaskData, split_name: str, runtime: Runtime, batch_size: int = 64
-) -> dict[str, float]:
-    """Task metrics and mean hard-label loss of ``model`` on one split."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """Task metrics and mean hard-label loss of ``model`` on one split, and its outputs there."""
     split = data[split_name]
     outputs = predict(model, split, data.pad_token_id, runtime, batch_size)
     metrics = task_metrics(data.task, outputs, split.labels)
     labels = torch.from_numpy(split.labels)
     metrics["loss"] = float(task_loss(data.task, torch.from_numpy(outputs), labels))
-    return metrics
+    return metrics, outputs
+
+
+def evaluate(
+    model: torch.nn.Module, data: TaskData, split_name: str, runtime: Runtime, batch_size: int = 64
+) -> dict[str, float]:
+    """Task metrics and mean hard-label loss of ``model`` on one split."""
+    return evaluate_with_outputs(model, data, split_name, runtime, batch_size)[0]
 
 
 def token_saliency(

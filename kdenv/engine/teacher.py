@@ -23,7 +23,7 @@ from kdenv.engine.data import (
     padding_savings,
     to_device,
 )
-from kdenv.engine.inference import predict
+from kdenv.engine.inference import evaluate_with_outputs
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.metrics import task_metrics
 from kdenv.engine.models import ModelError, load_classifier, load_tokenizer, save_model
@@ -185,15 +185,11 @@ def finetune(
             if writer is not None:
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-        evaluations, selection_outputs = {}, None
+        evaluations, outputs = {}, {}
         for name in ("reward", "dev"):
-            outputs = predict(model, data[name], data.pad_token_id, runtime, config.eval_batch_size)
-            evaluations[name] = task_metrics(task, outputs, data[name].labels)
-            evaluations[name]["loss"] = float(task_loss(task, torch.from_numpy(outputs), torch.from_numpy(data[name].labels)))
-            if name == select_on:
-                selection_outputs = outputs
+            evaluations[name], outputs[name] = evaluate_with_outputs(model, data, name, runtime, config.eval_batch_size)
         record = {"epoch": epoch, "step": step, **{f"{s}/{k}": v for s, m in evaluations.items() for k, v in m.items()}}
-        record[f"{select_on}/{metric_name}_stderr"] = bootstrap_stderr(task, selection_outputs, data[select_on].labels,
+        record[f"{select_on}/{metric_name}_stderr"] = bootstrap_stderr(task, outputs[select_on], data[select_on].labels,
                                                                       seed=config.seed)
         result.history.append(record)
         epoch_states.append(({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, evaluations))
