@@ -74,80 +74,107 @@ def train_on_table(args: argparse.Namespace, algorithm: Algorithm, hyperparams_d
     train_seeds, test_seeds = split_seeds(table, args.train_seeds, args.test_seeds)
     if args.episodes < 1 or args.agent_seeds < 1:
         raise ConfigError("--episodes and --agent-seeds must be >= 1")
-    hyperparams = load_hyperparams(algorithm.name, args.hp, hyperparams_dir)
-    params = {k: v for k, v in hyperparams.items() if k != "policy"}
-    check_hyperparams(algorithm, params)
-    policy = hyperparams.get("policy", "MlpPolicy")
-    reward = args.__dict__.get("env.reward", "metric_gain")
-    scale = args.__dict__.get("env.reward_scale", 10.0)
+    hyperparams = load_hyperparams(algorithm.name, args.hp, hyperparams_dir, args.hp_file)
+    check_hyperparams(algorithm, {k: v for k, v in hyperparams.items() if k != "policy"})
     run_dir = Path(args.output_dir) if args.output_dir else (
         runs_dir() / "tables" / table.task / f"{algorithm.name}_{time.strftime('%Y%m%d-%H%M%S')}")
     check_writable(run_dir)
-
-    def make_env(seeds):
-        env = KnowledgeSelectionTableEnv(table, seeds=seeds, reward=reward, reward_scale=scale,
-                                         action_space=algorithm.action_space)
-        return env, (MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env)
-
-    sequences, returns = all_returns(table, reward)
-    index = {seed: row for row, seed in enumerate(table.seeds)}
-    train_rows, test_rows = [index[s] for s in train_seeds], [index[s] for s in test_seeds]
-    open_loop = int(returns[train_rows].mean(axis=0).argmax())
-    constants = [sequences.index((a,) * table.phases) for a in range(table.num_actions)]
-    best_constant = max(constants, key=lambda i: returns[train_rows, i].mean())
-    oracle = {seed: float(returns[index[seed]].max()) for seed in test_seeds}
-    total_timesteps = args.episodes * table.phases
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(run_dir / "config.yaml", {"agents": list(range(args.seed, args.seed + args.agent_seeds))},
-                    table={"directory": str(table.directory), "task": table.task, "knowledge": table.knowledge,
-                           "phases": table.phases, "teacher": table.manifest.get("teacher", {}).get("fingerprint"),
-                           "train_seeds": train_seeds, "test_seeds": test_seeds, "reward": reward, "reward_scale": scale},
-                    agent={"algo": algorithm.name, "episodes": args.episodes, "total_timesteps": total_timesteps,
-                           "hyperparams": {"policy": policy, **params}})
-    names = action_names(table)
-    print(f"{algorithm.name} on the {table.task} table: train seeds {train_seeds}, test seeds {test_seeds}, "
-          f"{args.episodes} episodes x {args.agent_seeds} agents; reward {reward}")
-    agents: list[dict[str, Any]] = []
-    for agent_seed in range(args.seed, args.seed + args.agent_seeds):
-        env, agent_env = make_env(train_seeds)
-        start = time.perf_counter()
-        model = algorithm.load_class()(policy, agent_env, seed=agent_seed, verbose=0, tensorboard_log=str(run_dir),
-                                       **copy.deepcopy(params))
-        callback = ScheduleCallback(run_dir / f"schedules_seed{agent_seed}", table.knowledge, save_every=1000,
-                                    log_every=100)
-        agent_env.reset(seed=agent_seed)
-        model.learn(total_timesteps=total_timesteps, callback=callback, tb_log_name=f"sb3_seed{agent_seed}",
-                    progress_bar=not args.no_progress)
-        seconds = time.perf_counter() - start
-        save_agent(model, run_dir / f"agent_seed{agent_seed}.zip")
-        test_env, wrapped = make_env(test_seeds)
-        played = {seed: play(model, test_env, wrapped, seed) for seed in test_seeds}
-        agent_returns = np.array([played[s][0] for s in test_seeds])
-        result = {
-            "agent_seed": agent_seed, "train_seconds": seconds, "steps_per_second": total_timesteps / seconds,
-            "test_return": float(agent_returns.mean()),
-            "regret": float(np.mean([oracle[s] - played[s][0] for s in test_seeds])),
-            "gain_over_best_constant": float(np.mean(agent_returns - returns[test_rows, best_constant])),
-            "gain_over_open_loop": float(np.mean(agent_returns - returns[test_rows, open_loop])),
-            "schedules": {str(s): played[s][1] for s in test_seeds},
-        }
-        agents.append(result)
-        print(f"  agent seed {agent_seed}: test return {result['test_return']:+.4f}, regret {result['regret']:.4f}, "
-              f"vs best constant {result['gain_over_best_constant']:+.4f}, vs open loop "
-              f"{result['gain_over_open_loop']:+.4f} ({seconds:.0f} s, {result['steps_per_second']:.0f} steps/s)")
-    summary = {
-        "algo": algorithm.name, "table": str(table.directory), "reward": reward, "train_seeds": train_seeds,
-        "test_seeds": test_seeds, "episodes": args.episodes,
-        "oracle_test_return": mean_std([oracle[s] for s in test_seeds]),
-        "best_constant": {"schedule": list(sequences[best_constant]),
-                          "test_return": mean_std(returns[test_rows, best_constant])},
-        "open_loop": {"schedule": list(sequences[open_loop]), "test_return": mean_std(returns[test_rows, open_loop])},
-        **{key: mean_std([a[key] for a in agents]) for key in
-           ("test_return", "regret", "gain_over_best_constant", "gain_over_open_loop")},
-        "agents": agents,
-    }
-    write_results(run_dir, summary, names)
+    study = TableStudy(table, algorithm, train_seeds, test_seeds, args.__dict__.get("env.reward", "metric_gain"),
+                       args.__dict__.get("env.reward_scale", 10.0), args.episodes)
+    study.run(hyperparams, range(args.seed, args.seed + args.agent_seeds), run_dir, progress=not args.no_progress)
     return 0
+
+
+class TableStudy:
+    """Agents of one algorithm on one table: trained on the train seeds, scored on other seeds
+    against the oracle, the best constant and the best open-loop schedule (both chosen on the train
+    seeds: what one could pick without learning)."""
+
+    def __init__(self, table: Table, algorithm: Algorithm, train_seeds: list[int], test_seeds: list[int],
+                 reward: str, reward_scale: float, episodes: int):
+        self.table, self.algorithm, self.reward, self.reward_scale = table, algorithm, reward, reward_scale
+        self.train_seeds, self.test_seeds, self.episodes = train_seeds, test_seeds, episodes
+        self.sequences, self.returns = all_returns(table, reward)  # [seeds, sequences]
+        self.row = {seed: row for row, seed in enumerate(table.seeds)}
+        train_rows = [self.row[s] for s in train_seeds]
+        self.open_loop = int(self.returns[train_rows].mean(axis=0).argmax())
+        constants = [self.sequences.index((a,) * table.phases) for a in range(table.num_actions)]
+        self.best_constant = max(constants, key=lambda i: self.returns[train_rows, i].mean())
+
+    def make_env(self, seeds):
+        env = KnowledgeSelectionTableEnv(self.table, seeds=seeds, reward=self.reward, reward_scale=self.reward_scale,
+                                         action_space=self.algorithm.action_space)
+        return env, (MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env)
+
+    def fit(self, hyperparams: dict[str, Any], agent_seed: int, run_dir: Path | None = None, progress: bool = False):
+        """One agent trained for ``episodes`` episodes on the train seeds; (model, seconds)."""
+        params = {k: v for k, v in hyperparams.items() if k != "policy"}
+        _, agent_env = self.make_env(self.train_seeds)
+        start = time.perf_counter()
+        model = self.algorithm.load_class()(hyperparams.get("policy", "MlpPolicy"), agent_env, seed=agent_seed,
+                                            verbose=0, tensorboard_log=str(run_dir) if run_dir else None,
+                                            **copy.deepcopy(params))
+        callback = None if run_dir is None else ScheduleCallback(
+            run_dir / f"schedules_seed{agent_seed}", self.table.knowledge, save_every=1000, log_every=100)
+        agent_env.reset(seed=agent_seed)
+        model.learn(total_timesteps=self.episodes * self.table.phases, callback=callback,
+                    tb_log_name=f"sb3_seed{agent_seed}", progress_bar=progress)
+        return model, time.perf_counter() - start
+
+    def score(self, model, seeds: list[int]) -> dict[str, Any]:
+        """The deterministic policy's return on each of ``seeds``, its regret and its gains."""
+        env, wrapped = self.make_env(seeds)
+        played = {seed: play(model, env, wrapped, seed) for seed in seeds}
+        rows = [self.row[s] for s in seeds]
+        agent_returns = np.array([played[s][0] for s in seeds])
+        return {
+            "test_return": float(agent_returns.mean()),
+            "regret": float(np.mean(self.returns[rows].max(axis=1) - agent_returns)),
+            "gain_over_best_constant": float(np.mean(agent_returns - self.returns[rows, self.best_constant])),
+            "gain_over_open_loop": float(np.mean(agent_returns - self.returns[rows, self.open_loop])),
+            "schedules": {str(s): played[s][1] for s in seeds},
+        }
+
+    def run(self, hyperparams: dict[str, Any], agent_seeds, run_dir: Path, progress: bool = False) -> dict[str, Any]:
+        """Trains one agent per seed, scores each on the held-out seeds, and writes run_dir's
+        config.yaml, agent_seed<N>.zip, TensorBoard events and results.{json,md}."""
+        table, test_seeds, agent_seeds = self.table, self.test_seeds, list(agent_seeds)
+        test_rows = [self.row[s] for s in test_seeds]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(run_dir / "config.yaml", {"agents": agent_seeds},
+                        table={"directory": str(table.directory), "task": table.task, "knowledge": table.knowledge,
+                               "phases": table.phases, "teacher": table.manifest.get("teacher", {}).get("fingerprint"),
+                               "train_seeds": self.train_seeds, "test_seeds": test_seeds, "reward": self.reward,
+                               "reward_scale": self.reward_scale},
+                        agent={"algo": self.algorithm.name, "episodes": self.episodes,
+                               "total_timesteps": self.episodes * table.phases, "hyperparams": hyperparams})
+        print(f"{self.algorithm.name} on the {table.task} table: train seeds {self.train_seeds}, test seeds "
+              f"{test_seeds}, {self.episodes} episodes x {len(agent_seeds)} agents; reward {self.reward}")
+        agents: list[dict[str, Any]] = []
+        for agent_seed in agent_seeds:
+            model, seconds = self.fit(hyperparams, agent_seed, run_dir, progress)
+            save_agent(model, run_dir / f"agent_seed{agent_seed}.zip")
+            steps = self.episodes * table.phases
+            result = {"agent_seed": agent_seed, "train_seconds": seconds, "steps_per_second": steps / seconds,
+                      **self.score(model, test_seeds)}
+            agents.append(result)
+            print(f"  agent seed {agent_seed}: test return {result['test_return']:+.4f}, regret {result['regret']:.4f}, "
+                  f"vs best constant {result['gain_over_best_constant']:+.4f}, vs open loop "
+                  f"{result['gain_over_open_loop']:+.4f} ({seconds:.0f} s, {result['steps_per_second']:.0f} steps/s)")
+        summary = {
+            "algo": self.algorithm.name, "table": str(table.directory), "reward": self.reward,
+            "train_seeds": self.train_seeds, "test_seeds": test_seeds, "episodes": self.episodes,
+            "oracle_test_return": mean_std(self.returns[test_rows].max(axis=1)),
+            "best_constant": {"schedule": list(self.sequences[self.best_constant]),
+                              "test_return": mean_std(self.returns[test_rows, self.best_constant])},
+            "open_loop": {"schedule": list(self.sequences[self.open_loop]),
+                          "test_return": mean_std(self.returns[test_rows, self.open_loop])},
+            **{key: mean_std([a[key] for a in agents]) for key in
+               ("test_return", "regret", "gain_over_best_constant", "gain_over_open_loop")},
+            "agents": agents,
+        }
+        write_results(run_dir, summary, action_names(table))
+        return summary
 
 
 def write_results(run_dir: Path, summary: dict[str, Any], names: list[str]) -> None:

@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--total-timesteps", type=int, default=None, help="agent training budget in phases (env steps; default: the preset's)")
     add("--baselines", default="all,kd", help="fixed policies compared with the agent at the end (comma list; '' for none)")
     add("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameter overrides (YAML values), e.g. learning_rate=1e-3")
+    add("--hp-file", default=None, metavar="PATH",
+        help="hyperparameter YAML to use instead of agents/hyperparams/<algo>.yaml (e.g. tune_table.py's tuned.yaml)")
     add("--resume", default=None, help="continue training a saved agent.zip (same algorithm; --hp still applies)")
     add("--checkpoint-every", type=int, default=1, help="save agent.zip every N training episodes (default 1)")
     add("--n-envs", type=int, default=1,
@@ -139,7 +141,7 @@ def agent_settings(args, algorithm) -> tuple[dict, dict, SavedAgent | None]:
     (checked). A resumed agent keeps its saved hyperparameters except those --hp overrides."""
     overrides = parse_overrides(args.hp)
     if args.resume is None:
-        hyperparams = load_hyperparams(algorithm.name, args.hp, HYPERPARAMS)
+        hyperparams = load_hyperparams(algorithm.name, args.hp, HYPERPARAMS, args.hp_file)
         check_hyperparams(algorithm, {k: v for k, v in hyperparams.items() if k != "policy"})
         return hyperparams, overrides, None
     saved = SavedAgent.open(args.resume)

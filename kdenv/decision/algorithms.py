@@ -51,12 +51,14 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def load_hyperparams(name: str, overrides: list[str] | None = None, directory: Path | None = None) -> dict[str, Any]:
-    """Hyperparameters from ``agents/hyperparams/<algo>.yaml``, with ``key=value`` overrides
-    (values parsed as YAML: ``learning_rate=1e-3``, ``policy_kwargs={net_arch: [32]}``)."""
-    path = (directory or HYPERPARAMS_DIR) / f"{name}.yaml"
+def load_hyperparams(name: str, overrides: list[str] | None = None, directory: Path | None = None,
+                     file: str | Path | None = None) -> dict[str, Any]:
+    """Hyperparameters from ``agents/hyperparams/<algo>.yaml`` (or ``file``, e.g. a tuned.yaml),
+    with ``key=value`` overrides (values parsed as YAML: ``learning_rate=1e-3``,
+    ``policy_kwargs={net_arch: [32]}``)."""
+    path = Path(file) if file else (directory or HYPERPARAMS_DIR) / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"no hyperparameter file {path}")
+        raise ValueError(f"no hyperparameter file {path}" + (" (--hp-file)" if file else ""))
     params = yaml.safe_load(path.read_text()) or {}
     params.update(parse_overrides(overrides))
     return params

@@ -1,0 +1,62 @@
+"""Hyperparameter search on a table (agents/tune_table.py): Optuna trials on the train seeds, a
+resumable study, and default against tuned on the held-out seeds with paired differences."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import load_script
+from tests.test_table_agents import obvious_table
+
+FAST = ["--trial-episodes", "24", "--trial-agents", "1", "--episodes", "24", "--agent-seeds", "2", "--no-progress"]
+
+
+def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_out_seeds(tmp_path):
+    obvious_table(tmp_path / "table")
+    out = tmp_path / "tune"
+    tune = load_script("tune_table")
+    assert tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "3", "--output-dir", str(out),
+                      *FAST]) == 0
+    trials = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(trials) == 1 + 3
+    import optuna
+
+    best = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}").best_trial
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    assert tuned["learning_rate"] == pytest.approx(best.params["learning_rate"])
+    assert tuned["n_steps"] == best.params["n_steps"] and tuned["policy"] == "MlpPolicy"
+    default_config = yaml.safe_load((out / "default" / "config.yaml").read_text())
+    assert default_config["agent"]["hyperparams"]["learning_rate"] == 0.0007  # agents/hyperparams/a2c.yaml
+    result = json.loads((out / "comparison.json").read_text())
+    default = json.loads((out / "default" / "results.json").read_text())
+    tuned_run = json.loads((out / "tuned" / "results.json").read_text())
+    assert result["test_seeds"] == [2] and result["train_seeds"] == [0, 1]
+    differences = [t["regret"] - d["regret"] for t, d in zip(tuned_run["agents"], default["agents"])]
+    assert [a["agent_seed"] for a in tuned_run["agents"]] == [a["agent_seed"] for a in default["agents"]] == [0, 1]
+    assert result["tuned_minus_default"]["regret"]["mean"] == pytest.approx(sum(differences) / 2)
+    for agent in default["agents"] + tuned_run["agents"]:
+        assert agent["regret"] == pytest.approx(0.2 - agent["test_return"])
+
+    # Resuming adds only the missing trials.
+    assert tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "4", "--output-dir", str(out),
+                      *FAST]) == 0
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+
+    # The tuned file drives agents/train.py --table.
+    assert load_script("train").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--hp-file",
+                                      str(out / "tuned.yaml"), "--episodes", "12", "--agent-seeds", "1",
+                                      "--output-dir", str(tmp_path / "again"), "--no-progress"]) == 0
+    used = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["agent"]["hyperparams"]
+    assert used == yaml.safe_load((out / "tuned.yaml").read_text())
+
+
+def test_tuning_refuses_bad_input_before_any_work(tmp_path, capsys):
+    obvious_table(tmp_path / "table")
+    tune = load_script("tune_table")
+    with pytest.raises(SystemExit):
+        tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "0"])
+    assert "--trials must be >= 1" in capsys.readouterr().err
+    assert tune.main(["--algo", "ppo", "--table", str(tmp_path / "table"), "--test-seeds", "7",
+                      "--output-dir", str(tmp_path / "out")]) == 2
+    assert "not in the table" in capsys.readouterr().err and not (tmp_path / "out").exists()
