@@ -177,9 +177,21 @@ class TableStudy:
         return summary
 
 
+def fmt_stats(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
+
+
+def write_report(run_dir: Path, name: str, text: str, data: dict[str, Any]) -> None:
+    """Prints ``text`` and writes it to ``run_dir/<name>.md``, and ``data`` to ``<name>.json``."""
+    print(text)
+    with atomic_write(run_dir / f"{name}.md") as handle:
+        handle.write(text)
+    with atomic_write(run_dir / f"{name}.json") as handle:
+        json.dump(data, handle, indent=2)
+
+
 def write_results(run_dir: Path, summary: dict[str, Any], names: list[str]) -> None:
-    def fmt(stats):
-        return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
+    fmt = fmt_stats
 
     def text(schedule):
         return " → ".join(names[a] for a in schedule)
@@ -198,10 +210,5 @@ def write_results(run_dir: Path, summary: dict[str, Any], names: list[str]) -> N
         f"| best open-loop (chosen on train seeds): {text(summary['open_loop']['schedule'])} | "
         f"{fmt(summary['open_loop']['test_return'])} | | | |",
     ]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    with atomic_write(run_dir / "results.md") as handle:
-        handle.write(table)
-    with atomic_write(run_dir / "results.json") as handle:
-        json.dump(summary, handle, indent=2)
+    write_report(run_dir, "results", "\n".join(lines) + "\n", summary)
     print(f"results in {run_dir}")

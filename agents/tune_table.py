@@ -21,7 +21,6 @@ tuned/ (as `agents/train.py --table` writes them), comparison.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # table_agents.py beside this script
 
-from table_agents import TableStudy, resolve_table, split_seeds  # noqa: E402
+from table_agents import TableStudy, fmt_stats, resolve_table, split_seeds, write_report  # noqa: E402
 
 from kdenv.benchmark.oracle import mean_std  # noqa: E402
 from kdenv.benchmark.table import TableError  # noqa: E402
@@ -144,14 +143,11 @@ def compare(default: dict[str, Any], tuned: dict[str, Any], algo: str) -> tuple[
               "best_constant": default["best_constant"], "open_loop": default["open_loop"],
               "train_seeds": default["train_seeds"], "test_seeds": default["test_seeds"]}
 
-    def fmt(stats):
-        return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
-
     rows = [f"{algo}, held-out seeds {default['test_seeds']} ({len(default['agents'])} agents each; returns before "
             "scaling; paired = same agent seed)", "",
             "| | held-out return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|"]
     for label, stats in (("default", default), ("tuned", tuned), ("tuned − default (paired)", paired)):
-        rows.append(f"| {label} | " + " | ".join(fmt(stats[k]) for k in keys) + " |")
+        rows.append(f"| {label} | " + " | ".join(fmt_stats(stats[k]) for k in keys) + " |")
     return result, "\n".join(rows) + "\n"
 
 
@@ -182,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                  for label, params in (("default", defaults), ("tuned", tuned))}
     result, text = compare(summaries["default"], summaries["tuned"], algorithm.name)
     result["tuned_hyperparams"] = tuned
-    print(text)
-    with atomic_write(run_dir / "comparison.md") as handle:
-        handle.write(text)
-    with atomic_write(run_dir / "comparison.json") as handle:
-        json.dump(result, handle, indent=2)
+    write_report(run_dir, "comparison", text, result)
     print(f"tuned hyperparameters in {run_dir / 'tuned.yaml'}; results in {run_dir}")
     return 0
 
