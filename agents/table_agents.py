@@ -146,6 +146,10 @@ class TableStudy:
                                "phases": table.phases, "teacher": table.manifest.get("teacher", {}).get("fingerprint"),
                                "train_seeds": self.train_seeds, "test_seeds": test_seeds, "reward": self.reward,
                                "reward_scale": self.reward_scale},
+                        # The live environment this agent acts in, so that `agents/evaluate.py
+                        # --policies agent:<zip>` can take it to the real trainer.
+                        env={**table.manifest["env"], "action_space": self.algorithm.action_space,
+                             "reward": self.reward, "reward_scale": self.reward_scale},
                         agent={"algo": self.algorithm.name, "episodes": self.episodes,
                                "total_timesteps": self.episodes * table.phases, "hyperparams": hyperparams})
         print(f"{self.algorithm.name} on the {table.task} table: train seeds {self.train_seeds}, test seeds "

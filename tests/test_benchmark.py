@@ -264,3 +264,27 @@ def test_validate_command_replays_the_oracle_schedules(built, glue_dir, monkeypa
                                                "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.count("exact match") == 2
+
+
+def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, glue_dir, tmp_path, monkeypatch):
+    """The table's observations are the live ones, so a table agent taken to the real trainer
+    (agents/evaluate.py --policies agent:<zip>) plays the schedule it played on the table."""
+    from tests.conftest import load_script
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    agent_run = tmp_path / "agent"
+    # The tiny tree's loss changes are ~1e-5: scaled up, the agent learns a non-trivial schedule
+    # (gradient on) instead of its initial all-off one.
+    assert load_script("train").main(["--algo", "a2c", "--table", str(built["table"]), "--episodes", "30",
+                                      "--agent-seeds", "1", "--output-dir", str(agent_run), "--no-progress",
+                                      "--reward", "loss_decrease", "--reward-scale", "1e5", "--hp", "n_steps=2"]) == 0
+    on_table = json.loads((agent_run / "results.json").read_text())["agents"][0]["schedules"]["1"]  # held-out seed 1
+    out = tmp_path / "live"
+    assert load_script("evaluate").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_run / 'agent_seed0.zip'}",
+         "--seeds", "2", "--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32",
+         "--max-reward-examples", "16", "--output-dir", str(out), "--no-progress"]) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    live = next(run for run in runs if run["seed"] == 1)["schedule"]  # weights per phase, in knowledge order
+    assert on_table != [0, 0]
+    assert [sum(int(w >= 0.5) << i for i, w in enumerate(weights)) for weights in live] == on_table
