@@ -4,14 +4,19 @@ PYTHON ?= python3
 VENV ?= .venv
 GLUE ?= ../shared/data/glue
 TASK ?= rte
+TABLES ?= stsb mrpc
+ALGOS ?= a2c ppo dqn
 BIN = $(VENV)/bin
 
-.PHONY: install run test help
+.PHONY: install run test table-study help
 
 help:
 	@echo "make install        virtual environment in $(VENV), torch (CPU build here), kdenv with its extras"
 	@echo "make run [TASK=rte] the main job: A2C learns a knowledge schedule (teacher fine-tuned first if missing)"
 	@echo "make test           the test suite on the GLUE files in GLUE=$(GLUE)"
+	@echo "make table-study [TABLES='stsb mrpc'] [ALGOS='a2c ppo dqn']"
+	@echo "                    tune each algorithm on each shipped table's train seeds, then default vs tuned"
+	@echo "                    on the held-out seed (agents/tune_table.py; resumable; runs/tables/<task>/tune_<algo>)"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +29,8 @@ run:
 
 test:
 	KDENV_GLUE_DIR=$(GLUE) $(BIN)/python -m pytest -q
+
+table-study:
+	for table in $(TABLES); do for algo in $(ALGOS); do \
+	  $(BIN)/python agents/tune_table.py --algo $$algo --table $$table --output-dir runs/tables/$$table/tune_$$algo \
+	    --no-progress || exit 1; done; done
