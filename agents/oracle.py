@@ -9,7 +9,9 @@ For each reward variant, from the table alone (no model, no data):
   - the best constant action, and every named fixed policy (kd, gkd, all, none, only-*, ramps);
   - the headroom: oracle minus best constant, mean ± std over seeds (and the open-loop headroom);
   - whether the reward measures what we care about: Spearman's rank correlation over leaves
-    between the final reward-split metric and the GLUE dev metric.
+    between the final reward-split metric and the GLUE dev metric;
+  - each schedule's GLUE dev metric, and the headroom measured on dev itself (hindsight-best
+    schedule per seed by dev against the constant best on dev): analysis only, never a reward.
 
 Returns are in reward units before scaling (metric_gain: final minus initial reward-split metric).
 Writes runs/oracle/<task>/: oracle.md, oracle.json and schedule heatmaps (oracle per seed,
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdenv.benchmark.oracle import action_names, reward_dev_correlation, solve
+from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
 from kdenv.benchmark.table import Table, TableError, benchmarks_dir
 from kdenv.cli import fail
 from kdenv.decision.rewards import REWARDS
@@ -52,23 +54,37 @@ def schedule_text(schedule, names) -> str:
     return " → ".join(names[a] for a in schedule)
 
 
-def report(table: Table, results: dict[str, dict], correlation: dict) -> str:
+def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: dict | None) -> str:
     names = action_names(table)
     lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
              f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", ""]
     lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
                  f"{correlation['pooled']:+.3f}; per seed " +
                  ", ".join(f"{seed}: {value:+.3f}" for seed, value in correlation["per_seed"].items()) + ".")
+    if on_dev is not None:
+        lines += ["", f"On GLUE dev itself (analysis only; {on_dev['dev_metric']} after the last phase): the "
+                  f"hindsight-best schedule per seed reaches {fmt(on_dev['oracle']['value'])}, the constant best "
+                  f"on dev on average ({schedule_text(on_dev['best_constant']['schedule'], names)}) "
+                  f"{fmt(on_dev['best_constant']['value'])}: dev headroom {fmt(on_dev['headroom'])}; best − worst "
+                  f"schedule per seed {fmt(on_dev['spread'])}."]
+    dev_name = correlation["dev_metric"] or "metric"
+
+    def dev_cell(entry):
+        return fmt(entry["dev"]) if entry.get("dev") else "n/a"
+
     for reward, result in results.items():
         lines += ["", f"## Reward `{reward}` (returns before scaling)", "",
-                  "| schedule | return (mean ± std over seeds) | schedule (phase by phase) |", "|---|---|---|",
-                  f"| oracle (per seed, hindsight) | {fmt(result['oracle']['return'])} | per seed below |",
-                  f"| best open-loop | {fmt(result['open_loop']['return'])} | "
+                  f"| schedule | return (mean ± std over seeds) | dev {dev_name} | schedule (phase by phase) |",
+                  "|---|---|---|---|",
+                  f"| oracle (per seed, hindsight) | {fmt(result['oracle']['return'])} | {dev_cell(result['oracle'])} | "
+                  "per seed below |",
+                  f"| best open-loop | {fmt(result['open_loop']['return'])} | {dev_cell(result['open_loop'])} | "
                   f"{schedule_text(result['open_loop']['schedule'], names)} |",
-                  f"| best constant | {fmt(result['best_constant']['return'])} | "
+                  f"| best constant | {fmt(result['best_constant']['return'])} | {dev_cell(result['best_constant'])} | "
                   f"{schedule_text(result['best_constant']['schedule'], names)} |"]
         for name, policy in result["policies"].items():
-            lines.append(f"| {name} | {fmt(policy['return'])} | {schedule_text(policy['schedule'], names)} |")
+            lines.append(f"| {name} | {fmt(policy['return'])} | {dev_cell(policy)} | "
+                         f"{schedule_text(policy['schedule'], names)} |")
         lines += ["", f"Headroom (oracle − best constant): {fmt(result['headroom'])}; "
                   f"open-loop − best constant: {fmt(result['open_loop_headroom'])}.", "",
                   "Oracle schedule per seed: " + "; ".join(
@@ -96,14 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     results = {reward: solve(table, reward) for reward in rewards}
     correlation = reward_dev_correlation(table)
-    text = report(table, results, correlation)
+    on_dev = dev_headroom(table)
+    text = report(table, results, correlation, on_dev)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "oracle.md") as handle:
         handle.write(text)
     with atomic_write(out / "oracle.json") as handle:
         json.dump({"table": str(table.directory), "manifest": table.manifest, "results": results,
-                   "reward_dev_correlation": correlation, "action_names": action_names(table)}, handle, indent=2)
+                   "reward_dev_correlation": correlation, "dev_headroom": on_dev,
+                   "action_names": action_names(table)}, handle, indent=2)
     primary = results[rewards[0]]
     images = {f"oracle_seed{seed}": schedule for seed, schedule in zip(primary["seeds"], primary["oracle"]["schedules"])}
     images["open_loop"] = primary["open_loop"]["schedule"]

@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import kdenv
 from kdenv.benchmark.build import TreeSetup, run_jobs, write_table
-from kdenv.benchmark.oracle import action_names, reward_dev_correlation, solve
+from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
 from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
@@ -169,9 +169,9 @@ def test_table_env_rewards_and_seed_splits(built):
         env.reset(options={"table_seed": 1})
 
 
-def synthetic_table(directory, returns_by_seed):
+def synthetic_table(directory, returns_by_seed, dev=lambda value: value):
     """A 1-type, 2-phase table whose leaf returns are given: rewards 0 at depth 1, the return at
-    depth 2. Actions 0/1 = logits off/on."""
+    depth 2, and dev accuracy ``dev(return)`` at the leaves. Actions 0/1 = logits off/on."""
     nodes_by_seed = {}
     for seed, returns in returns_by_seed.items():
         records = [{"history": [], "depth": 0, "observation": [0.0] * 11, "metric": 0.0, "loss": 1.0}]
@@ -183,7 +183,7 @@ def synthetic_table(directory, returns_by_seed):
                 value = returns[(a, b)]
                 records.append({"history": [a, b], "depth": 2, "observation": [1.0] + [0.0] * 10, "metric": value,
                                 "loss": 1.0, "status": "ok", "terminal": True, "weights": {"logits": float(b)},
-                                "rewards": {"metric_gain": value}, "dev": {"accuracy": value}})
+                                "rewards": {"metric_gain": value}, "dev": {"accuracy": dev(value)}})
         write_seed(directory, seed, records)
         nodes_by_seed[seed] = records
     write_manifest(directory, {"task": "rte", "seeds": list(returns_by_seed),
@@ -211,6 +211,24 @@ def test_oracle_known_answers(tmp_path):
     assert action_names(table) == ["-", "logits"]
     correlation = reward_dev_correlation(table)
     assert correlation["pooled"] == pytest.approx(1.0) and correlation["dev_metric"] == "accuracy"
+
+
+def test_oracle_reports_every_schedule_on_dev_and_the_dev_headroom(tmp_path):
+    """Dev accuracy = 1 − return: what the reward prefers, dev punishes."""
+    table = synthetic_table(tmp_path, {
+        0: {(0, 0): 0.10, (0, 1): 0.30, (1, 0): 0.00, (1, 1): 0.20},
+        1: {(0, 0): 0.10, (0, 1): 0.00, (1, 0): 0.40, (1, 1): 0.20},
+    }, dev=lambda value: 1.0 - value)
+    result = solve(table, "metric_gain")
+    assert result["oracle"]["dev"]["mean"] == pytest.approx(((1 - 0.30) + (1 - 0.40)) / 2)
+    assert result["best_constant"]["dev"]["mean"] == pytest.approx(0.80)
+    assert result["policies"]["none"]["dev"]["mean"] == pytest.approx(0.90)
+    on_dev = dev_headroom(table)
+    assert on_dev["dev_metric"] == "accuracy" and on_dev["oracle"]["schedules"] == [[1, 0], [0, 1]]
+    assert on_dev["oracle"]["value"]["mean"] == pytest.approx(1.0)
+    assert on_dev["best_constant"]["schedule"] == [0, 0] and on_dev["best_constant"]["value"]["mean"] == pytest.approx(0.9)
+    assert on_dev["headroom"]["mean"] == pytest.approx(0.1) and on_dev["spread"]["mean"] == pytest.approx(0.35)
+    assert reward_dev_correlation(table)["pooled"] == pytest.approx(-1.0)
 
 
 def test_tables_are_written_reproducibly(built, tmp_path, monkeypatch):

@@ -72,10 +72,48 @@ def mean_std(values) -> dict[str, float]:
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
+def dev_metric_name(table: Table) -> str | None:
+    """The task's primary GLUE dev metric as the table's leaves record it (None without dev records)."""
+    from kdenv.engine.tasks import TASKS
+
+    leaf = next((leaf for seed in table.seeds for leaf in table.leaves(seed) if "dev" in leaf), None)
+    if leaf is None:
+        return None
+    if table.task in TASKS and TASKS[table.task].primary_metric in leaf["dev"]:
+        return TASKS[table.task].primary_metric
+    return next(k for k in leaf["dev"] if k not in ("loss", "agreement"))
+
+
+def all_dev_metrics(table: Table, sequences: list[tuple[int, ...]]) -> np.ndarray | None:
+    """The GLUE dev metric at the end of every full sequence on every seed ([seeds × sequences];
+    NaN where the episode crashed before its last phase), or None if the table has no dev records."""
+    metric = dev_metric_name(table)
+    if metric is None:
+        return None
+    dev = np.full((len(table.seeds), len(sequences)), np.nan)
+    for row, seed in enumerate(table.seeds):
+        nodes = table.nodes[seed]
+        for column, sequence in enumerate(sequences):
+            node = nodes.get(tuple(sequence))
+            if node is not None and "dev" in node:
+                dev[row, column] = node["dev"][metric]
+    return dev
+
+
+def _dev_of(dev: np.ndarray | None, columns) -> dict[str, float] | None:
+    """Mean ± std over seeds of the dev metric of one column per seed (None without dev records)."""
+    if dev is None:
+        return None
+    return mean_std([dev[row, column] for row, column in enumerate(columns)])
+
+
 def solve(table: Table, reward: str) -> dict[str, Any]:
-    """The oracle, the best open-loop and constant schedules, the named policies and the headroom."""
+    """The oracle, the best open-loop and constant schedules, the named policies and the headroom;
+    with each schedule's GLUE dev metric (analysis only) where the table records it."""
     sequences, returns = all_returns(table, reward)  # [seeds, sequences]
+    dev = all_dev_metrics(table, sequences)
     seeds = table.seeds
+    position = {sequence: column for column, sequence in enumerate(sequences)}
     oracle_index = returns.argmax(axis=1)
     open_loop = int(returns.mean(axis=0).argmax())
     constants = [sequences.index((a,) * table.phases) for a in range(table.num_actions)]
@@ -85,16 +123,19 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     for name in named_policies(table):
         schedules = [policy_schedule(table, name, seed) for seed in seeds]
         per_seed = [episode_return(table, seed, schedule, reward) for seed, schedule in zip(seeds, schedules)]
-        policies[name] = {"schedule": list(schedules[0]), "return": mean_std(per_seed), "per_seed": per_seed}
+        columns = [position.get(tuple(schedule)) for schedule in schedules]
+        policies[name] = {"schedule": list(schedules[0]), "return": mean_std(per_seed), "per_seed": per_seed,
+                          "dev": _dev_of(dev, columns) if None not in columns else None}
     return {
         "reward": reward,
         "seeds": seeds,
         "oracle": {"per_seed": oracle.tolist(), "return": mean_std(oracle),
-                   "schedules": [list(sequences[i]) for i in oracle_index]},
+                   "schedules": [list(sequences[i]) for i in oracle_index], "dev": _dev_of(dev, oracle_index)},
         "open_loop": {"schedule": list(sequences[open_loop]), "return": mean_std(returns[:, open_loop]),
-                      "per_seed": returns[:, open_loop].tolist()},
+                      "per_seed": returns[:, open_loop].tolist(), "dev": _dev_of(dev, [open_loop] * len(seeds))},
         "best_constant": {"schedule": list(sequences[best_constant]), "action": sequences[best_constant][0],
-                          "return": mean_std(returns[:, best_constant]), "per_seed": returns[:, best_constant].tolist()},
+                          "return": mean_std(returns[:, best_constant]), "per_seed": returns[:, best_constant].tolist(),
+                          "dev": _dev_of(dev, [best_constant] * len(seeds))},
         "constants": {str(sequences[i][0]): mean_std(returns[:, i]) for i in constants},
         "policies": policies,
         "headroom": mean_std(oracle - returns[:, best_constant]),
@@ -102,18 +143,33 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     }
 
 
+def dev_headroom(table: Table) -> dict[str, Any] | None:
+    """The headroom measured on GLUE dev itself (analysis only: no agent may see dev): the
+    hindsight-best schedule of each seed by dev, against the constant action best on dev on average."""
+    sequences = list(itertools.product(range(table.num_actions), repeat=table.phases))
+    dev = all_dev_metrics(table, sequences)
+    if dev is None:
+        return None
+    best = np.nanargmax(dev, axis=1)
+    constants = [sequences.index((a,) * table.phases) for a in range(table.num_actions)]
+    best_constant = constants[int(np.nanargmax([np.nanmean(dev[:, i]) for i in constants]))]
+    oracle = dev[np.arange(len(table.seeds)), best]
+    return {"dev_metric": dev_metric_name(table),
+            "oracle": {"value": mean_std(oracle), "schedules": [list(sequences[i]) for i in best]},
+            "best_constant": {"schedule": list(sequences[best_constant]), "value": mean_std(dev[:, best_constant])},
+            "headroom": mean_std(oracle - dev[:, best_constant]),
+            "spread": mean_std(np.nanmax(dev, axis=1) - np.nanmin(dev, axis=1))}
+
+
 def reward_dev_correlation(table: Table) -> dict[str, Any]:
     """Does the reward split measure what we care about? Spearman's rank correlation over leaves
     between the final reward-split metric and the GLUE dev metric, per seed and pooled."""
-    from kdenv.engine.tasks import TASKS
-
-    metric = TASKS[table.task].primary_metric if table.task in TASKS else None
+    metric = dev_metric_name(table)
     per_seed, pooled_reward, pooled_dev = {}, [], []
     for seed in table.seeds:
         leaves = [leaf for leaf in table.leaves(seed) if "dev" in leaf]
         if not leaves:
             continue
-        metric = metric or next(k for k in leaves[0]["dev"] if k not in ("loss", "agreement"))
         reward_values = [leaf["metric"] for leaf in leaves]
         dev_values = [leaf["dev"][metric] for leaf in leaves]
         per_seed[seed] = float(spearmanr(reward_values, dev_values).statistic)
