@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 GLUE ?= ../shared/data/glue
 TASK ?= rte
-TABLES ?= stsb mrpc
+TABLES ?= $(notdir $(patsubst %/manifest.json,%,$(wildcard benchmarks/*/manifest.json)))
 ALGOS ?= a2c ppo dqn
 BIN = $(VENV)/bin
 
@@ -14,7 +14,7 @@ help:
 	@echo "make install        virtual environment in $(VENV), torch (CPU build here), kdenv with its extras"
 	@echo "make run [TASK=rte] the main job: A2C learns a knowledge schedule (teacher fine-tuned first if missing)"
 	@echo "make test           the test suite on the GLUE files in GLUE=$(GLUE)"
-	@echo "make table-study [TABLES='stsb mrpc'] [ALGOS='a2c ppo dqn']"
+	@echo "make table-study [TABLES='$(TABLES)'] [ALGOS='a2c ppo dqn']"
 	@echo "                    tune each algorithm on each shipped table's train seeds, then default vs tuned"
 	@echo "                    on the held-out seed (agents/tune_table.py; resumable; runs/tables/<task>/tune_<algo>)"
 
