@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdenv.benchmark.build import TreeSetup, run_jobs, write_table
+from kdenv.benchmark.build import TreeSetup, kept_seeds, run_jobs, table_manifest, write_table
 from kdenv.benchmark.table import benchmarks_dir
 from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail
@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{setup.env.phases} phases x {setup.env.updates_per_phase} updates; {nodes} phases over {len(seeds)} "
               f"seeds; records in {setup.work_dir()}")
         environment = setup.build_env(progress=not args.no_progress)
+        if job is None and not args.estimate:  # a table will be written: may it keep the seeds already there?
+            kept, _ = kept_seeds(output, table_manifest(setup, environment, seeds), seeds)
+            if kept:
+                print(f"{output} already holds seeds {kept} of this setup: the table will keep them")
     except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError) as error:
         return fail(error)
     if args.estimate:

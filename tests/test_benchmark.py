@@ -306,3 +306,31 @@ def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, gl
     live = next(run for run in runs if run["seed"] == 1)["schedule"]  # weights per phase, in knowledge order
     assert on_table != [0, 0]
     assert [sum(int(w >= 0.5) << i for i, w in enumerate(weights)) for weights in live] == on_table
+
+
+def test_a_table_is_extended_by_seeds_built_later_and_refuses_another_setup(built, tmp_path, monkeypatch):
+    """Seeds built at another time (another machine, whose runs/ lacks the shipped seeds' records)
+    join the table when the setup, teacher and software are the same; otherwise nothing is written."""
+    from kdenv.benchmark.table import seed_file
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    setup, environment, out = built["setup"], built["environment"], tmp_path / "table"
+    write_table(setup, environment, [0], out)
+    first = (out / seed_file(0)).read_bytes()
+    write_table(setup, environment, [1], out)
+    table = Table.load(out)
+    reference = Table.load(built["table"])
+    assert table.seeds == [0, 1] and table.nodes == reference.nodes
+    assert (out / seed_file(0)).read_bytes() == first
+    assert table.manifest["build_seconds"] == pytest.approx(reference.manifest["build_seconds"], abs=0.2)
+
+    other = tmp_path / "other"
+    write_table(setup, environment, [0], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["teacher"]["fingerprint"] = "another-teacher"
+    write_manifest(other, {k: v for k, v in manifest.items() if k not in ("files", "format")})
+    with pytest.raises(TableError, match="teacher fingerprint"):
+        write_table(setup, environment, [1], other)
+    assert not (other / seed_file(1)).exists() and Table.load(other).seeds == [0]
+    write_table(setup, environment, [0, 1], other)  # rebuilding every seed replaces the table
+    assert Table.load(other).manifest["teacher"]["fingerprint"] != "another-teacher"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kdenv.benchmark.table import write_manifest, write_seed
+from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
@@ -107,20 +107,47 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
     return seconds
 
 
-def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int], out: Path) -> Path:
-    """Collects each seed's records from the work folder and writes the table and its manifest
-    (the build time is the sum of every node's measured phase and dev-evaluation time)."""
+# What must be equal for seeds built at different times (or on different machines) to share a table.
+SAME_SETUP = ("task", "knowledge", "phases", "updates_per_phase", "batch_size", "nodes_per_seed", "data", "distill",
+              "env", "torch_threads", "reward_split")
+SAME_SOFTWARE = ("python", "torch", "transformers")
+
+
+def setup_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The manifest entries that keep two builds' seeds out of one table."""
+    differences = [key for key in SAME_SETUP if old.get(key) != new.get(key)]
+    if old.get("teacher", {}).get("fingerprint") != new.get("teacher", {}).get("fingerprint"):
+        differences.append("teacher fingerprint")
+    differences += [f"software.{key}" for key in SAME_SOFTWARE
+                    if old.get("software", {}).get(key) != new.get("software", {}).get(key)]
+    return differences
+
+
+def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[list[int], float]:
+    """Seeds of a table already in ``out`` that this write keeps: those not rebuilt now, when the
+    earlier build had the same setup, teacher and software (the shipped seeds of a table being
+    extended, perhaps on another machine whose runs/ folder does not hold their records).
+    Returns them and their build time; refuses a table of another setup it would only partly replace."""
+    if not (out / "manifest.json").is_file():
+        return [], 0.0
+    old = Table.load(out)
+    others = [seed for seed in old.seeds if seed not in seeds]
+    if not others:
+        return [], 0.0
+    differences = setup_differences(old.manifest, manifest)
+    if differences:
+        raise TableError(f"{out} holds seeds {others} of a table built differently ({', '.join(differences)}); "
+                         f"rebuild those seeds too (--seeds covering {old.seeds}) or write elsewhere (--output)")
+    return others, float(old.manifest.get("build_seconds", 0.0))
+
+
+def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int]) -> dict[str, Any]:
+    """What a table of these seeds records about how it was built (before its files and build time)."""
     num_actions, phases = 2 ** len(setup.env.knowledge), setup.env.phases
-    out = Path(out)
-    build_seconds = 0.0
-    for seed in seeds:
-        records = collect_seed(setup.work_dir(), seed, num_actions, phases)
-        build_seconds += sum(r.get("wall_time_s", 0.0) + r.get("dev_wall_time_s", 0.0) for r in records)
-        write_seed(out, seed, records)
     distillation = environment.distillation
     software = environment_record()
     software.pop("command", None)
-    manifest: dict[str, Any] = {
+    return {
         "task": setup.data.task, "knowledge": list(setup.env.knowledge), "phases": phases,
         "updates_per_phase": environment.config.updates_per_phase, "batch_size": setup.distill.batch_size,
         "seeds": list(seeds), "nodes_per_seed": tree_size(num_actions, phases) + 1,
@@ -133,7 +160,24 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
         "teacher": distillation.teacher_record(),
         "device": distillation.runtime.describe(),
         "software": software,
-        "build_seconds": round(build_seconds, 1),
         "built": time.strftime("%Y-%m-%d"),
     }
+
+
+def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int], out: Path) -> Path:
+    """Collects each seed's records from the work folder and writes the table and its manifest
+    (the build time is the sum of every node's measured phase and dev-evaluation time). Seeds
+    already in ``out`` from a build of the same setup are kept (see ``kept_seeds``); the check
+    comes before any file is written."""
+    num_actions, phases = 2 ** len(setup.env.knowledge), setup.env.phases
+    out = Path(out)
+    manifest = table_manifest(setup, environment, seeds)
+    kept, kept_seconds = kept_seeds(out, manifest, list(seeds))
+    records = {seed: collect_seed(setup.work_dir(), seed, num_actions, phases) for seed in seeds}
+    build_seconds = sum(r.get("wall_time_s", 0.0) + r.get("dev_wall_time_s", 0.0)
+                        for seed_records in records.values() for r in seed_records)
+    for seed, seed_records in records.items():
+        write_seed(out, seed, seed_records)
+    manifest["seeds"] = sorted([*seeds, *kept])
+    manifest["build_seconds"] = round(build_seconds + kept_seconds, 1)
     return write_manifest(out, manifest)
