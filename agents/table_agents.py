@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kdenv.benchmark.oracle import action_names, all_returns, mean_std
+from kdenv.benchmark.oracle import action_names, all_returns, constant_columns, mean_std
 from kdenv.benchmark.table import Table, TableError, benchmarks_dir
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.config import ConfigError, save_run_config
@@ -98,7 +98,7 @@ class TableStudy:
         self.row = {seed: row for row, seed in enumerate(table.seeds)}
         train_rows = [self.row[s] for s in train_seeds]
         self.open_loop = int(self.returns[train_rows].mean(axis=0).argmax())
-        constants = [self.sequences.index((a,) * table.phases) for a in range(table.num_actions)]
+        constants = constant_columns(table, self.sequences)
         self.best_constant = max(constants, key=lambda i: self.returns[train_rows, i].mean())
 
     def make_env(self, seeds):

@@ -34,9 +34,19 @@ def episode_return(table: Table, seed: int, schedule: tuple[int, ...], reward: s
     return total
 
 
+def all_sequences(table: Table) -> list[tuple[int, ...]]:
+    """Every full action sequence of the table, in one fixed order (the columns of all_returns)."""
+    return list(itertools.product(range(table.num_actions), repeat=table.phases))
+
+
+def constant_columns(table: Table, sequences: list[tuple[int, ...]]) -> list[int]:
+    """The column of each constant schedule (the same action in every phase), by action."""
+    return [sequences.index((action,) * table.phases) for action in range(table.num_actions)]
+
+
 def all_returns(table: Table, reward: str) -> tuple[list[tuple[int, ...]], np.ndarray]:
     """Every full action sequence and its return on every seed: ([sequence], [seeds × sequences])."""
-    sequences = list(itertools.product(range(table.num_actions), repeat=table.phases))
+    sequences = all_sequences(table)
     returns = np.array([[episode_return(table, seed, sequence, reward) for sequence in sequences]
                         for seed in table.seeds])
     return sequences, returns
@@ -116,7 +126,7 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     position = {sequence: column for column, sequence in enumerate(sequences)}
     oracle_index = returns.argmax(axis=1)
     open_loop = int(returns.mean(axis=0).argmax())
-    constants = [sequences.index((a,) * table.phases) for a in range(table.num_actions)]
+    constants = constant_columns(table, sequences)
     best_constant = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]
     oracle = returns[np.arange(len(seeds)), oracle_index]
     policies = {}
@@ -146,12 +156,12 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
 def dev_headroom(table: Table) -> dict[str, Any] | None:
     """The headroom measured on GLUE dev itself (analysis only: no agent may see dev): the
     hindsight-best schedule of each seed by dev, against the constant action best on dev on average."""
-    sequences = list(itertools.product(range(table.num_actions), repeat=table.phases))
+    sequences = all_sequences(table)
     dev = all_dev_metrics(table, sequences)
     if dev is None:
         return None
     best = np.nanargmax(dev, axis=1)
-    constants = [sequences.index((a,) * table.phases) for a in range(table.num_actions)]
+    constants = constant_columns(table, sequences)
     best_constant = constants[int(np.nanargmax([np.nanmean(dev[:, i]) for i in constants]))]
     oracle = dev[np.arange(len(table.seeds)), best]
     return {"dev_metric": dev_metric_name(table),
