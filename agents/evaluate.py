@@ -73,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
     add("--policies", default=DEFAULT_POLICIES, help=f"comma list of policies (default {DEFAULT_POLICIES})")
-    add("--seeds", type=int, default=3, help="seeds per policy (episode seeds 0..N-1)")
+    add("--seeds", type=int, default=3, help="seeds per policy (episode seeds FIRST..FIRST+N-1)")
+    add("--first-seed", type=int, default=0,
+        help="first episode seed (default 0); e.g. 4 to judge a table agent on seeds its table never held")
     add("--preset", choices=list(BUDGETS), default="cpu",
         help="run budget (the same definitions as agents/train.py); flags below override it")
     add("--output-dir", default=None, help="default runs/eval/<task>/<time>")
@@ -140,6 +142,8 @@ def evaluate(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, not {args.seeds}")
+    if args.first_seed < 0:
+        raise ConfigError(f"--first-seed must be >= 0, not {args.first_seed}")
     budget = BUDGETS[args.preset]
     data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
                                    max_reward_examples=budget.max_reward_examples)
@@ -170,7 +174,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if plan["agent"] is not None:
             key["agent_sha256"] = plan["agent_sha256"]
         tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             path = cache / f"{label.replace('/', '_').replace(':', '-')}_{tag}_seed{seed}.json"
             if path.is_file():
                 runs[str(path)] = json.loads(path.read_text())
@@ -253,7 +257,8 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
             with atomic_write(out / f"schedule_{policy.replace(':', '-').replace('/', '_')}.png", "wb") as handle:
                 handle.write(png)
             writer.add_image(f"schedule/{policy}", png_array(png), 0, dataformats="HWC")
-    header = (f"| policy | dev {metric} (mean ± std, {args.seeds} seeds) | / teacher | label loyalty | probability loyalty | "
+    seeds = f"seeds {args.first_seed}-{args.first_seed + args.seeds - 1}" if args.seeds > 1 else f"seed {args.first_seed}"
+    header = (f"| policy | dev {metric} (mean ± std, {seeds}) | / teacher | label loyalty | probability loyalty | "
               f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline (paired) |\n"
               f"|---|---|---|---|---|---|---|---|---|")
     command = "python agents/evaluate.py " + " ".join(sys.argv[1:])
@@ -275,7 +280,7 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
     axis.axhline(teacher, color="#c44e52", linestyle="--", label="teacher")
     axis.set_xticks(range(len(policies)), policies, rotation=40, ha="right", fontsize=8)
     axis.set_ylabel(f"dev {metric}")
-    axis.set_title(f"{task.name}: mean ± std over {args.seeds} seeds", fontsize=9)
+    axis.set_title(f"{task.name}: mean ± std over {seeds}", fontsize=9)
     lower = min([m - s for m, s in zip(means, stds)] + [teacher]) if means else 0
     axis.set_ylim(max(0.0, lower - 0.05), None)
     axis.legend(fontsize=8)

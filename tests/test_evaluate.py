@@ -77,6 +77,21 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
 
 
+def test_first_seed_moves_the_episode_seeds(tiny_teacher, glue_dir, tmp_path):
+    """--first-seed 3 --seeds 2 runs episode seeds 3 and 4, and its runs are those of seeds 3 and 4 in a
+    0..4 evaluation (the same cache entries): seeds a table never held are reachable."""
+    evaluate = load_script("evaluate")
+    common = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd", *TINY, "--no-progress"]
+    assert evaluate.main([*common, "--first-seed", "3", "--seeds", "2", "--output-dir", str(tmp_path / "late")]) == 0
+    late = json.loads((tmp_path / "late" / "runs.json").read_text())
+    assert sorted(r["seed"] for r in late) == [3, 4]
+    assert "seeds 3-4" in (tmp_path / "late" / "results.md").read_text()
+    assert evaluate.main([*common, "--seeds", "5", "--output-dir", str(tmp_path / "all")]) == 0
+    runs = {r["seed"]: r for r in json.loads((tmp_path / "all" / "runs.json").read_text())}
+    assert sorted(runs) == [0, 1, 2, 3, 4]
+    assert [runs[r["seed"]] for r in late] == late
+
+
 def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_dir, tmp_path):
     agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")  # trained on WNLI
     assert load_script("finetune_teacher").main(

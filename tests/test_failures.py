@@ -272,6 +272,7 @@ def test_evaluate_prints_clear_errors(glue_dir, tmp_path, capsys):
         (["--policies", "kd,telepathy"], "unknown policy 'telepathy'"),
         (["--policies", "only-attention"], "'attention' is not offered"),
         (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--first-seed", "-1"], "--first-seed must be >= 0"),
     ]
     for extra, message in cases:
         code = evaluate.main(["--task", "wnli", "--data-dir", str(glue_dir), "--no-progress",
