@@ -9,8 +9,9 @@ the table knows exactly there:
 A closed-loop agent reads the student's state; its gain over the best open-loop schedule says
 whether adapting to that state helps at all. Mean ± std over --agent-seeds agents.
 
-Writes runs/tables/<task>/<algo>_<time>/: config.yaml, agent_seed<N>.zip, results.json|md,
-TensorBoard events (schedules and rewards of every 100th episode, SB3's own scalars).
+Writes runs/tables/<task>/<algo>_<time>/: config.yaml, agent_seed<N>.zip|json, results.json|md,
+TensorBoard events (schedules and rewards of every 100th episode, SB3's own scalars). Rerun with
+the same --output-dir and settings, a run reuses its finished agents; other settings are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from kdenv.benchmark.oracle import action_names, all_returns, constant_columns, mean_std
 from kdenv.benchmark.table import Table, TableError, benchmarks_dir
@@ -81,6 +83,10 @@ def train_on_table(args: argparse.Namespace, algorithm: Algorithm, hyperparams_d
     check_writable(run_dir)
     study = TableStudy(table, algorithm, train_seeds, test_seeds, args.__dict__.get("env.reward", "metric_gain"),
                        args.__dict__.get("env.reward_scale", 10.0), args.episodes)
+    study.resumable(run_dir, study.record(hyperparams, list(range(args.seed, args.seed + args.agent_seeds))))
+    import torch
+
+    torch.set_num_threads(1)  # a 64-unit MLP gains nothing from more threads (as in agents/tune_table.py)
     study.run(hyperparams, range(args.seed, args.seed + args.agent_seeds), run_dir, progress=not args.no_progress)
     return 0
 
@@ -135,32 +141,67 @@ class TableStudy:
             "schedules": {str(s): played[s][1] for s in seeds},
         }
 
+    def record(self, hyperparams: dict[str, Any], agent_seeds: list[int]) -> dict[str, Any]:
+        """What decides this run's agents: the table (its files' checksums), the split, the reward,
+        the live env they would act in, the algorithm, its hyperparameters and budget, the seeds."""
+        table = self.table
+        return {
+            "table": {"directory": str(table.directory), "task": table.task, "knowledge": table.knowledge,
+                      "phases": table.phases, "teacher": table.manifest.get("teacher", {}).get("fingerprint"),
+                      "files": table.manifest.get("files", {}), "train_seeds": self.train_seeds,
+                      "test_seeds": self.test_seeds, "reward": self.reward, "reward_scale": self.reward_scale},
+            # The live environment this agent acts in, so that `agents/evaluate.py --policies
+            # agent:<zip>` can take it to the real trainer.
+            "env": {**table.manifest["env"], "action_space": self.algorithm.action_space, "reward": self.reward,
+                    "reward_scale": self.reward_scale},
+            "agent": {"algo": self.algorithm.name, "episodes": self.episodes,
+                      "total_timesteps": self.episodes * table.phases, "hyperparams": hyperparams},
+            "seeds": {"agents": agent_seeds},
+        }
+
+    def resumable(self, run_dir: Path, record: dict[str, Any]) -> bool:
+        """Whether run_dir's finished agents may be reused: True when it holds this very run's config
+        (software versions aside), False when it holds none; another run's config is refused."""
+        path = run_dir / "config.yaml"
+        if not path.is_file():
+            return False
+        saved = yaml.safe_load(path.read_text()) or {}
+        # Round-trip through YAML so that tuples and numpy scalars compare as they were saved.
+        wanted = yaml.safe_load(yaml.safe_dump(record, sort_keys=False))
+        differing = sorted(key for key in wanted if saved.get(key) != wanted[key])
+        if differing:
+            raise ConfigError(f"{run_dir} holds agents of another run (different {', '.join(differing)} settings); "
+                              f"pass another --output-dir, or delete that folder to start over")
+        return True
+
     def run(self, hyperparams: dict[str, Any], agent_seeds, run_dir: Path, progress: bool = False) -> dict[str, Any]:
         """Trains one agent per seed, scores each on the held-out seeds, and writes run_dir's
-        config.yaml, agent_seed<N>.zip, TensorBoard events and results.{json,md}."""
+        config.yaml, agent_seed<N>.zip|json, TensorBoard events and results.{json,md}. Rerun on the
+        same run_dir with the same settings, it reuses the agents already finished there."""
         table, test_seeds, agent_seeds = self.table, self.test_seeds, list(agent_seeds)
         test_rows = [self.row[s] for s in test_seeds]
+        record = self.record(hyperparams, agent_seeds)
+        resume = self.resumable(run_dir, record)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(run_dir / "config.yaml", {"agents": agent_seeds},
-                        table={"directory": str(table.directory), "task": table.task, "knowledge": table.knowledge,
-                               "phases": table.phases, "teacher": table.manifest.get("teacher", {}).get("fingerprint"),
-                               "train_seeds": self.train_seeds, "test_seeds": test_seeds, "reward": self.reward,
-                               "reward_scale": self.reward_scale},
-                        # The live environment this agent acts in, so that `agents/evaluate.py
-                        # --policies agent:<zip>` can take it to the real trainer.
-                        env={**table.manifest["env"], "action_space": self.algorithm.action_space,
-                             "reward": self.reward, "reward_scale": self.reward_scale},
-                        agent={"algo": self.algorithm.name, "episodes": self.episodes,
-                               "total_timesteps": self.episodes * table.phases, "hyperparams": hyperparams})
+        if not resume:
+            save_run_config(run_dir / "config.yaml", record.pop("seeds"), **record)
         print(f"{self.algorithm.name} on the {table.task} table: train seeds {self.train_seeds}, test seeds "
               f"{test_seeds}, {self.episodes} episodes x {len(agent_seeds)} agents; reward {self.reward}")
         agents: list[dict[str, Any]] = []
         for agent_seed in agent_seeds:
+            done = run_dir / f"agent_seed{agent_seed}.json"
+            if resume and done.is_file() and (run_dir / f"agent_seed{agent_seed}.zip").is_file():
+                result = json.loads(done.read_text())
+                agents.append(result)
+                print(f"  agent seed {agent_seed}: reused ({done.name}), regret {result['regret']:.4f}")
+                continue
             model, seconds = self.fit(hyperparams, agent_seed, run_dir, progress)
             save_agent(model, run_dir / f"agent_seed{agent_seed}.zip")
             steps = self.episodes * table.phases
             result = {"agent_seed": agent_seed, "train_seconds": seconds, "steps_per_second": steps / seconds,
                       **self.score(model, test_seeds)}
+            with atomic_write(done) as handle:
+                json.dump(result, handle, indent=2)
             agents.append(result)
             print(f"  agent seed {agent_seed}: test return {result['test_return']:+.4f}, regret {result['regret']:.4f}, "
                   f"vs best constant {result['gain_over_best_constant']:+.4f}, vs open loop "

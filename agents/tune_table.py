@@ -174,8 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         yaml.safe_dump(tuned, handle, sort_keys=True)
     runner.episodes = args.episodes
     agent_seeds = range(args.seed, args.seed + args.agent_seeds)
-    summaries = {label: runner.run(params, agent_seeds, run_dir / label, progress=not args.no_progress)
-                 for label, params in (("default", defaults), ("tuned", tuned))}
+    summaries = {}
+    for label, params in (("default", defaults), ("tuned", tuned)):
+        try:  # agents finished by an earlier, killed run are reused...
+            runner.resumable(run_dir / label, runner.record(params, list(agent_seeds)))
+        except ConfigError as reason:  # ...unless they are another run's (e.g. more trials found another best)
+            aside = run_dir / f"{label}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            (run_dir / label).rename(aside)
+            print(f"{reason}: moved to {aside.name}, training afresh")
+        summaries[label] = runner.run(params, agent_seeds, run_dir / label, progress=not args.no_progress)
     result, text = compare(summaries["default"], summaries["tuned"], algorithm.name)
     result["tuned_hyperparams"] = tuned
     write_report(run_dir, "comparison", text, result)

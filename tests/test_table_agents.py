@@ -54,3 +54,31 @@ def test_table_training_refuses_overlapping_seeds(tmp_path, capsys):
     code = load_script("train").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--train-seeds", "0,2",
                                       "--test-seeds", "2", "--no-progress"])
     assert code == 2 and "must be non-empty and disjoint" in capsys.readouterr().err
+
+
+def test_a_table_run_resumes_its_finished_agents_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
+    import sys
+
+    obvious_table(tmp_path / "table")
+    out = tmp_path / "run"
+    args = ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "20", "--agent-seeds", "3",
+            "--output-dir", str(out), "--no-progress", "--hp", "n_steps=4"]
+    train = load_script("train")
+    assert train.main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+    study = sys.modules["table_agents"].TableStudy
+    fitted = []
+    original_fit = study.fit
+    monkeypatch.setattr(study, "fit", lambda self, params, seed, *a, **k: fitted.append(seed) or original_fit(
+        self, params, seed, *a, **k))
+    (out / "agent_seed1.json").unlink()  # as if killed while agent 1 trained
+    assert train.main(args) == 0
+    assert fitted == [1]  # agents 0 and 2 were reused
+    again = json.loads((out / "results.json").read_text())
+    for key in ("regret", "test_return", "gain_over_best_constant"):
+        assert again[key] == pytest.approx(first[key])  # agent 1 retrained with the same seed: the same result
+    capsys.readouterr()
+    assert train.main([*args[:4], "--episodes", "30", *args[6:]]) == 2
+    err = capsys.readouterr().err
+    assert "holds agents of another run (different agent settings)" in err and "--output-dir" in err
+    assert fitted == [1]  # refused before any training

@@ -43,12 +43,29 @@ def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_
                       *FAST]) == 0
     assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + 4
 
+    # The final comparison resumes too: the default arm is reused, and a tuned arm trained with other
+    # hyperparameters (here: edited) is moved aside, not mixed in.
+    config = yaml.safe_load((out / "tuned" / "config.yaml").read_text())
+    config["agent"]["hyperparams"]["learning_rate"] *= 2
+    (out / "tuned" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    reused = (out / "default" / "agent_seed0.json").stat().st_mtime_ns
+    assert tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "4", "--output-dir", str(out),
+                      *FAST]) == 0
+    assert (out / "default" / "agent_seed0.json").stat().st_mtime_ns == reused
+    aside = list(out.glob("tuned.replaced-*"))
+    assert len(aside) == 1 and yaml.safe_load((aside[0] / "config.yaml").read_text()) == config
+    assert yaml.safe_load((out / "tuned" / "config.yaml").read_text())["agent"]["hyperparams"] == tuned_now(out)
+
     # The tuned file drives agents/train.py --table.
     assert load_script("train").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--hp-file",
                                       str(out / "tuned.yaml"), "--episodes", "12", "--agent-seeds", "1",
                                       "--output-dir", str(tmp_path / "again"), "--no-progress"]) == 0
     used = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["agent"]["hyperparams"]
     assert used == yaml.safe_load((out / "tuned.yaml").read_text())
+
+
+def tuned_now(out):
+    return yaml.safe_load((out / "tuned.yaml").read_text())
 
 
 def test_tuning_refuses_bad_input_before_any_work(tmp_path, capsys):
