@@ -10,7 +10,8 @@ A closed-loop agent reads the student's state; its gain over the best open-loop 
 whether adapting to that state helps at all. Mean ± std over --agent-seeds agents.
 
 Writes runs/tables/<task>/<algo>_<time>/: config.yaml, agent_seed<N>.zip|json, results.json|md,
-TensorBoard events (schedules and rewards of every 100th episode, SB3's own scalars). Rerun with
+TensorBoard events (schedules and rewards of every 100th episode, the schedule heatmap of
+every 1000th, SB3's own scalars). Rerun with
 the same --output-dir and settings, a run reuses its finished agents; other settings are refused.
 """
 
@@ -121,7 +122,8 @@ class TableStudy:
                                             verbose=0, tensorboard_log=str(run_dir) if run_dir else None,
                                             **copy.deepcopy(params))
         callback = None if run_dir is None else ScheduleCallback(
-            run_dir / f"schedules_seed{agent_seed}", self.table.knowledge, save_every=1000, log_every=100)
+            run_dir / f"schedules_seed{agent_seed}", self.table.knowledge, save_every=1000, log_every=100,
+            image_every=1000)  # a heatmap every 100 episodes took ~40% of an A2C agent's training time
         agent_env.reset(seed=agent_seed)
         model.learn(total_timesteps=self.episodes * self.table.phases, callback=callback,
                     tb_log_name=f"sb3_seed{agent_seed}", progress_bar=progress)

@@ -82,3 +82,18 @@ def test_a_table_run_resumes_its_finished_agents_and_refuses_other_settings(tmp_
     err = capsys.readouterr().err
     assert "holds agents of another run (different agent settings)" in err and "--output-dir" in err
     assert fitted == [1]  # refused before any training
+
+
+def test_table_agents_log_scalars_every_100th_episode_and_a_heatmap_every_1000th(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    obvious_table(tmp_path / "table")
+    out = tmp_path / "run"
+    assert load_script("train").main(
+        ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "1100", "--agent-seeds", "1",
+         "--output-dir", str(out), "--no-progress", "--hp", "n_steps=4"]) == 0
+    events = EventAccumulator(str(out / "schedules_seed0"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("episode/return")] == list(range(0, 1100, 100))
+    assert [e.step for e in events.Images("schedule/heatmap")] == [0, 1000]
+    assert len(json.loads((out / "schedules_seed0" / "schedules.json").read_text())) == 1100

@@ -18,13 +18,17 @@ from kdenv.decision.schedules import EpisodeRecord, heatmap_array, save_records
 
 
 class ScheduleCallback(BaseCallback):
-    """``log_every``: write per-step scalars and the heatmap of one episode in this many (table
-    agents run thousands of episodes); every episode's schedule is still kept in the files."""
+    """``log_every``: write per-step scalars of one episode in this many (table agents run
+    thousands of episodes); ``image_every`` (default: ``log_every``): the same for the heatmap
+    image, which costs far more than a table episode. Every episode's schedule is still kept in
+    the files."""
 
-    def __init__(self, log_dir: Path, knowledge: list[str], save_every: int = 1, verbose: int = 0, log_every: int = 1):
+    def __init__(self, log_dir: Path, knowledge: list[str], save_every: int = 1, verbose: int = 0, log_every: int = 1,
+                 image_every: int | None = None):
         super().__init__(verbose)
         self.log_dir, self.knowledge, self.save_every = Path(log_dir), list(knowledge), save_every
         self.log_every = max(1, log_every)
+        self.image_every = max(1, image_every or self.log_every)
         self.writer = None
         self.records: list[EpisodeRecord] = []
         self._current: dict[int, EpisodeRecord] = {}
@@ -67,6 +71,7 @@ class ScheduleCallback(BaseCallback):
         if episode % self.log_every == 0:
             self.writer.add_scalar("episode/return", record.episode_return, episode)
             self.writer.add_scalar("episode/final_metric", record.metrics[-1], episode)
+        if episode % self.image_every == 0:
             image = heatmap_array(np.array(record.schedule), self.knowledge,
                                   f"episode {episode}: return {record.episode_return:.3f}")
             self.writer.add_image("schedule/heatmap", image, episode, dataformats="HWC")
