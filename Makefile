@@ -16,7 +16,8 @@ help:
 	@echo "make test           the test suite on the GLUE files in GLUE=$(GLUE)"
 	@echo "make table-study [TABLES='$(TABLES)'] [ALGOS='a2c ppo dqn']"
 	@echo "                    tune each algorithm on each shipped table's train seeds, then default vs tuned"
-	@echo "                    on the held-out seed (agents/tune_table.py; resumable; runs/tables/<task>/tune_<algo>)"
+	@echo "                    on the held-out seed (agents/tune_table.py; resumable; runs/tables/<task>/tune_<algo>);"
+	@echo "                    make -j2 table-study runs two studies at a time"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,13 @@ run:
 test:
 	KDENV_GLUE_DIR=$(GLUE) $(BIN)/python -m pytest -q
 
-table-study:
-	for table in $(TABLES); do for algo in $(ALGOS); do \
-	  $(BIN)/python agents/tune_table.py --algo $$algo --table $$table --output-dir runs/tables/$$table/tune_$$algo \
-	    --no-progress || exit 1; done; done
+# One study per table and algorithm, each its own target, so that `make -j2 table-study` runs two
+# at a time (each uses one torch thread). Not .PHONY: make skips pattern rules for phony targets;
+# no file of these names exists, so they always run (and tune_table.py resumes finished work).
+STUDIES = $(foreach table,$(TABLES),$(foreach algo,$(ALGOS),study/$(table)/$(algo)))
+
+table-study: $(STUDIES)
+
+study/%:
+	$(BIN)/python agents/tune_table.py --algo $(notdir $*) --table $(patsubst %/,%,$(dir $*)) \
+	  --output-dir runs/tables/$(patsubst %/,%,$(dir $*))/tune_$(notdir $*) --no-progress
