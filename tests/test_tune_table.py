@@ -81,12 +81,14 @@ def test_tuning_refuses_bad_input_before_any_work(tmp_path, capsys):
 
 def test_make_table_study_is_one_target_per_table_and_algorithm():
     """`make -j2 table-study` can only run studies side by side if each is its own target."""
+    import os
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    lines = subprocess.run(["make", "-s", "-n", "-C", str(root), "table-study", "TABLES=stsb mrpc", "ALGOS=a2c dqn"],
-                           capture_output=True, text=True, check=True).stdout.replace("\\\n", " ").splitlines()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # pytest under make
+    lines = subprocess.run(["make", "-s", "-n", "-C", str(root), "table-study", "TABLES=stsb mrpc", "ALGOS=a2c dqn",
+                            "VENV=.venv"], capture_output=True, text=True, check=True, env=env).stdout.replace("\\\n", " ").splitlines()
     commands = [" ".join(line.split()) for line in lines if "tune_table.py" in line]
     assert commands == [f".venv/bin/python agents/tune_table.py --algo {algo} --table {table} --output-dir "
                         f"runs/tables/{table}/tune_{algo} --no-progress" for table in ("stsb", "mrpc") for algo in ("a2c", "dqn")]
