@@ -11,8 +11,8 @@ whether adapting to that state helps at all. Mean ± std over --agent-seeds agen
 
 Writes runs/tables/<task>/<algo>_<time>/: config.yaml, agent_seed<N>.zip|json, results.json|md,
 TensorBoard events (schedules and rewards of every 100th episode, the schedule heatmap of
-every 1000th, SB3's own scalars). Rerun with
-the same --output-dir and settings, a run reuses its finished agents; other settings are refused.
+every 1000th, SB3's own scalars). Rerun with the same --output-dir and settings, a run reuses its
+finished agents; other settings are refused.
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def train_on_table(args: argparse.Namespace, algorithm: Algorithm, hyperparams_d
     check_writable(run_dir)
     study = TableStudy(table, algorithm, train_seeds, test_seeds, args.__dict__.get("env.reward", "metric_gain"),
                        args.__dict__.get("env.reward_scale", 10.0), args.episodes)
-    study.resumable(run_dir, study.record(hyperparams, list(range(args.seed, args.seed + args.agent_seeds))))
     import torch
 
     torch.set_num_threads(1)  # a 64-unit MLP gains nothing from more threads (as in agents/tune_table.py)
+    # run() checks run_dir's earlier agents (reuses them, or refuses another run's) before any training.
     study.run(hyperparams, range(args.seed, args.seed + args.agent_seeds), run_dir, progress=not args.no_progress)
     return 0
 
