@@ -228,3 +228,25 @@ def test_trainer_uses_the_knowledge_modules_it_is_given(teacher, data):
     assert trainer.knowledge["hidden"] is modules["hidden"]
     with pytest.raises(ValueError, match="teacher_config"):
         StudentTrainer(student, OnlineTeacher(teacher, data.task, RUNTIME), data, ["ce"], DistillConfig(), RUNTIME, 4)
+
+
+def test_fp16_style_loss_scale_overflows_skip_the_update_instead_of_stopping_the_phase(teacher, data):
+    """fp16 loss scaling starts high and searches down: an overflowing update is skipped and the
+    scale lowered (GradScaler's contract), not taken as a diverged student. Emulated on the CPU
+    with a scale so large that the first scaled gradients are inf."""
+    from kdenv.engine.runtime import Runtime
+
+    class HugeScale(Runtime):
+        def grad_scaler(self):
+            return torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, enabled=True)
+
+    torch.manual_seed(0)
+    trainer = StudentTrainer(student_from_teacher(teacher, num_layers=2), OnlineTeacher(teacher, data.task, RUNTIME), data,
+                             ["ce", "logits"], DistillConfig(), HugeScale(torch.device("cpu"), "fp32"), 50, teacher.config)
+    before = parameters(trainer)
+    stats = trainer.run_phase({"ce": 1.0, "logits": 1.0}, 12)
+    assert stats.status == "ok" and stats.updates == 12, stats.message
+    assert 1 <= stats.scaler_skips < 12 and trainer.scaler.get_scale() < 2.0 ** 127
+    assert np.isfinite(stats.grad_norm) and stats.grad_norm > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, parameters(trainer)))
+    assert all(torch.isfinite(p).all() for p in trainer.student.parameters())

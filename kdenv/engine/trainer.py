@@ -79,7 +79,8 @@ class PhaseStats:
     normalized_losses: dict[str, float] = field(default_factory=dict)
     grad_norms: dict[str, float] = field(default_factory=dict)  # of each weighted term, first update of the phase
     total_loss: float = 0.0
-    grad_norm: float = 0.0  # of the whole update before clipping, mean
+    grad_norm: float = 0.0  # of the whole update before clipping, mean over the updates that stepped
+    scaler_skips: int = 0  # fp16 only: updates whose scaled gradients overflowed (skipped, scale lowered)
     learning_rate: float = 0.0
     wall_time_s: float = 0.0
 
@@ -201,8 +202,11 @@ class StudentTrainer:
                 self.scaler.scale(total).backward()
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
-                if not torch.isfinite(grad_norm):
+                overflow = not torch.isfinite(grad_norm)
+                if overflow and not self.scaler.is_enabled():
                     bad = f"gradient norm is {float(grad_norm)} at update {update} of the phase"
+                # With fp16 loss scaling an overflow is routine (the scale starts at 2^16 and is
+                # searched downwards): scaler.step skips the update and scaler.update lowers the scale.
             if bad is not None:
                 stats.status, stats.message = "non_finite", bad
                 if start_state is not None:
@@ -212,7 +216,10 @@ class StudentTrainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 stats.total_loss += float(total.detach())
-                stats.grad_norm += float(grad_norm)
+                if overflow:
+                    stats.scaler_skips += 1
+                else:
+                    stats.grad_norm += float(grad_norm)
             else:
                 # Every weight is zero: nothing to learn from. No parameter has a gradient, so the
                 # step changes nothing, but schedule and data position advance as in any update.
@@ -227,7 +234,7 @@ class StudentTrainer:
         stats.losses = {name: value / count for name, value in sums.items()}
         stats.normalized_losses = {name: value / count for name, value in normalized_sums.items()}
         stats.total_loss /= count
-        stats.grad_norm /= count
+        stats.grad_norm /= max(stats.updates - stats.scaler_skips, 1)
         stats.learning_rate = self.learning_rate
         stats.wall_time_s = time.perf_counter() - start
         return stats
