@@ -58,6 +58,12 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
             precision = "fp32"
     if precision == "fp16" and resolved.type != "cuda":
         raise ValueError("fp16 mixed precision needs CUDA; use --precision fp32 (or bf16) on CPU")
+    if resolved.type == "cuda":
+        # SDPA prefers cuDNN's attention on Hopper for bf16/fp16, and cuDNN builds a plan for every
+        # new input shape. Batches here are padded to their own longest example, so shapes rarely
+        # repeat: measured on an H100 (bench/gpu_throughput.py), the first pass over new shapes ran
+        # ~20x slower with it. Flash and memory-efficient attention have no per-shape cost.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return Runtime(resolved, precision)
 
 
