@@ -152,14 +152,15 @@ def measure_precision(args, precision: str, cache_root: Path, rows: list[dict]) 
               flush=True)
 
     for batch_size in args.batch_sizes:
-        # The trainer's stream seed: the bare loop sees the same batch shapes as the trainer rows.
-        stream = BatchStream(setup.data["train"], setup.data.pad_token_id, batch_size, seed=DistillConfig().seed)
+        def new_stream(batch_size=batch_size):  # the trainer's stream seed: the bare loop sees the trainer rows' batch shapes
+            return BatchStream(setup.data["train"], setup.data.pad_token_id, batch_size, seed=DistillConfig().seed)
+
+        stream = new_stream()
         if args.shape_warmup:
             # One untimed epoch, so that every batch shape has met the kernels before any row is
             # timed: first-shape costs (kernel choice, plans) would otherwise fall on whichever row
             # runs first, which is the bare loop.
-            warm = bare_step(setup.student("sdpa"), BatchStream(setup.data["train"], setup.data.pad_token_id, batch_size,
-                                                                seed=DistillConfig().seed), setup.runtime)
+            warm = bare_step(setup.student("sdpa"), new_stream(), setup.runtime)
             for _ in range(stream.batches_per_epoch):
                 warm()
         bare = {"ce": bare_step(setup.student("sdpa"), stream, setup.runtime),

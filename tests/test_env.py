@@ -21,10 +21,10 @@ from tests.conftest import tiny_bert, toy_task_data
 OFFERED = ["logits", "hidden", "gradient"]
 
 
-def make_tiny_env(action_space="multibinary", phases=2, updates=1, **overrides):
+def make_tiny_env(action_space="multibinary", phases=2, updates=1, runtime=None, **overrides):
     teacher = tiny_bert(layers=4, seed=1).eval()
     data = toy_task_data(n_train=32, n_eval=16)
-    runtime = make_runtime("cpu")
+    runtime = runtime or make_runtime("cpu")
     trainer = StudentTrainer(student_from_teacher(teacher, num_layers=2), OnlineTeacher(teacher, data.task, runtime),
                              data, ["ce", *OFFERED], DistillConfig(seed=0), runtime, phases * updates, teacher.config)
     config = EnvConfig(knowledge=OFFERED, action_space=action_space, phases=phases, updates_per_phase=updates, **overrides)

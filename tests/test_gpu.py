@@ -17,13 +17,13 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
-from kdenv.config import DistillConfig, EnvConfig
-from kdenv.decision.env import KnowledgeDistillationEnv
+from kdenv.config import DistillConfig
 from kdenv.engine.models import student_from_teacher
 from kdenv.engine.runtime import make_runtime
 from kdenv.engine.teacher_cache import OnlineTeacher
 from kdenv.engine.trainer import StudentTrainer
 from tests.conftest import tiny_bert, toy_task_data
+from tests.test_env import make_tiny_env
 
 pytestmark = [
     pytest.mark.gpu,
@@ -161,13 +161,9 @@ def test_snapshot_restore_round_trips_on_cuda_including_its_rng(data):
     assert trainer.updates_done == 1 + 3
 
 
-def test_environment_steps_on_cuda_with_autocast(teacher, data):
+def test_environment_steps_on_cuda_with_autocast():
     runtime = make_runtime("cuda")  # auto: bf16 where supported
-    offered = ["logits", "hidden", "gradient"]
-    trainer = StudentTrainer(student_from_teacher(copy.deepcopy(teacher), num_layers=2),
-                             OnlineTeacher(copy.deepcopy(teacher), data.task, runtime), data, ["ce", *offered],
-                             DistillConfig(seed=0), runtime, 6, teacher.config)
-    env = KnowledgeDistillationEnv(trainer, EnvConfig(knowledge=offered, phases=3, updates_per_phase=2))
+    env = make_tiny_env(phases=3, updates=2, runtime=runtime)
     gym_check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
     rewards, terminated = [], False

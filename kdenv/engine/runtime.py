@@ -61,8 +61,9 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if resolved.type == "cuda":
         # SDPA prefers cuDNN's attention on Hopper for bf16/fp16, and cuDNN builds a plan for every
         # new input shape. Batches here are padded to their own longest example, so shapes rarely
-        # repeat: measured on an H100 (bench/gpu_throughput.py), the first pass over new shapes ran
-        # ~20x slower with it. Flash and memory-efficient attention have no per-shape cost.
+        # repeat: measured on an H100 (bench/gpu_throughput.py --cudnn-attention), a bare bf16 loop's
+        # first pass over new shapes ran 7x slower with it. Flash and memory-efficient attention
+        # have no per-shape cost.
         torch.backends.cuda.enable_cudnn_sdp(False)
     return Runtime(resolved, precision)
 
