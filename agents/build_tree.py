@@ -101,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args.output) if args.output else benchmarks_dir() / task.name
         check_writable(setup.work_dir())
         check_writable(output)
-        num_actions = 2 ** len(setup.env.knowledge)
-        nodes = tree_size(num_actions, setup.env.phases) * len(seeds)
-        print(f"tree for {task.name}: {len(setup.env.knowledge)} types {setup.env.knowledge} -> {num_actions} actions, "
+        nodes = tree_size(setup.num_actions, setup.env.phases) * len(seeds)
+        print(f"tree for {task.name}: {len(setup.env.knowledge)} types {setup.env.knowledge} -> {setup.num_actions} actions, "
               f"{setup.env.phases} phases x {setup.env.updates_per_phase} updates; {nodes} phases over {len(seeds)} "
               f"seeds; records in {setup.work_dir()}")
         environment = setup.build_env(progress=not args.no_progress)

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cudnn-attention", action="store_true",
                         help="let SDPA use cuDNN attention (kdenv turns it off on CUDA; this shows the cost)")
     parser.add_argument("--json", type=Path, default=None, help="also write every row to this JSON file")
-    add_common_arguments(parser.add_argument)
+    add_common_arguments(parser.add_argument, precision=False)
     args = parser.parse_args(argv)
     unknown = set(args.types) - set(TYPES) - {"all"}
     if unknown:

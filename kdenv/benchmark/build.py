@@ -47,6 +47,11 @@ class TreeSetup:
             fields["distill"].pop(ignored, None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
+    @property
+    def num_actions(self) -> int:
+        """Subsets of the offered types: the Discrete action space's size."""
+        return 2 ** len(self.env.knowledge)
+
     def work_dir(self) -> Path:
         return runs_dir() / "trees" / self.data.task / self.key()
 
@@ -143,14 +148,14 @@ def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[l
 
 def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int]) -> dict[str, Any]:
     """What a table of these seeds records about how it was built (before its files and build time)."""
-    num_actions, phases = 2 ** len(setup.env.knowledge), setup.env.phases
+    phases = setup.env.phases
     distillation = environment.distillation
     software = environment_record()
     software.pop("command", None)
     return {
         "task": setup.data.task, "knowledge": list(setup.env.knowledge), "phases": phases,
         "updates_per_phase": environment.config.updates_per_phase, "batch_size": setup.distill.batch_size,
-        "seeds": list(seeds), "nodes_per_seed": tree_size(num_actions, phases) + 1,
+        "seeds": list(seeds), "nodes_per_seed": tree_size(setup.num_actions, phases) + 1,
         "data": {k: v for k, v in to_dict(setup.data).items() if k != "data_dir"},
         "distill": {k: v for k, v in to_dict(setup.distill).items() if k not in ("device", "precision")},
         "env": to_dict(environment.config),
@@ -169,11 +174,10 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
     (the build time is the sum of every node's measured phase and dev-evaluation time). Seeds
     already in ``out`` from a build of the same setup are kept (see ``kept_seeds``); the check
     comes before any file is written."""
-    num_actions, phases = 2 ** len(setup.env.knowledge), setup.env.phases
     out = Path(out)
     manifest = table_manifest(setup, environment, seeds)
     kept, kept_seconds = kept_seeds(out, manifest, list(seeds))
-    records = {seed: collect_seed(setup.work_dir(), seed, num_actions, phases) for seed in seeds}
+    records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
     build_seconds = sum(r.get("wall_time_s", 0.0) + r.get("dev_wall_time_s", 0.0)
                         for seed_records in records.values() for r in seed_records)
     for seed, seed_records in records.items():
