@@ -118,9 +118,8 @@ class TableStudy:
         params = {k: v for k, v in hyperparams.items() if k != "policy"}
         _, agent_env = self.make_env(self.train_seeds)
         start = time.perf_counter()
-        model = self.algorithm.load_class()(hyperparams.get("policy", "MlpPolicy"), agent_env, seed=agent_seed,
-                                            verbose=0, tensorboard_log=str(run_dir) if run_dir else None,
-                                            **copy.deepcopy(params))
+        model = self.algorithm.build(hyperparams.get("policy", "MlpPolicy"), agent_env, seed=agent_seed, verbose=0,
+                                     tensorboard_log=str(run_dir) if run_dir else None, **copy.deepcopy(params))
         callback = None if run_dir is None else ScheduleCallback(
             run_dir / f"schedules_seed{agent_seed}", self.table.knowledge, save_every=1000, log_every=100,
             image_every=1000)  # a heatmap every 100 episodes took ~40% of an A2C agent's training time

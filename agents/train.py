@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         probe_env = SpacesOnlyEnv(env_config, (8, 8) if env_config.cls_state else None)
         if resumed is None:
             try:
-                algorithm.load_class()(policy, MultiDiscreteOnOff(probe_env) if algorithm.wrap_multidiscrete else probe_env,
-                                       seed=args.seed, verbose=0, **copy.deepcopy(params))
+                algorithm.build(policy, MultiDiscreteOnOff(probe_env) if algorithm.wrap_multidiscrete else probe_env,
+                                seed=args.seed, verbose=0, **copy.deepcopy(params))
             except (TypeError, ValueError, KeyError, AssertionError) as error:
                 raise ValueError(f"{algorithm.name} cannot be built with these hyperparameters ({type(error).__name__}: "
                                  f"{error}); check agents/hyperparams/{algorithm.name}.yaml and --hp") from None
@@ -197,14 +197,13 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         agent_env = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
         training_env = agent_env if args.n_envs == 1 else vectorised(args, task.name, env_config, data_config,
                                                                        distill_config, algorithm)
-        cls = algorithm.load_class()
         if resumed is not None:
             model = resumed.load(env=training_env, tensorboard_log=str(run_dir), **copy.deepcopy(overrides))
             check_agent_fits(model, agent_env, args.resume)
         else:
             # SB3 edits policy_kwargs in place (A2C adds its optimiser class): give it a copy.
-            model = cls(policy, training_env, seed=args.seed, tensorboard_log=str(run_dir), verbose=0,
-                        **copy.deepcopy(params))
+            model = algorithm.build(policy, training_env, seed=args.seed, tensorboard_log=str(run_dir), verbose=0,
+                                    **copy.deepcopy(params))
         run_dir.mkdir(parents=True, exist_ok=True)
         save_run_config(run_dir / "config.yaml", {"agent": args.seed, "student": distill_config.seed,
                                                   "eval": args.eval_seed, "split": data_config.split_seed},

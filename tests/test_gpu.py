@@ -174,3 +174,12 @@ def test_environment_steps_on_cuda_with_autocast():
         rewards.append(reward)
     assert terminated and np.all(np.isfinite(rewards))
     assert runtime.precision in ("bf16", "fp16") and next(env.trainer.student.parameters()).is_cuda
+
+
+def test_agents_stay_on_the_cpu_on_a_cuda_machine_unless_told():
+    from kdenv.decision.algorithms import get_algorithm
+
+    env = make_tiny_env(phases=2, updates=1, runtime=make_runtime("cuda"))
+    a2c = get_algorithm("a2c")
+    assert a2c.build("MlpPolicy", env, seed=0).device.type == "cpu"  # SB3's "auto" would pick CUDA
+    assert a2c.build("MlpPolicy", env, seed=0, device="cuda").device.type == "cuda"

@@ -24,6 +24,12 @@ class Algorithm:
 
         return getattr(importlib.import_module(self.module), self.class_name)
 
+    def build(self, policy: str, env, **kwargs):
+        """A new agent. Its networks are small MLPs, so they go on the CPU even on a GPU machine
+        (SB3's ``device="auto"`` would put them on CUDA, where they run slower and SB3 warns);
+        ``device=...`` in the hyperparameters overrides that."""
+        return self.load_class()(policy, env, **{"device": "cpu", **kwargs})
+
 
 ALGORITHMS: dict[str, Algorithm] = {
     algo.name: algo
@@ -121,7 +127,8 @@ class SavedAgent:
         return cls(zip_path, get_algorithm(record["agent"]["algo"]), record)
 
     def load(self, **kwargs):
-        return self.algorithm.load_class().load(str(self.path), **kwargs)
+        """The saved agent, on the CPU unless ``device=...`` says otherwise (see ``Algorithm.build``)."""
+        return self.algorithm.load_class().load(str(self.path), **{"device": "cpu", **kwargs})
 
 
 def check_agent_fits(model, env, source: str) -> None:

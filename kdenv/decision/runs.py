@@ -83,7 +83,7 @@ def run_evaluation_job(job: EvaluationJob) -> dict[str, Any]:
     agent_seconds = None
     if job.agent_path is not None:
         saved = SavedAgent.open(job.agent_path)
-        policy = saved.load(device="cpu")
+        policy = saved.load()
         acting_env = MultiDiscreteOnOff(env) if saved.algorithm.wrap_multidiscrete else env
         check_agent_fits(policy, acting_env, str(job.agent_path))
         summary = job.agent_path.parent / "comparison_summary.json"
