@@ -142,6 +142,12 @@ class TableStudy:
             "schedules": {str(s): played[s][1] for s in seeds},
         }
 
+    def train_score(self, model) -> dict[str, Any]:
+        """The same scores on the seeds the agent trained on: what it learned there, before the
+        question of whether it carries over to held-out seeds."""
+        scores = self.score(model, self.train_seeds)
+        return {"return": scores.pop("test_return"), **scores}
+
     def record(self, hyperparams: dict[str, Any], agent_seeds: list[int]) -> dict[str, Any]:
         """What decides this run's agents: the table (its files' checksums), the split, the reward,
         the live env they would act in, the algorithm, its hyperparameters and budget, the seeds."""
@@ -180,7 +186,7 @@ class TableStudy:
         config.yaml, agent_seed<N>.zip|json, TensorBoard events and results.{json,md}. Rerun on the
         same run_dir with the same settings, it reuses the agents already finished there."""
         table, test_seeds, agent_seeds = self.table, self.test_seeds, list(agent_seeds)
-        test_rows = [self.row[s] for s in test_seeds]
+        test_rows, train_rows = [self.row[s] for s in test_seeds], [self.row[s] for s in self.train_seeds]
         record = self.record(hyperparams, agent_seeds)
         resume = self.resumable(run_dir, record)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,17 +196,21 @@ class TableStudy:
               f"{test_seeds}, {self.episodes} episodes x {len(agent_seeds)} agents; reward {self.reward}")
         agents: list[dict[str, Any]] = []
         for agent_seed in agent_seeds:
-            done = run_dir / f"agent_seed{agent_seed}.json"
-            if resume and done.is_file() and (run_dir / f"agent_seed{agent_seed}.zip").is_file():
+            done, zip_path = run_dir / f"agent_seed{agent_seed}.json", run_dir / f"agent_seed{agent_seed}.zip"
+            if resume and done.is_file() and zip_path.is_file():
                 result = json.loads(done.read_text())
+                if "train" not in result:  # an agent saved before train-seed scores were recorded
+                    result["train"] = self.train_score(self.algorithm.load(zip_path))
+                    with atomic_write(done) as handle:
+                        json.dump(result, handle, indent=2)
                 agents.append(result)
                 print(f"  agent seed {agent_seed}: reused ({done.name}), regret {result['regret']:.4f}")
                 continue
             model, seconds = self.fit(hyperparams, agent_seed, run_dir, progress)
-            save_agent(model, run_dir / f"agent_seed{agent_seed}.zip")
+            save_agent(model, zip_path)
             steps = self.episodes * table.phases
             result = {"agent_seed": agent_seed, "train_seconds": seconds, "steps_per_second": steps / seconds,
-                      **self.score(model, test_seeds)}
+                      **self.score(model, test_seeds), "train": self.train_score(model)}
             with atomic_write(done) as handle:
                 json.dump(result, handle, indent=2)
             agents.append(result)
@@ -217,6 +227,11 @@ class TableStudy:
                           "test_return": mean_std(self.returns[test_rows, self.open_loop])},
             **{key: mean_std([a[key] for a in agents]) for key in
                ("test_return", "regret", "gain_over_best_constant", "gain_over_open_loop")},
+            "train": {"oracle_return": mean_std(self.returns[train_rows].max(axis=1)),
+                      "best_constant_regret": mean_std(self.returns[train_rows].max(axis=1)
+                                                       - self.returns[train_rows, self.best_constant]),
+                      **{key: mean_std([a["train"][key] for a in agents]) for key in
+                         ("return", "regret", "gain_over_best_constant", "gain_over_open_loop")}},
             "agents": agents,
         }
         write_results(run_dir, summary, action_names(table))
@@ -255,6 +270,11 @@ def write_results(run_dir: Path, summary: dict[str, Any], names: list[str]) -> N
         f"{fmt(summary['best_constant']['test_return'])} | | | |",
         f"| best open-loop (chosen on train seeds): {text(summary['open_loop']['schedule'])} | "
         f"{fmt(summary['open_loop']['test_return'])} | | | |",
+        "", f"The same agents on their train seeds {summary['train_seeds']} (mean over those seeds, then mean ± std "
+        f"over agents; the best constant's regret there is {fmt(summary['train']['best_constant_regret'])}):", "",
+        "| | train-seed return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|",
+        f"| agents | {fmt(summary['train']['return'])} | {fmt(summary['train']['regret'])} | "
+        f"{fmt(summary['train']['gain_over_best_constant'])} | {fmt(summary['train']['gain_over_open_loop'])} |",
     ]
     write_report(run_dir, "results", "\n".join(lines) + "\n", summary)
     print(f"results in {run_dir}")

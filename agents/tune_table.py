@@ -143,11 +143,21 @@ def compare(default: dict[str, Any], tuned: dict[str, Any], algo: str) -> tuple[
               "best_constant": default["best_constant"], "open_loop": default["open_loop"],
               "train_seeds": default["train_seeds"], "test_seeds": default["test_seeds"]}
 
+    train_keys = ("return", "regret", "gain_over_best_constant", "gain_over_open_loop")
+    train_paired = {key: mean_std([t["train"][key] - d["train"][key] for t, d in zip(tuned["agents"], default["agents"])])
+                    for key in train_keys}
+    result["train"] = {"default": default["train"], "tuned": tuned["train"], "tuned_minus_default": train_paired}
+
     rows = [f"{algo}, held-out seeds {default['test_seeds']} ({len(default['agents'])} agents each; returns before "
             "scaling; paired = same agent seed)", "",
             "| | held-out return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|"]
     for label, stats in (("default", default), ("tuned", tuned), ("tuned − default (paired)", paired)):
         rows.append(f"| {label} | " + " | ".join(fmt_stats(stats[k]) for k in keys) + " |")
+    rows += ["", f"The same agents on their train seeds {default['train_seeds']} (what the tuning optimised):", "",
+             "| | train-seed return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|"]
+    for label, stats in (("default", default["train"]), ("tuned", tuned["train"]),
+                         ("tuned − default (paired)", train_paired)):
+        rows.append(f"| {label} | " + " | ".join(fmt_stats(stats[k]) for k in train_keys) + " |")
     return result, "\n".join(rows) + "\n"
 
 

@@ -38,6 +38,29 @@ def test_every_algorithm_trains_on_a_table_and_is_scored_on_held_out_seeds(algo,
     assert (out / "agent_seed0.zip").is_file() and (out / "results.md").is_file()
 
 
+def test_agents_are_also_scored_on_their_train_seeds(tmp_path):
+    returns = {0: {(0, 0): 0.1, (0, 1): 0.3, (1, 0): 0.0, (1, 1): 0.2},
+               1: {(0, 0): 0.0, (0, 1): 0.1, (1, 0): 0.4, (1, 1): 0.3},
+               2: {(0, 0): 0.2, (0, 1): 0.0, (1, 0): 0.1, (1, 1): 0.1}}
+    synthetic_table(tmp_path / "table", returns)
+    out = tmp_path / "run"
+    assert load_script("train").main(
+        ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "20", "--agent-seeds", "2",
+         "--output-dir", str(out), "--no-progress", "--hp", "n_steps=4"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    # On train seeds 0 and 1 the best constant is (1, 1): mean 0.25 against (0, 0)'s 0.05.
+    best = {seed: max(returns[seed].values()) for seed in (0, 1)}
+    assert summary["train"]["best_constant_regret"]["mean"] == pytest.approx((best[0] - 0.2 + best[1] - 0.3) / 2)
+    for agent in summary["agents"]:
+        played = {seed: returns[seed][tuple(agent["train"]["schedules"][str(seed)])] for seed in (0, 1)}
+        assert agent["train"]["return"] == pytest.approx((played[0] + played[1]) / 2)
+        assert agent["train"]["regret"] == pytest.approx((best[0] - played[0] + best[1] - played[1]) / 2)
+        assert agent["train"]["gain_over_best_constant"] == pytest.approx((played[0] + played[1]) / 2 - 0.25)
+    assert summary["train"]["return"]["mean"] == pytest.approx(
+        sum(agent["train"]["return"] for agent in summary["agents"]) / 2)
+    assert "on their train seeds [0, 1]" in (out / "results.md").read_text()
+
+
 def test_an_agent_finds_the_obvious_schedule(tmp_path):
     obvious_table(tmp_path / "table")
     out = tmp_path / "run"
@@ -72,8 +95,11 @@ def test_a_table_run_resumes_its_finished_agents_and_refuses_other_settings(tmp_
     monkeypatch.setattr(study, "fit", lambda self, params, seed, *a, **k: fitted.append(seed) or original_fit(
         self, params, seed, *a, **k))
     (out / "agent_seed1.json").unlink()  # as if killed while agent 1 trained
+    saved = json.loads((out / "agent_seed0.json").read_text())
+    (out / "agent_seed0.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "train"}))  # an older run's
     assert train.main(args) == 0
     assert fitted == [1]  # agents 0 and 2 were reused
+    assert json.loads((out / "agent_seed0.json").read_text())["train"] == saved["train"]  # rescored from its zip
     again = json.loads((out / "results.json").read_text())
     for key in ("regret", "test_return", "gain_over_best_constant"):
         assert again[key] == pytest.approx(first[key])  # agent 1 retrained with the same seed: the same result

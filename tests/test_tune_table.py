@@ -35,6 +35,8 @@ def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_
     differences = [t["regret"] - d["regret"] for t, d in zip(tuned_run["agents"], default["agents"])]
     assert [a["agent_seed"] for a in tuned_run["agents"]] == [a["agent_seed"] for a in default["agents"]] == [0, 1]
     assert result["tuned_minus_default"]["regret"]["mean"] == pytest.approx(sum(differences) / 2)
+    train_differences = [t["train"]["regret"] - d["train"]["regret"] for t, d in zip(tuned_run["agents"], default["agents"])]
+    assert result["train"]["tuned_minus_default"]["regret"]["mean"] == pytest.approx(sum(train_differences) / 2)
     for agent in default["agents"] + tuned_run["agents"]:
         assert agent["regret"] == pytest.approx(0.2 - agent["test_return"])
 

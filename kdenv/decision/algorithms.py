@@ -30,6 +30,10 @@ class Algorithm:
         ``device=...`` in the hyperparameters overrides that."""
         return self.load_class()(policy, env, **{"device": "cpu", **kwargs})
 
+    def load(self, path: str | Path, **kwargs):
+        """An agent saved with ``save_agent``, on the CPU unless ``device=...`` says otherwise."""
+        return self.load_class().load(str(path), **{"device": "cpu", **kwargs})
+
 
 ALGORITHMS: dict[str, Algorithm] = {
     algo.name: algo
@@ -127,8 +131,7 @@ class SavedAgent:
         return cls(zip_path, get_algorithm(record["agent"]["algo"]), record)
 
     def load(self, **kwargs):
-        """The saved agent, on the CPU unless ``device=...`` says otherwise (see ``Algorithm.build``)."""
-        return self.algorithm.load_class().load(str(self.path), **{"device": "cpu", **kwargs})
+        return self.algorithm.load(self.path, **kwargs)
 
 
 def check_agent_fits(model, env, source: str) -> None:
