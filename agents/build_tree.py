@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from kdenv.benchmark.build import TreeSetup, kept_seeds, run_jobs, table_manifest, write_table
+from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.table import benchmarks_dir
 from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail
@@ -129,37 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def estimate(setup: TreeSetup, environment, seeds: list[int], sample: int = 12) -> int:
-    """Times the first nodes of seed 0's tree (in a scratch folder) and projects the whole build."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
-        builder = TreeBuilder(environment.env, Path(scratch))
-
-        class Stop(Exception):
-            pass
-
-        class Counter:
-            count = 0
-
-            def update(self, n=1):
-                Counter.count += 1
-                if Counter.count >= sample:
-                    raise Stop
-
-            def set_postfix(self, **kwargs):
-                pass
-
-        start = time.perf_counter()
-        try:
-            builder.run_job(seeds[0], (), Counter())
-        except Stop:
-            pass
-        seconds = (time.perf_counter() - start) / Counter.count
-    per_seed = tree_size(builder.num_actions, builder.phases)
-    print(f"~{seconds:.2f} s per node (first {Counter.count} nodes, dev scoring of leaves included where reached); "
-          f"{per_seed} nodes per seed -> ~{seconds * per_seed / 60:.0f} min per seed, "
-          f"~{seconds * per_seed * len(seeds) / 3600:.1f} h for {len(seeds)} seeds on {environment.distillation.runtime.describe()}")
+def estimate(setup: TreeSetup, environment, seeds: list[int]) -> int:
+    """Times one phase of every action and one dev evaluation (writing no records) and projects
+    the whole build from them."""
+    builder = TreeBuilder(environment.env, setup.work_dir())
+    cost = builder.time_nodes(seeds[0])
+    names = subset_names(list(setup.env.knowledge))
+    per_action = ", ".join(f"{name} {seconds:.1f}" for name, seconds in zip(names, cost["phase_seconds"]))
+    per_seed = cost["seed_seconds"]
+    print(f"one phase ({setup.env.updates_per_phase} updates + reward-split evaluation), s: {per_action}; "
+          f"dev evaluation of a leaf: {cost['dev_seconds']:.1f} s")
+    print(f"{tree_size(builder.num_actions, builder.phases)} phases and {builder.num_actions ** builder.phases} leaves "
+          f"per seed -> ~{per_seed / 60:.0f} min per seed, ~{per_seed * len(seeds) / 3600:.1f} h for {len(seeds)} "
+          f"seeds on {environment.distillation.runtime.describe()} with {setup.threads} torch thread(s), if nothing "
+          "else runs (two builds side by side on one thread each measured ~1.5x slower apiece)")
     return 0
 
 

@@ -123,6 +123,28 @@ def test_a_killed_build_resumes_and_loses_only_the_node_in_flight(built, glue_di
     assert strip(resumed) == strip(original)
 
 
+def test_the_cost_estimate_times_every_action_once_and_writes_nothing(built, tmp_path):
+    builder = TreeBuilder(built["environment"].env, tmp_path / "work")
+    cost = builder.time_nodes(0)
+    assert len(cost["phase_seconds"]) == 4 and min(cost["phase_seconds"]) > 0 and cost["dev_seconds"] > 0
+    assert cost["seed_seconds"] == pytest.approx(np.mean(cost["phase_seconds"]) * 20 + cost["dev_seconds"] * 16)
+    assert not (tmp_path / "work").exists()
+    result = validate(Table.load(built["table"]), [3, 0], 0, built["environment"])  # the env is left usable
+    assert result.ok, result.mismatches
+
+
+def test_build_tree_estimate_prints_the_projected_cost(built, glue_dir, monkeypatch, capsys):
+    from tests.conftest import load_script
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    assert load_script("build_tree").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0", "--knowledge", "logits,gradient", "--phases", "2",
+         "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--threads", "1",
+         "--estimate", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "s: - " in out and "logits+gradient " in out and "20 phases and 16 leaves per seed" in out
+
+
 def test_damaged_or_mismatched_tables_are_refused(built, tmp_path):
     import shutil
 

@@ -189,10 +189,15 @@ def reward_dev_correlation(table: Table) -> dict[str, Any]:
     return {"dev_metric": metric, "per_seed": per_seed, "pooled": pooled}
 
 
-def action_names(table: Table) -> list[str]:
-    """Readable names of the 2^K subsets: '-' for none, else the types switched on."""
+def subset_names(knowledge: list[str]) -> list[str]:
+    """Readable names of the 2^K subsets of ``knowledge``: '-' for none, else the types switched on."""
     names = []
-    for index in range(table.num_actions):
-        on = [name for bit, name in enumerate(table.knowledge) if (index >> bit) & 1]
+    for index in range(2 ** len(knowledge)):
+        on = [name for bit, name in enumerate(knowledge) if (index >> bit) & 1]
         names.append("+".join(on) if on else "-")
     return names
+
+
+def action_names(table: Table) -> list[str]:
+    """The table's actions by name (``subset_names`` of its knowledge)."""
+    return subset_names(table.knowledge)

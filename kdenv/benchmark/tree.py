@@ -172,6 +172,28 @@ class TreeBuilder:
             stats.seconds = time.perf_counter() - start
         return stats
 
+    def time_nodes(self, seed: int) -> dict[str, Any]:
+        """Measures what a node costs, writing nothing: one phase of every action from ``seed``'s
+        initial student (each subset once, as every level of the tree has them) and one dev
+        evaluation (what a leaf adds). Every level enumerates the actions uniformly, so the mean
+        phase time is the mean at every depth; a few first nodes of the depth-first order are not
+        (their actions are the cheap, low-numbered subsets)."""
+        self.env.reset(seed=seed)
+        state = self.env.get_state()
+        phases = []
+        for action in range(self.num_actions):
+            self.env.set_state(state)
+            tick = time.perf_counter()
+            self.env.step(action)
+            phases.append(time.perf_counter() - tick)
+        tick = time.perf_counter()
+        self.env.trainer.evaluate("dev")
+        dev = time.perf_counter() - tick
+        self.env.set_state(state)
+        return {"phase_seconds": phases, "dev_seconds": dev,
+                "seed_seconds": float(np.mean(phases)) * tree_size(self.num_actions, self.phases)
+                + (dev * self.num_actions**self.phases if self.evaluate_dev else 0.0)}
+
     # ------------------------------------------------------------------ internals
 
     def _eval_state(self) -> dict[str, float]:
