@@ -6,6 +6,7 @@ GLUE ?= ../shared/data/glue
 TASK ?= rte
 TABLES ?= $(notdir $(patsubst %/manifest.json,%,$(wildcard benchmarks/*/manifest.json)))
 ALGOS ?= a2c ppo dqn
+TUNE_ARGS ?=
 BIN = $(VENV)/bin
 
 .PHONY: install run test table-study help
@@ -17,7 +18,8 @@ help:
 	@echo "make table-study [TABLES='$(TABLES)'] [ALGOS='a2c ppo dqn']"
 	@echo "                    tune each algorithm on each shipped table's train seeds, then default vs tuned"
 	@echo "                    on the held-out seed (agents/tune_table.py; resumable; runs/tables/<task>/tune_<algo>);"
-	@echo "                    make -j2 table-study runs two studies at a time"
+	@echo "                    make -j2 table-study runs two studies at a time; TUNE_ARGS='--trials 20' passes"
+	@echo "                    options to every study (python agents/tune_table.py --help)"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -40,4 +42,4 @@ table-study: $(STUDIES)
 
 study/%:
 	$(BIN)/python agents/tune_table.py --algo $(notdir $*) --table $(patsubst %/,%,$(dir $*)) \
-	  --output-dir runs/tables/$(patsubst %/,%,$(dir $*))/tune_$(notdir $*) --no-progress
+	  --output-dir runs/tables/$(patsubst %/,%,$(dir $*))/tune_$(notdir $*) --no-progress $(TUNE_ARGS)

@@ -94,3 +94,6 @@ def test_make_table_study_is_one_target_per_table_and_algorithm():
     commands = [" ".join(line.split()) for line in lines if "tune_table.py" in line]
     assert commands == [f".venv/bin/python agents/tune_table.py --algo {algo} --table {table} --output-dir "
                         f"runs/tables/{table}/tune_{algo} --no-progress" for table in ("stsb", "mrpc") for algo in ("a2c", "dqn")]
+    lines = subprocess.run(["make", "-s", "-n", "-C", str(root), "table-study", "TABLES=stsb", "ALGOS=ppo", "VENV=.venv",
+                            "TUNE_ARGS=--trials 20"], capture_output=True, text=True, check=True, env=env).stdout
+    assert " ".join(lines.replace("\\\n", " ").split()).endswith("--no-progress --trials 20")
