@@ -217,6 +217,7 @@ class TableStudy:
             print(f"  agent seed {agent_seed}: test return {result['test_return']:+.4f}, regret {result['regret']:.4f}, "
                   f"vs best constant {result['gain_over_best_constant']:+.4f}, vs open loop "
                   f"{result['gain_over_open_loop']:+.4f} ({seconds:.0f} s, {result['steps_per_second']:.0f} steps/s)")
+        train_oracle = self.returns[train_rows].max(axis=1)
         summary = {
             "algo": self.algorithm.name, "table": str(table.directory), "reward": self.reward,
             "train_seeds": self.train_seeds, "test_seeds": test_seeds, "episodes": self.episodes,
@@ -227,9 +228,8 @@ class TableStudy:
                           "test_return": mean_std(self.returns[test_rows, self.open_loop])},
             **{key: mean_std([a[key] for a in agents]) for key in
                ("test_return", "regret", "gain_over_best_constant", "gain_over_open_loop")},
-            "train": {"oracle_return": mean_std(self.returns[train_rows].max(axis=1)),
-                      "best_constant_regret": mean_std(self.returns[train_rows].max(axis=1)
-                                                       - self.returns[train_rows, self.best_constant]),
+            "train": {"oracle_return": mean_std(train_oracle),
+                      "best_constant_regret": mean_std(train_oracle - self.returns[train_rows, self.best_constant]),
                       **{key: mean_std([a["train"][key] for a in agents]) for key in
                          ("return", "regret", "gain_over_best_constant", "gain_over_open_loop")}},
             "agents": agents,

@@ -148,16 +148,16 @@ def compare(default: dict[str, Any], tuned: dict[str, Any], algo: str) -> tuple[
                     for key in train_keys}
     result["train"] = {"default": default["train"], "tuned": tuned["train"], "tuned_minus_default": train_paired}
 
+    def arms_table(return_header: str, arms, keys) -> list[str]:
+        return [f"| | {return_header} | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|",
+                *(f"| {label} | " + " | ".join(fmt_stats(stats[k]) for k in keys) + " |"
+                  for label, stats in zip(("default", "tuned", "tuned − default (paired)"), arms))]
+
     rows = [f"{algo}, held-out seeds {default['test_seeds']} ({len(default['agents'])} agents each; returns before "
             "scaling; paired = same agent seed)", "",
-            "| | held-out return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|"]
-    for label, stats in (("default", default), ("tuned", tuned), ("tuned − default (paired)", paired)):
-        rows.append(f"| {label} | " + " | ".join(fmt_stats(stats[k]) for k in keys) + " |")
-    rows += ["", f"The same agents on their train seeds {default['train_seeds']} (what the tuning optimised):", "",
-             "| | train-seed return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|"]
-    for label, stats in (("default", default["train"]), ("tuned", tuned["train"]),
-                         ("tuned − default (paired)", train_paired)):
-        rows.append(f"| {label} | " + " | ".join(fmt_stats(stats[k]) for k in train_keys) + " |")
+            *arms_table("held-out return", (default, tuned, paired), keys),
+            "", f"The same agents on their train seeds {default['train_seeds']} (what the tuning optimised):", "",
+            *arms_table("train-seed return", (default["train"], tuned["train"], train_paired), train_keys)]
     return result, "\n".join(rows) + "\n"
 
 
