@@ -5,6 +5,7 @@ answers right, and replaying schedules on the live trainer reproduces the table 
 
 import gzip
 import json
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -261,6 +262,49 @@ def test_tables_are_written_reproducibly(built, tmp_path, monkeypatch):
         assert (tmp_path / "again" / name).read_bytes() == (built["table"] / name).read_bytes()
     with gzip.open(built["table"] / "seed0.jsonl.gz", "rt") as handle:
         assert json.loads(handle.readline())["history"] == []
+
+
+def test_the_work_folder_is_keyed_by_the_runtime_except_cpu_fp32_whose_old_keys_stand(glue_dir):
+    import dataclasses
+    import hashlib
+
+    from kdenv.config import to_dict
+
+    setup = tiny_setup(glue_dir)
+    # The key of a CPU fp32 setup is what it was before runtimes entered it (builds under way resume).
+    fields = {"data": to_dict(setup.data), "distill": to_dict(setup.distill), "env": to_dict(setup.env), "threads": 1}
+    for ignored in ("data_dir", "device", "precision"):
+        fields["data"].pop(ignored, None)
+        fields["distill"].pop(ignored, None)
+    assert setup.key() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    assert setup.key() == dataclasses.replace(setup, distill=dataclasses.replace(setup.distill, device="cpu",
+                                                                                 precision="fp32")).key()
+    bf16 = dataclasses.replace(setup, distill=dataclasses.replace(setup.distill, device="cpu", precision="bf16"))
+    assert bf16.runtime().precision == "bf16" and bf16.key() != setup.key()
+
+
+def test_deterministic_cuda_asks_torch_for_deterministic_kernels(monkeypatch):
+    import torch
+
+    from kdenv.engine.runtime import deterministic_cuda
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        deterministic_cuda()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_a_table_is_replayed_in_the_precision_it_was_built_in(built):
+    from kdenv.benchmark.validate import table_setup
+
+    table = Table.load(built["table"])
+    assert table_setup(table).distill.precision == "fp32"
+    table.manifest["device"] = "cpu (CPU), bf16"
+    assert table_setup(table).distill.precision == "bf16"
 
 
 def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):

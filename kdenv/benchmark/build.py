@@ -18,6 +18,7 @@ from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
+from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
 from kdenv.engine.teacher_cache import split_fingerprint
 from kdenv.jobs import JobRunner
 from kdenv.paths import runs_dir
@@ -45,6 +46,9 @@ class TreeSetup:
         for ignored in ("data_dir", "device", "precision"):
             fields["data"].pop(ignored, None)
             fields["distill"].pop(ignored, None)
+        runtime = self.runtime()
+        if runtime.device.type != "cpu" or runtime.precision != "fp32":  # CPU fp32 builds keep their old keys
+            fields["runtime"] = {"device": runtime.device.type, "precision": runtime.precision}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -52,10 +56,16 @@ class TreeSetup:
         """Subsets of the offered types: the Discrete action space's size."""
         return 2 ** len(self.env.knowledge)
 
+    def runtime(self) -> Runtime:
+        """Where the nodes are computed: records are exact for one device type and precision."""
+        return make_runtime(self.distill.device, self.distill.precision)
+
     def work_dir(self) -> Path:
         return runs_dir() / "trees" / self.data.task / self.key()
 
     def build_env(self, progress: bool = True) -> EnvironmentSetup:
+        if self.runtime().device.type == "cuda":
+            deterministic_cuda()
         return build_environment(self.data.task, self.env, self.data, self.distill, progress=progress)
 
 
@@ -114,7 +124,7 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
 
 # What must be equal for seeds built at different times (or on different machines) to share a table.
 SAME_SETUP = ("task", "knowledge", "phases", "updates_per_phase", "batch_size", "nodes_per_seed", "data", "distill",
-              "env", "torch_threads", "reward_split")
+              "env", "torch_threads", "reward_split", "device")
 SAME_SOFTWARE = ("python", "torch", "transformers")
 
 

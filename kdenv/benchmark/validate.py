@@ -28,13 +28,14 @@ class Validation:
 
 
 def table_setup(table: Table, data_dir: str | None = None, device: str = "cpu") -> TreeSetup:
-    """The live setup a table was built from (the data folder and device are this machine's), with
-    torch set to the thread count it was built with."""
+    """The live setup a table was built from (the data folder and device are this machine's), in
+    the table's precision, with torch set to the thread count it was built with."""
     import torch
 
     manifest = table.manifest
     data = from_dict(DataConfig, {**manifest["data"], "data_dir": data_dir})
-    distill = from_dict(DistillConfig, {**manifest["distill"], "device": device, "precision": "fp32"})
+    precision = str(manifest.get("device", "fp32")).rpartition(", ")[2]  # "cuda:0 (NVIDIA H100 ...), fp32"
+    distill = from_dict(DistillConfig, {**manifest["distill"], "device": device, "precision": precision})
     threads = int(manifest.get("torch_threads", 1))
     torch.set_num_threads(threads)
     return TreeSetup(data, distill, from_dict(EnvConfig, manifest["env"]), threads)

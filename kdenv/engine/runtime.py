@@ -86,6 +86,14 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
+def deterministic_cuda() -> None:
+    """Asks CUDA for deterministic kernels (cuBLAS with a fixed workspace, no atomics where torch
+    has an alternative), as schedule trees need: their records must repeat when recomputed. Ops
+    without a deterministic CUDA kernel warn instead of failing. Call before the first CUDA matmul."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def quiet_transformers() -> None:
     """Hides transformers' per-load reports and weight-loading bars in command-line tools."""
     import transformers
