@@ -138,11 +138,18 @@ def setup_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return differences
 
 
+def node_seconds(record: dict[str, Any]) -> float:
+    """A node's measured build time: its phase and, at a leaf, its dev evaluation."""
+    return record.get("wall_time_s", 0.0) + record.get("dev_wall_time_s", 0.0)
+
+
 def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[list[int], float]:
     """Seeds of a table already in ``out`` that this write keeps: those not rebuilt now, when the
     earlier build had the same setup, teacher and software (the shipped seeds of a table being
     extended, perhaps on another machine whose runs/ folder does not hold their records).
-    Returns them and their build time; refuses a table of another setup it would only partly replace."""
+    Returns them and their build time (their nodes' measured times: a seed rebuilt now is counted
+    from its records, not again from the old total); refuses a table of another setup it would only
+    partly replace."""
     if not (out / "manifest.json").is_file():
         return [], 0.0
     old = Table.load(out)
@@ -153,7 +160,7 @@ def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[l
     if differences:
         raise TableError(f"{out} holds seeds {others} of a table built differently ({', '.join(differences)}); "
                          f"rebuild those seeds too (--seeds covering {old.seeds}) or write elsewhere (--output)")
-    return others, float(old.manifest.get("build_seconds", 0.0))
+    return others, float(sum(node_seconds(record) for seed in others for record in old.nodes[seed].values()))
 
 
 def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int]) -> dict[str, Any]:
@@ -188,8 +195,7 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
     manifest = table_manifest(setup, environment, seeds)
     kept, kept_seconds = kept_seeds(out, manifest, list(seeds))
     records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
-    build_seconds = sum(r.get("wall_time_s", 0.0) + r.get("dev_wall_time_s", 0.0)
-                        for seed_records in records.values() for r in seed_records)
+    build_seconds = sum(node_seconds(r) for seed_records in records.values() for r in seed_records)
     for seed, seed_records in records.items():
         write_seed(out, seed, seed_records)
     manifest["seeds"] = sorted([*seeds, *kept])
