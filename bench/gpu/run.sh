@@ -10,6 +10,12 @@
 #   e2e-start  agents/train_a2c.py --task mrpc --preset gpu (MiniLM teacher, 3-layer student,
 #              4 environments) in the background, in its own session so that it outlives the call
 #   e2e-wait   waits for it (at most E2E_WAIT seconds, default 540), then packs its run folder
+#   tree-teacher  agents/finetune_teacher.py --task $TREE_TASK (default stsb) in fp32 on the GPU
+#   tree-start    times every action's phase at TREE_U_MAX updates (default 32), picks the longest
+#                 phase in {32, 24, 16, 8} whose 4-seed build fits TREE_BUDGET seconds (default 780)
+#                 with the seeds side by side, and starts one whole-tree job per seed in the background
+#   tree-wait     waits for the jobs (at most TREE_WAIT seconds, default 540), then packs the records
+#   tree-table    writes the table (benchmarks/<task>_h100_u<U>) and replays seed 0's oracle schedule
 # Logs and results go to $OUT (the device tool brings them back), or to runs/gpu without it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +23,15 @@ OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT" runs
 . bench/gpu/setup.sh || { echo "setup failed"; exit 1; }
 E2E_DIR=runs/mrpc/a2c_gpu_preset
+TREE_TASK=${TREE_TASK:-stsb}
+TREE_SEEDS=${TREE_SEEDS:-0 1 2 3}
+tree_args() {  # the tree's setup: fp32 on the GPU, 2 torch threads per process
+  echo --task "$TREE_TASK" --phases 3 --updates-per-phase "$(cat runs/tree_u 2>/dev/null || echo "${TREE_U_MAX:-32}")" \
+    --threads 2 --device cuda --precision fp32 --no-progress
+}
+pack_trees() {
+  tar czf "$OUT/trees_$TREE_TASK.tar.gz" runs/trees runs/tree_u runs/tree_*.log 2>/dev/null; ls -la "$OUT"
+}
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
@@ -49,6 +64,43 @@ for stage in "$@"; do
       pgrep -f "train_a2c.py --task mrpc --preset gpu" > /dev/null && echo "still running" || echo "finished"
       cp runs/e2e.log "$OUT/e2e.log"; tail -40 runs/e2e.log
       tar czf "$OUT/e2e_run.tar.gz" --exclude='*.zip' "$E2E_DIR" 2>/dev/null; ls -la "$OUT" ;;
+    tree-teacher)
+      python3 agents/finetune_teacher.py --task "$TREE_TASK" --device cuda --precision fp32 --no-progress 2>&1 \
+        | tee "$OUT/teacher_$TREE_TASK.log" | tail -8
+      cp runs/teachers/"$TREE_TASK"/*.json "$OUT/" 2>/dev/null ;;
+    tree-start)
+      rm -f runs/tree_u
+      python3 agents/build_tree.py $(tree_args) --estimate 2>&1 | tee "$OUT/tree_estimate.log" | tail -4
+      python3 - "$OUT/tree_estimate.log" "${TREE_U_MAX:-32}" "${TREE_BUDGET:-780}" > runs/tree_u <<'PY' || exit 1
+import re, sys
+text = open(sys.argv[1]).read()
+line = re.search(r"one phase .*? s: (.*); dev evaluation of a leaf: ([0-9.]+) s", text)
+phases = [float(x.split()[-1]) for x in line.group(1).split(", ")]
+dev, u_max, budget = float(line.group(2)), int(sys.argv[2]), float(sys.argv[3])
+per_update = (sum(phases) / len(phases)) / u_max  # the reward-split evaluation counted as updates: conservative
+for u in (32, 24, 16, 8):
+    seconds = 1.3 * (584 * per_update * u + 512 * dev)  # 4 seeds side by side measured ~1.3x slower apiece (guess)
+    if u <= u_max and seconds <= budget:
+        break
+print(u)
+print(f"U={u}: ~{seconds:.0f} s per seed, seeds side by side", file=sys.stderr)
+PY
+      for seed in $TREE_SEEDS; do
+        setsid nohup python3 agents/build_tree.py $(tree_args) --job "$seed:" > "runs/tree_$seed.log" 2>&1 < /dev/null &
+      done
+      sleep 20; tail -n 3 runs/tree_*.log ;;
+    tree-wait)
+      deadline=$((SECONDS + ${TREE_WAIT:-540}))
+      while pgrep -f "build_tree.py --task $TREE_TASK" > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 10; done
+      pgrep -f "build_tree.py --task $TREE_TASK" > /dev/null && echo "still running" || echo "finished"
+      tail -n 2 runs/tree_*.log; pack_trees ;;
+    tree-table)
+      table=benchmarks/${TREE_TASK}_h100_u$(cat runs/tree_u)
+      python3 agents/build_tree.py $(tree_args) --seeds "${TREE_SEEDS// /,}" --job-depth 0 --output "$table" 2>&1 \
+        | tee "$OUT/tree_table.log" | tail -4
+      python3 agents/validate_table.py --table "$table" --seed 0 --device cuda --no-progress 2>&1 | tee "$OUT/tree_validate.log" | tail -4
+      python3 agents/oracle.py --table "$table" --output-dir "$OUT/oracle" 2>&1 | tail -30
+      cp -r "$table" "$OUT/"; pack_trees ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
