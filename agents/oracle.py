@@ -50,6 +50,10 @@ def fmt(stats: dict[str, float]) -> str:
     return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
 
 
+def rho_text(value: float | None) -> str:
+    return "undefined (the reward is constant over the leaves)" if value is None else f"{value:+.3f}"
+
+
 def schedule_text(schedule, names) -> str:
     return " → ".join(names[a] for a in schedule)
 
@@ -59,8 +63,12 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
     lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
              f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", ""]
     lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
-                 f"{correlation['pooled']:+.3f}; per seed " +
-                 ", ".join(f"{seed}: {value:+.3f}" for seed, value in correlation["per_seed"].items()) + ".")
+                 f"{rho_text(correlation['pooled'])}; per seed " +
+                 ", ".join(f"{seed}: {rho_text(value)}" for seed, value in correlation["per_seed"].items()) + ".")
+    if correlation["constant"]:
+        lines.append(f"Undefined on seed(s) {', '.join(map(str, correlation['constant']))}: every leaf ends with the same "
+                     "reward-split metric there, so the reward cannot rank their schedules at all (a coarse metric "
+                     "on a small reward split); read the continuous rewards (loss_decrease, log_loss) beside it.")
     if on_dev is not None:
         lines += ["", f"On GLUE dev itself (analysis only; {on_dev['dev_metric']} after the last phase): the "
                   f"hindsight-best schedule per seed reaches {fmt(on_dev['oracle']['value'])}, the constant best "

@@ -236,6 +236,23 @@ def test_oracle_known_answers(tmp_path):
     assert correlation["pooled"] == pytest.approx(1.0) and correlation["dev_metric"] == "accuracy"
 
 
+def test_the_reward_dev_correlation_of_a_seed_whose_leaves_all_tie_is_undefined_not_nan(tmp_path):
+    """MRPC's F1 on 128 examples gave every leaf of a seed the same value: no ranking to compare."""
+    from tests.conftest import load_script
+
+    table = synthetic_table(tmp_path, {
+        0: {(0, 0): 0.10, (0, 1): 0.30, (1, 0): 0.00, (1, 1): 0.20},
+        1: {(0, 0): 0.25, (0, 1): 0.25, (1, 0): 0.25, (1, 1): 0.25},
+    })
+    correlation = reward_dev_correlation(table)
+    assert correlation["per_seed"] == {0: pytest.approx(1.0), 1: None} and correlation["constant"] == [1]
+    assert correlation["pooled"] is not None
+    oracle = load_script("oracle")
+    text = oracle.report(table, {"metric_gain": solve(table, "metric_gain")}, correlation, None)
+    assert "1: undefined (the reward is constant over the leaves)" in text and "nan" not in text
+    assert "Undefined on seed(s) 1" in text
+
+
 def test_oracle_reports_every_schedule_on_dev_and_the_dev_headroom(tmp_path):
     """Dev accuracy = 1 − return: what the reward prefers, dev punishes."""
     table = synthetic_table(tmp_path, {

@@ -171,22 +171,33 @@ def dev_headroom(table: Table) -> dict[str, Any] | None:
             "spread": mean_std(np.nanmax(dev, axis=1) - np.nanmin(dev, axis=1))}
 
 
+def rank_correlation(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation; None where it is undefined (either side constant)."""
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
 def reward_dev_correlation(table: Table) -> dict[str, Any]:
     """Does the reward split measure what we care about? Spearman's rank correlation over leaves
-    between the final reward-split metric and the GLUE dev metric, per seed and pooled."""
+    between the final reward-split metric and the GLUE dev metric, per seed and pooled. A seed
+    whose leaves all share one reward-split metric (a coarse metric on a small split, such as F1
+    on 128 examples) has no ranking to compare: its value is None, and ``constant`` names it."""
     metric = dev_metric_name(table)
-    per_seed, pooled_reward, pooled_dev = {}, [], []
+    per_seed, constant, pooled_reward, pooled_dev = {}, [], [], []
     for seed in table.seeds:
         leaves = [leaf for leaf in table.leaves(seed) if "dev" in leaf]
         if not leaves:
             continue
         reward_values = [leaf["metric"] for leaf in leaves]
         dev_values = [leaf["dev"][metric] for leaf in leaves]
-        per_seed[seed] = float(spearmanr(reward_values, dev_values).statistic)
+        per_seed[seed] = rank_correlation(reward_values, dev_values)
+        if len(set(reward_values)) < 2:
+            constant.append(seed)
         pooled_reward += reward_values
         pooled_dev += dev_values
-    pooled = float(spearmanr(pooled_reward, pooled_dev).statistic) if pooled_reward else float("nan")
-    return {"dev_metric": metric, "per_seed": per_seed, "pooled": pooled}
+    return {"dev_metric": metric, "per_seed": per_seed, "pooled": rank_correlation(pooled_reward, pooled_dev),
+            "constant": constant}
 
 
 def subset_names(knowledge: list[str]) -> list[str]:
