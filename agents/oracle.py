@@ -5,6 +5,8 @@
 
 For each reward variant, from the table alone (no model, no data):
   - the hindsight-optimal schedule of each seed (the oracle);
+  - the closed loop: the best a policy that reads the observation but cannot see the seed can do
+    (every seed starts from the same student, so the first action is one choice for all seeds);
   - the best open-loop schedule: one fixed sequence, best on average over seeds;
   - the best constant action, and every named fixed policy (kd, gkd, all, none, only-*, ramps);
   - the headroom: oracle minus best constant, mean ± std over seeds (and the open-loop headroom);
@@ -54,6 +56,10 @@ def rho_text(value: float | None) -> str:
     return "undefined (the reward is constant over the leaves)" if value is None else f"{value:+.3f}"
 
 
+def loop_kind(loop: dict) -> str:
+    return "exact" if loop["exact"] else "upper bound: two seeds would need two actions on one observation"
+
+
 def schedule_text(schedule, names) -> str:
     return " → ".join(names[a] for a in schedule)
 
@@ -86,6 +92,9 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
                   "|---|---|---|---|",
                   f"| oracle (per seed, hindsight) | {fmt(result['oracle']['return'])} | {dev_cell(result['oracle'])} | "
                   "per seed below |",
+                  f"| closed loop (seed-blind, reads the observation; {loop_kind(result['closed_loop'])}) | "
+                  f"{fmt(result['closed_loop']['return'])} | | first "
+                  f"{' / '.join(names[a] for a in result['closed_loop']['first_actions'])}, then per seed below |",
                   f"| best open-loop | {fmt(result['open_loop']['return'])} | {dev_cell(result['open_loop'])} | "
                   f"{schedule_text(result['open_loop']['schedule'], names)} |",
                   f"| best constant | {fmt(result['best_constant']['return'])} | {dev_cell(result['best_constant'])} | "
@@ -94,7 +103,12 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
             lines.append(f"| {name} | {fmt(policy['return'])} | {dev_cell(policy)} | "
                          f"{schedule_text(policy['schedule'], names)} |")
         lines += ["", f"Headroom (oracle − best constant): {fmt(result['headroom'])}; "
+                  f"closed loop − best constant: {fmt(result['closed_loop_headroom'])}; "
                   f"open-loop − best constant: {fmt(result['open_loop_headroom'])}.", "",
+                  "Closed-loop schedule per seed: " + "; ".join(
+                      f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
+                      for seed, schedule, value in zip(result["seeds"], result["closed_loop"]["schedules"],
+                                                       result["closed_loop"]["per_seed"])) + ".", "",
                   "Oracle schedule per seed: " + "; ".join(
                       f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
                       for seed, schedule, value in zip(result["seeds"], result["oracle"]["schedules"],

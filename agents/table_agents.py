@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from kdenv.benchmark.oracle import action_names, all_returns, constant_columns, mean_std
+from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, mean_std
 from kdenv.benchmark.table import Table, TableError, benchmarks_dir
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.config import ConfigError, save_run_config
@@ -230,6 +230,8 @@ class TableStudy:
                ("test_return", "regret", "gain_over_best_constant", "gain_over_open_loop")},
             "train": {"oracle_return": mean_std(train_oracle),
                       "best_constant_regret": mean_std(train_oracle - self.returns[train_rows, self.best_constant]),
+                      "closed_loop_regret": mean_std(train_oracle - np.array(
+                          closed_loop(table, self.sequences, self.returns, train_rows)["per_seed"])),
                       **{key: mean_std([a["train"][key] for a in agents]) for key in
                          ("return", "regret", "gain_over_best_constant", "gain_over_open_loop")}},
             "agents": agents,
@@ -271,7 +273,9 @@ def write_results(run_dir: Path, summary: dict[str, Any], names: list[str]) -> N
         f"| best open-loop (chosen on train seeds): {text(summary['open_loop']['schedule'])} | "
         f"{fmt(summary['open_loop']['test_return'])} | | | |",
         "", f"The same agents on their train seeds {summary['train_seeds']} (mean over those seeds, then mean ± std "
-        f"over agents; the best constant's regret there is {fmt(summary['train']['best_constant_regret'])}):", "",
+        f"over agents; the best constant's regret there is {fmt(summary['train']['best_constant_regret'])}, and the "
+        f"least any seed-blind policy that reads the observation can have is "
+        f"{fmt(summary['train']['closed_loop_regret'])}):", "",
         "| | train-seed return | regret | gain vs best constant | gain vs best open-loop |", "|---|---|---|---|---|",
         f"| agents | {fmt(summary['train']['return'])} | {fmt(summary['train']['regret'])} | "
         f"{fmt(summary['train']['gain_over_best_constant'])} | {fmt(summary['train']['gain_over_open_loop'])} |",

@@ -192,14 +192,16 @@ def test_table_env_rewards_and_seed_splits(built):
         env.reset(options={"table_seed": 1})
 
 
-def synthetic_table(directory, returns_by_seed, dev=lambda value: value):
+def synthetic_table(directory, returns_by_seed, dev=lambda value: value, observe_seed=False):
     """A 1-type, 2-phase table whose leaf returns are given: rewards 0 at depth 1, the return at
-    depth 2, and dev accuracy ``dev(return)`` at the leaves. Actions 0/1 = logits off/on."""
+    depth 2, and dev accuracy ``dev(return)`` at the leaves. Actions 0/1 = logits off/on. Every seed
+    shares the root observation; after the first phase the observations tell seeds apart only with
+    ``observe_seed``."""
     nodes_by_seed = {}
     for seed, returns in returns_by_seed.items():
         records = [{"history": [], "depth": 0, "observation": [0.0] * 11, "metric": 0.0, "loss": 1.0}]
         for a in range(2):
-            records.append({"history": [a], "depth": 1, "observation": [0.5] + [0.0] * 10, "metric": 0.0,
+            records.append({"history": [a], "depth": 1, "observation": [0.5, seed * observe_seed] + [0.0] * 9, "metric": 0.0,
                             "loss": 1.0, "status": "ok", "terminal": False, "weights": {"logits": float(a)},
                             "rewards": {"metric_gain": 0.0}})
             for b in range(2):
@@ -251,6 +253,27 @@ def test_the_reward_dev_correlation_of_a_seed_whose_leaves_all_tie_is_undefined_
     text = oracle.report(table, {"metric_gain": solve(table, "metric_gain")}, correlation, None)
     assert "1: undefined (the reward is constant over the leaves)" in text and "nan" not in text
     assert "Undefined on seed(s) 1" in text
+
+
+@pytest.mark.parametrize("observe_seed", [True, False])
+def test_the_closed_loop_shares_the_first_action_and_is_exact_only_when_observations_tell_seeds_apart(
+        tmp_path, observe_seed):
+    from kdenv.benchmark.oracle import all_returns, closed_loop
+
+    table = synthetic_table(tmp_path, {
+        0: {(0, 0): 0.10, (0, 1): 0.30, (1, 0): 0.00, (1, 1): 0.20},
+        1: {(0, 0): 0.10, (0, 1): 0.00, (1, 0): 0.40, (1, 1): 0.20},
+    }, observe_seed=observe_seed)
+    result = solve(table, "metric_gain")
+    # First action 0: seeds reach 0.30 and 0.10 (mean 0.20); first action 1: 0.20 and 0.40 (mean 0.30).
+    loop = result["closed_loop"]
+    assert loop["first_actions"] == [1] and loop["schedules"] == [[1, 1], [1, 0]]
+    assert loop["per_seed"] == pytest.approx([0.20, 0.40]) and loop["return"]["mean"] == pytest.approx(0.30)
+    assert result["closed_loop_headroom"]["mean"] == pytest.approx(0.30 - 0.20)
+    # Seed 0 wants logits on after the first phase, seed 1 off: one policy can do both only if it sees the seed.
+    assert loop["exact"] is observe_seed
+    sequences, returns = all_returns(table, "metric_gain")
+    assert closed_loop(table, sequences, returns, rows=[0])["per_seed"] == pytest.approx([0.30])  # one seed: its oracle
 
 
 def test_oracle_reports_every_schedule_on_dev_and_the_dev_headroom(tmp_path):

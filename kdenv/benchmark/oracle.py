@@ -1,6 +1,7 @@
-"""Exact answers from a table: the hindsight-optimal schedule of each seed, the best open-loop
-schedule (one fixed sequence for every seed), the best constant action, every named fixed policy,
-and the headroom an adaptive schedule could have over the best constant one.
+"""Exact answers from a table: the hindsight-optimal schedule of each seed, the best a seed-blind
+policy that reads the observation can do (closed loop), the best open-loop schedule (one fixed
+sequence for every seed), the best constant action, every named fixed policy, and the headroom an
+adaptive schedule could have over the best constant one.
 
 Returns are in reward units before ``reward_scale`` (for ``metric_gain`` exactly the final minus the
 initial reward-split metric). A phase that crashed ends its episode with the crash penalty."""
@@ -117,6 +118,42 @@ def _dev_of(dev: np.ndarray | None, columns) -> dict[str, float] | None:
     return mean_std([dev[row, column] for row, column in enumerate(columns)])
 
 
+def closed_loop(table: Table, sequences: list[tuple[int, ...]], returns: np.ndarray,
+                rows: list[int] | None = None) -> dict[str, Any]:
+    """The best mean return over these seeds (rows of ``returns``) of a policy that reads the
+    observation but cannot see the seed, as an agent plays. Seeds whose first observations are equal
+    (every seed starts from the same student) must share the first action; after it, each seed may
+    follow its best continuation. That is an upper bound on every such policy, and exactly
+    reachable when the observations along those continuations tell the seeds apart (``exact``;
+    otherwise two seeds would need different actions on one observation)."""
+    rows = list(range(len(table.seeds))) if rows is None else list(rows)
+    seeds = [table.seeds[row] for row in rows]
+    groups: dict[tuple[float, ...], list[int]] = {}
+    for index, seed in enumerate(seeds):
+        groups.setdefault(tuple(table.nodes[seed][()]["observation"]), []).append(index)
+    by_first = {action: [column for column, sequence in enumerate(sequences) if sequence[0] == action]
+                for action in range(table.num_actions)}
+    columns = [0] * len(rows)
+    for members in groups.values():
+        best = {action: [max(cols, key=lambda c: returns[rows[i], c]) for i in members] for action, cols in by_first.items()}
+        first = max(best, key=lambda action: np.mean([returns[rows[i], c] for i, c in zip(members, best[action])]))
+        for i, column in zip(members, best[first]):
+            columns[i] = column
+    per_seed = [float(returns[row, column]) for row, column in zip(rows, columns)]
+    chosen: dict[tuple[float, ...], int] = {}
+    exact = True
+    for seed, column in zip(seeds, columns):
+        sequence = sequences[column]
+        for depth in range(1, table.phases):
+            node = table.nodes[seed].get(tuple(sequence[:depth]))
+            if node is None or node.get("status") != "ok" or node.get("terminal"):
+                break
+            action = chosen.setdefault(tuple(node["observation"]), sequence[depth])
+            exact = exact and action == sequence[depth]
+    return {"per_seed": per_seed, "return": mean_std(per_seed), "schedules": [list(sequences[c]) for c in columns],
+            "first_actions": sorted({sequences[c][0] for c in columns}), "exact": exact}
+
+
 def solve(table: Table, reward: str) -> dict[str, Any]:
     """The oracle, the best open-loop and constant schedules, the named policies and the headroom;
     with each schedule's GLUE dev metric (analysis only) where the table records it."""
@@ -129,6 +166,7 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     constants = constant_columns(table, sequences)
     best_constant = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]
     oracle = returns[np.arange(len(seeds)), oracle_index]
+    loop = closed_loop(table, sequences, returns)
     policies = {}
     for name in named_policies(table):
         schedules = [policy_schedule(table, name, seed) for seed in seeds]
@@ -150,6 +188,8 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
         "policies": policies,
         "headroom": mean_std(oracle - returns[:, best_constant]),
         "open_loop_headroom": mean_std(returns[:, open_loop] - returns[:, best_constant]),
+        "closed_loop": loop,
+        "closed_loop_headroom": mean_std(np.array(loop["per_seed"]) - returns[:, best_constant]),
     }
 
 
