@@ -52,8 +52,10 @@ def fmt(stats: dict[str, float]) -> str:
     return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
 
 
-def rho_text(value: float | None) -> str:
-    return "undefined (the reward is constant over the leaves)" if value is None else f"{value:+.3f}"
+def rho_text(value: float | None, constant_reward: bool = True) -> str:
+    if value is not None:
+        return f"{value:+.3f}"
+    return f"undefined (the {'reward' if constant_reward else 'dev metric'} is constant over the leaves)"
 
 
 def loop_kind(loop: dict) -> str:
@@ -70,7 +72,8 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
              f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", ""]
     lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
                  f"{rho_text(correlation['pooled'])}; per seed " +
-                 ", ".join(f"{seed}: {rho_text(value)}" for seed, value in correlation["per_seed"].items()) + ".")
+                 ", ".join(f"{seed}: {rho_text(value, seed in correlation['constant'])}"
+                           for seed, value in correlation["per_seed"].items()) + ".")
     if correlation["constant"]:
         lines.append(f"Undefined on seed(s) {', '.join(map(str, correlation['constant']))}: every leaf ends with the same "
                      "reward-split metric there, so the reward cannot rank their schedules at all (a coarse metric "
