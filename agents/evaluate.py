@@ -129,6 +129,12 @@ def run_identity(data_config: DataConfig, distill_config: DistillConfig, runtime
             "software": {k: software[k] for k in ("python", "torch", "transformers", "torch_threads")}}
 
 
+def defined_mean(values: list[float]) -> float:
+    """Mean of the defined (non-NaN) values; NaN, without numpy's empty-slice warning, when none is."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()
@@ -234,7 +240,7 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
         mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
         means.append(mean)
         stds.append(std)
-        loyalty = {k: float(np.nanmean([r[k] for r in group])) for k in ("label_loyalty", "probability_loyalty", "saliency_loyalty")}
+        loyalty = {k: defined_mean([r[k] for r in group]) for k in ("label_loyalty", "probability_loyalty", "saliency_loyalty")}
         wall = float(np.mean([r["wall_time_s"] for r in group]))
         cost = group[0].get("agent_training_s")
         cost_runs = cost / distill_seconds if cost else None

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -104,3 +105,11 @@ def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_di
     runs = json.loads((out / "runs.json").read_text())
     assert runs[0]["config"]["task"] == "rte" and runs[0]["policy"].startswith("agent:a2c")
     assert len(runs[0]["schedule"]) == 2
+
+
+def test_loyalty_means_skip_undefined_values_without_a_numpy_warning():
+    defined_mean = load_script("evaluate").defined_mean
+    assert defined_mean([0.5, float("nan"), 0.7]) == pytest.approx(0.6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would raise here
+        assert np.isnan(defined_mean([float("nan"), float("nan")]))
