@@ -1,58 +1,15 @@
 """Replay schedules of a table on the live trainer and check every recorded observation and
 reward. On the CPU, with the table's teacher, software and thread count, the match is exact.
 
-    python agents/validate_table.py --task stsb                       # the oracle schedule of each seed
-    python agents/validate_table.py --task stsb --seed 2 --schedule 7,0,3
+    python agents/validate_table.py --table stsb                      # the oracle schedule of each seed
+    python agents/validate_table.py --table stsb --seed 2 --schedule 7,0,3
 
-Needs what the table itself does not: the task's teacher (its fingerprint must be the table's)
-and the GLUE files (--data-dir or $KDENV_GLUE_DIR).
+The program is kdenv.commands.validate_table (installed as `kdenv-validate-table`); `--help` lists every flag.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from kdenv.benchmark.oracle import solve
-from kdenv.benchmark.table import Table, TableError, benchmarks_dir
-from kdenv.benchmark.tree import parse_prefix
-from kdenv.benchmark.validate import check_teacher, table_setup, validate
-from kdenv.cli import add_common_arguments, fail
-from kdenv.engine.data import DataError
-from kdenv.engine.models import ModelError
-from kdenv.engine.runtime import quiet_transformers
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="a task whose table ships in benchmarks/<task>/")
-    source.add_argument("--table", help="a table folder")
-    parser.add_argument("--seed", type=int, default=None, help="replay on this seed only (default: every seed)")
-    parser.add_argument("--schedule", default=None, help="subset indices, e.g. 7,0,3 (default: each seed's oracle schedule)")
-    add_common_arguments(parser.add_argument)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet_transformers()
-    try:
-        table = Table.load(benchmarks_dir() / args.task if args.task else Path(args.table))
-        seeds = table.seeds if args.seed is None else [args.seed]
-        oracle = dict(zip(table.seeds, solve(table, "metric_gain")["oracle"]["schedules"]))
-        schedules = {seed: list(parse_prefix(args.schedule)) if args.schedule else oracle[seed] for seed in seeds}
-        environment = table_setup(table, args.data_dir, args.device).build_env(progress=not args.no_progress)
-        check_teacher(table, environment)
-        results = [validate(table, schedules[seed], seed, environment) for seed in seeds]
-    except (TableError, DataError, ModelError, ValueError, OSError, KeyError) as error:
-        return fail(error)
-    for result in results:
-        verdict = "exact match" if result.ok else f"{len(result.mismatches)} mismatches: " + "; ".join(result.mismatches[:3])
-        print(f"seed {result.seed}, schedule {result.schedule}: {verdict}")
-    return 0 if all(result.ok for result in results) else 1
-
+from kdenv.commands.validate_table import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 random actions, against Gymnasium's CartPole-v1 (a pure-Python environment) measured in the same
 run. Target: at least 10,000 table steps per second on the 2-core CPU.
 
-    python bench/table_env.py --task stsb          # a shipped table
+    python bench/table_env.py --table stsb          # a shipped table
     python bench/table_env.py                      # a synthetic table of the shipped shape (K=3, P=3, 4 seeds)
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from kdenv.benchmark.table import Table, benchmarks_dir, write_manifest, write_seed
+from kdenv.benchmark.table import Table, resolve_table, write_manifest, write_seed
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 
 
@@ -54,12 +54,13 @@ def steps_per_second(env, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default=None, help="a task with a table in benchmarks/ (default: a synthetic table)")
+    parser.add_argument("--table", default=None, metavar="NAME|PATH",
+                        help="a shipped table's name or a table folder (default: a synthetic table)")
     parser.add_argument("--steps", type=int, default=100_000, help="steps per measurement (default 100000)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats, median reported")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        table = Table.load(benchmarks_dir() / args.task) if args.task else synthetic(Path(scratch))
+        table = resolve_table(args.table) if args.table else synthetic(Path(scratch))
         rows = []
         for space in ("discrete", "multibinary", "box"):
             env = KnowledgeSelectionTableEnv(table, action_space=space)
@@ -69,7 +70,7 @@ def main() -> None:
                 table_rates.append(steps_per_second(env, args.steps))
                 cart_rates.append(steps_per_second(cartpole, args.steps))
             rows.append((space, float(np.median(table_rates)), float(np.median(cart_rates))))
-    print(f"table: {args.task or 'synthetic'} ({table.num_actions} actions, {table.phases} phases, {len(table.seeds)} seeds)")
+    print(f"table: {args.table or 'synthetic'} ({table.num_actions} actions, {table.phases} phases, {len(table.seeds)} seeds)")
     print("| action space | table env steps/s | CartPole-v1 steps/s | table / CartPole | table / 10,000 target |")
     print("|---|---|---|---|---|")
     for space, rate, cart in rows:

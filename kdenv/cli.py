@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from kdenv.config import ConfigError
+
 
 def add_common_arguments(add: Callable, progress_help: str = "hide progress bars", precision: bool = True) -> None:
     """--data-dir, --device, --precision and --no-progress, with the same meaning everywhere
@@ -80,7 +82,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
             continue
         flag = "--" + rename.get(field.name, field.name.replace("_", "-"))
         default = defaults.get(field.name, _default_of(field))
-        help_text = f"{field.metadata['help']} (default: {_shown(default)})"
+        shown = default if isinstance(default, str) and default.startswith("per --preset") else _shown(default)
+        help_text = f"{field.metadata['help']} (default: {shown})"
         dest = f"{prefix}.{field.name}"
         if field.type == "bool":
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
@@ -106,3 +109,20 @@ def fail(error: Exception | str, code: int = 2) -> int:
     """Prints a clear one-line error (no traceback) and returns the exit code."""
     print(f"error: {error}", file=sys.stderr)
     return code
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """A seed list as every script takes it: ``0-3``, ``0,2,5`` or both (``0-3,8``); distinct
+    integers >= 0, in the order given. Anything else is refused naming ``flag`` and the syntax."""
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            low, sep, high = part.partition("-")
+            if sep and int(high) < int(low):
+                raise ValueError
+            seeds.extend(range(int(low), int(high) + 1) if sep else [int(low)])
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"{flag} {text!r}: give distinct whole numbers >= 0, e.g. 0-3, 0,2,5 or 0-3,8")
+    return seeds

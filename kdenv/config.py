@@ -244,9 +244,27 @@ class EnvConfig:
         return self.phases * self.updates_per_phase
 
 
-def budget_env_fields(budget: Budget) -> dict[str, Any]:
-    """The EnvConfig fields a budget sets."""
-    return {"phases": budget.phases, "updates_per_phase": budget.updates_per_phase or 1, "epochs": budget.epochs}
+def budget_env_fields(budget: Budget, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The EnvConfig fields a budget sets. ``given`` (the env fields set on the command line):
+    an explicit ``updates_per_phase`` replaces the budget's ``epochs``, which would derive it."""
+    fields = {"phases": budget.phases, "updates_per_phase": budget.updates_per_phase or 1, "epochs": budget.epochs}
+    if "updates_per_phase" in (given or {}):
+        fields["epochs"] = None
+    return fields
+
+
+def budget_help_defaults() -> dict[str, str]:
+    """For --help: the value each --preset gives the fields a budget sets, e.g. ``cpu: 4, gpu: 10``."""
+    def values(budget: Budget) -> dict[str, Any]:
+        env = budget_env_fields(budget)
+        if budget.updates_per_phase is None:
+            env["updates_per_phase"] = "from epochs"
+        return {**env, "max_reward_examples": budget.max_reward_examples, "student_layers": budget.student_layers,
+                "teacher_model": budget.teacher_model or "the saved teacher"}
+
+    per_preset = {name: values(budget) for name, budget in BUDGETS.items()}
+    return {field: "per --preset: " + ", ".join(f"{name} {preset[field]}" for name, preset in per_preset.items())
+            for field in per_preset["cpu"]}
 
 
 def to_dict(config: Any) -> dict[str, Any]:

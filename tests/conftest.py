@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,24 +44,34 @@ def all_cores():
     torch.set_num_threads(1)
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "agents" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses defined in scripts look their module up
-    spec.loader.exec_module(module)
-    return module
+def command(name: str):
+    """The program behind ``agents/<name>.py`` (``kdenv.commands.<name>``), to call its ``main``."""
+    return importlib.import_module(f"kdenv.commands.{name}")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_source(tmp_path_factory, glue_dir, tokenizer):
+    """One tiny WNLI teacher for the whole session (fine-tuned for 3 steps from a 4-layer BERT):
+    the base model's folder and the runs folder it was saved under."""
+    from kdenv.engine.models import save_model
+
+    root = tmp_path_factory.mktemp("tiny_teacher")
+    base = root / "tiny_base"
+    save_model(tiny_bert(layers=4, attn_implementation="eager"), tokenizer, base, {})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDENV_RUNS_DIR", str(root / "runs"))
+        assert command("finetune_teacher").main(
+            ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1", "--max-steps", "3",
+             "--no-progress"]) == 0
+    return base, root / "runs"
 
 
 @pytest.fixture
-def tiny_teacher(tmp_path, glue_dir, tokenizer):
-    """A tiny WNLI teacher saved where the scripts look for it (fine-tuned for 3 steps)."""
-    base = tmp_path / "tiny_base"
-    from kdenv.engine.models import save_model
-
-    save_model(tiny_bert(layers=4, attn_implementation="eager"), tokenizer, base, {})
-    assert load_script("finetune_teacher").main(
-        ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1", "--max-steps", "3",
-         "--no-progress"]) == 0
+def tiny_teacher(tiny_teacher_source, private_runs_dir):
+    """The session's tiny WNLI teacher, copied where the scripts look for it in this test's own
+    runs folder (a test may fine-tune it again or damage it without touching the others)."""
+    base, runs = tiny_teacher_source
+    shutil.copytree(runs / "teachers", private_runs_dir / "teachers")
     return base
 
 

@@ -13,7 +13,7 @@ from kdenv.decision.algorithms import ALGORITHMS, load_hyperparams
 from kdenv.decision.policies import FixedPolicy
 from kdenv.decision.schedules import run_episode
 from kdenv.decision.wrappers import MultiDiscreteOnOff
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, command
 from tests.test_env import make_tiny_env
 
 SMALL = {  # shrink buffers and batches so that a few environment steps train something
@@ -29,10 +29,8 @@ def test_every_algorithm_learns_on_its_action_space(name):
     algorithm = ALGORITHMS[name]
     env = make_tiny_env(algorithm.action_space)
     agent_env = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
-    params = load_hyperparams(name)
-    params.update(SMALL[name])
-    policy = params.pop("policy")
-    model = algorithm.load_class()(policy, agent_env, seed=0, **params)
+    hyperparams = load_hyperparams(name)
+    model = algorithm.load_class()(hyperparams.policy, agent_env, seed=0, **{**hyperparams.kwargs, **SMALL[name]})
     before = {k: v.clone() for k, v in model.policy.state_dict().items()}
     model.learn(total_timesteps=8)
     after = model.policy.state_dict()
@@ -81,7 +79,7 @@ def test_train_a2c_help_runs():
 
 def test_train_command_end_to_end_writes_schedules_to_tensorboard(tiny_teacher, glue_dir, tmp_path):
     out = tmp_path / "a2c_run"
-    code = load_script("train_a2c").main(
+    code = command("train").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--phases", "2", "--updates-per-phase", "1",
          "--total-timesteps", "4", "--max-train-examples", "32", "--max-reward-examples", "16",
          "--tensorboard-log", str(out), "--no-progress", "--hp", "n_steps=2"], default_algo="a2c")
@@ -115,7 +113,7 @@ def test_train_command_end_to_end_writes_schedules_to_tensorboard(tiny_teacher, 
     assert "| agent:a2c |" in text and "| kd |" in text
     # A second algorithm runs from the same command without code changes, resuming is possible.
     resumed = tmp_path / "a2c_resumed"
-    assert load_script("train").main(
+    assert command("train").main(
         ["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), "--phases", "2", "--updates-per-phase", "1",
          "--total-timesteps", "2", "--max-train-examples", "32", "--max-reward-examples", "16", "--baselines", "",
          "--resume", str(out / "agent.zip"), "--tensorboard-log", str(resumed), "--no-progress"]) == 0

@@ -34,14 +34,14 @@ def built(tmp_path_factory, glue_dir, tokenizer):
     import os
 
     from kdenv.engine.models import save_model
-    from tests.conftest import load_script, tiny_bert
+    from tests.conftest import command, tiny_bert
 
     root = tmp_path_factory.mktemp("bench")
     old = os.environ.get("KDENV_RUNS_DIR")
     os.environ["KDENV_RUNS_DIR"] = str(root / "runs")
     try:
         save_model(tiny_bert(layers=4, attn_implementation="eager"), tokenizer, root / "base", {})
-        assert load_script("finetune_teacher").main(
+        assert command("finetune_teacher").main(
             ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(root / "base"), "--epochs", "1",
              "--max-steps", "3", "--no-progress"]) == 0
         setup = tiny_setup(glue_dir)
@@ -135,10 +135,10 @@ def test_the_cost_estimate_times_every_action_once_and_writes_nothing(built, tmp
 
 
 def test_build_tree_estimate_prints_the_projected_cost(built, glue_dir, monkeypatch, capsys):
-    from tests.conftest import load_script
+    from tests.conftest import command
 
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
-    assert load_script("build_tree").main(
+    assert command("build_tree").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0", "--knowledge", "logits,gradient", "--phases", "2",
          "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--threads", "1",
          "--estimate", "--no-progress"]) == 0
@@ -240,7 +240,7 @@ def test_oracle_known_answers(tmp_path):
 
 def test_the_reward_dev_correlation_of_a_seed_whose_leaves_all_tie_is_undefined_not_nan(tmp_path):
     """MRPC's F1 on 128 examples gave every leaf of a seed the same value: no ranking to compare."""
-    from tests.conftest import load_script
+    from tests.conftest import command
 
     table = synthetic_table(tmp_path, {
         0: {(0, 0): 0.10, (0, 1): 0.30, (1, 0): 0.00, (1, 1): 0.20},
@@ -249,7 +249,7 @@ def test_the_reward_dev_correlation_of_a_seed_whose_leaves_all_tie_is_undefined_
     correlation = reward_dev_correlation(table)
     assert correlation["per_seed"] == {0: pytest.approx(1.0), 1: None} and correlation["constant"] == [1]
     assert correlation["pooled"] is not None
-    oracle = load_script("oracle")
+    oracle = command("oracle")
     text = oracle.report(table, {"metric_gain": solve(table, "metric_gain")}, correlation, None)
     assert "1: undefined (the reward is constant over the leaves)" in text and "nan" not in text
     assert "Undefined on seed(s) 1" in text
@@ -348,20 +348,20 @@ def test_a_table_is_replayed_in_the_precision_it_was_built_in(built):
 
 
 def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
-    from tests.conftest import load_script
+    from tests.conftest import command
 
     table_dir = tmp_path / "table"
     common = ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0-1", "--phases", "2", "--updates-per-phase",
               "1", "--knowledge", "logits,gradient", "--max-train-examples", "32", "--max-reward-examples", "16",
               "--no-progress"]
-    build = load_script("build_tree")
+    build = command("build_tree")
     assert build.main([*common, "--job", "0:2", "--output", str(table_dir)]) == 0  # one job, no table yet
     assert not (table_dir / "manifest.json").exists()
     assert build.main([*common, "--output", str(table_dir)]) == 0
     table = Table.load(table_dir)
     assert table.seeds == [0, 1] and all(len(nodes) == 21 for nodes in table.nodes.values())
     out = tmp_path / "oracle"
-    assert load_script("oracle").main(["--table", str(table_dir), "--output-dir", str(out)]) == 0
+    assert command("oracle").main(["--table", str(table_dir), "--output-dir", str(out)]) == 0
     report = json.loads((out / "oracle.json").read_text())
     result = report["results"]["metric_gain"]
     assert result["oracle"]["return"]["mean"] >= result["open_loop"]["return"]["mean"] >= \
@@ -374,17 +374,17 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
 
 
 def test_build_refuses_bad_seeds(glue_dir, capsys):
-    from tests.conftest import load_script
+    from tests.conftest import command
 
-    assert load_script("build_tree").main(["--task", "wnli", "--seeds", "3-1", "--data-dir", str(glue_dir)]) == 2
+    assert command("build_tree").main(["--task", "wnli", "--seeds", "3-1", "--data-dir", str(glue_dir)]) == 2
     assert "--seeds '3-1'" in capsys.readouterr().err
 
 
 def test_validate_command_replays_the_oracle_schedules(built, glue_dir, monkeypatch, capsys):
-    from tests.conftest import load_script
+    from tests.conftest import command
 
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
-    assert load_script("validate_table").main(["--table", str(built["table"]), "--data-dir", str(glue_dir),
+    assert command("validate_table").main(["--table", str(built["table"]), "--data-dir", str(glue_dir),
                                                "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.count("exact match") == 2
@@ -393,18 +393,18 @@ def test_validate_command_replays_the_oracle_schedules(built, glue_dir, monkeypa
 def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, glue_dir, tmp_path, monkeypatch):
     """The table's observations are the live ones, so a table agent taken to the real trainer
     (agents/evaluate.py --policies agent:<zip>) plays the schedule it played on the table."""
-    from tests.conftest import load_script
+    from tests.conftest import command
 
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
     agent_run = tmp_path / "agent"
     # The tiny tree's loss changes are ~1e-5: scaled up, the agent learns a non-trivial schedule
     # (gradient on) instead of its initial all-off one.
-    assert load_script("train").main(["--algo", "a2c", "--table", str(built["table"]), "--episodes", "30",
+    assert command("train_table").main(["--algo", "a2c", "--table", str(built["table"]), "--episodes", "30",
                                       "--agent-seeds", "1", "--output-dir", str(agent_run), "--no-progress",
                                       "--reward", "loss_decrease", "--reward-scale", "1e5", "--hp", "n_steps=2"]) == 0
     on_table = json.loads((agent_run / "results.json").read_text())["agents"][0]["schedules"]["1"]  # held-out seed 1
     out = tmp_path / "live"
-    assert load_script("evaluate").main(
+    assert command("evaluate").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_run / 'agent_seed0.zip'}",
          "--seeds", "2", "--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32",
          "--max-reward-examples", "16", "--output-dir", str(out), "--no-progress"]) == 0

@@ -8,7 +8,7 @@ import pytest
 
 from kdenv.engine.models import save_model
 from kdenv.engine.teacher import load_teacher
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, command
 
 
 def test_finetune_teacher_help_explains_every_flag():
@@ -21,7 +21,7 @@ def test_finetune_teacher_help_explains_every_flag():
 def test_finetune_teacher_saves_a_reusable_teacher(tmp_path, glue_dir, tokenizer, tiny_bert_factory, capsys, private_runs_dir):
     base = tmp_path / "tiny_base"
     save_model(tiny_bert_factory(layers=2), tokenizer, base, {})
-    script = load_script("finetune_teacher")
+    script = command("finetune_teacher")
     args = ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1",
             "--max-steps", "3", "--no-progress"]
     assert script.main(args) == 0
@@ -45,7 +45,7 @@ def test_finetune_teacher_saves_a_reusable_teacher(tmp_path, glue_dir, tokenizer
     ],
 )
 def test_finetune_teacher_bad_input_gives_one_clear_error(args, message, capsys, glue_dir):
-    script = load_script("finetune_teacher")
+    script = command("finetune_teacher")
     if "--data-dir" not in args:
         args = args + ["--data-dir", str(glue_dir)]
     assert script.main(args + ["--no-progress"]) == 2
@@ -62,7 +62,7 @@ def test_distill_help_lists_presets_and_flags():
 @pytest.mark.parametrize("knowledge", ["gkd", "logits=0.5,hidden=1,attention=1,relation=0.5,gradient_cls=1"])
 def test_distill_runs_end_to_end_and_writes_results(knowledge, tiny_teacher, glue_dir, private_runs_dir, tmp_path):
     out = tmp_path / "run"
-    code = load_script("distill").main(
+    code = command("distill").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", knowledge, "--epochs", "1",
          "--max-train-examples", "64", "--output-dir", str(out), "--no-progress"])
     assert code == 0
@@ -77,5 +77,5 @@ def test_distill_runs_end_to_end_and_writes_results(knowledge, tiny_teacher, glu
 
 
 def test_distill_rejects_unknown_knowledge(tiny_teacher, glue_dir, capsys):
-    assert load_script("distill").main(["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "soft", "--no-progress"]) == 2
+    assert command("distill").main(["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "soft", "--no-progress"]) == 2
     assert "unknown knowledge 'soft'" in capsys.readouterr().err

@@ -11,13 +11,13 @@ from kdenv.config import DataConfig, DistillConfig, EnvConfig
 from kdenv.decision.algorithms import SavedAgent
 from kdenv.decision.factory import make_env
 from kdenv.decision.schedules import run_episode
-from tests.conftest import load_script
+from tests.conftest import command
 
 TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
 
 
 def train_tiny_agent(glue_dir, out):
-    assert load_script("train").main(
+    assert command("train").main(
         ["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), *TINY, "--total-timesteps", "4",
          "--tensorboard-log", str(out), "--no-progress", "--hp", "n_steps=2", "--baselines", ""]) == 0
     return out / "agent.zip"
@@ -38,7 +38,7 @@ def test_saved_agent_reproduces_its_recorded_schedule(tiny_teacher, glue_dir, tm
 
 def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, tmp_path, monkeypatch):
     agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")
-    evaluate = load_script("evaluate")
+    evaluate = command("evaluate")
     args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"kd,agent:{agent_path}", "--seeds", "2",
             *TINY, "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval1")]) == 0
@@ -81,7 +81,7 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
 def test_first_seed_moves_the_episode_seeds(tiny_teacher, glue_dir, tmp_path):
     """--first-seed 3 --seeds 2 runs episode seeds 3 and 4, and its runs are those of seeds 3 and 4 in a
     0..4 evaluation (the same cache entries): seeds a table never held are reachable."""
-    evaluate = load_script("evaluate")
+    evaluate = command("evaluate")
     common = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd", *TINY, "--no-progress"]
     assert evaluate.main([*common, "--first-seed", "3", "--seeds", "2", "--output-dir", str(tmp_path / "late")]) == 0
     late = json.loads((tmp_path / "late" / "runs.json").read_text())
@@ -95,11 +95,11 @@ def test_first_seed_moves_the_episode_seeds(tiny_teacher, glue_dir, tmp_path):
 
 def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_dir, tmp_path):
     agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")  # trained on WNLI
-    assert load_script("finetune_teacher").main(
+    assert command("finetune_teacher").main(
         ["--task", "rte", "--data-dir", str(glue_dir), "--model", str(tiny_teacher), "--epochs", "1",
          "--max-steps", "2", "--no-progress"]) == 0
     out = tmp_path / "transfer"
-    assert load_script("evaluate").main(
+    assert command("evaluate").main(
         ["--task", "rte", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_path}", "--seeds", "1",
          *TINY, "--output-dir", str(out), "--no-progress"]) == 0
     runs = json.loads((out / "runs.json").read_text())
@@ -108,7 +108,7 @@ def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_di
 
 
 def test_loyalty_means_skip_undefined_values_without_a_numpy_warning():
-    defined_mean = load_script("evaluate").defined_mean
+    defined_mean = command("evaluate").defined_mean
     assert defined_mean([0.5, float("nan"), 0.7]) == pytest.approx(0.6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "Mean of empty slice" would raise here

@@ -18,14 +18,14 @@ from kdenv.engine.models import ModelError
 from kdenv.engine.tasks import get_task
 from kdenv.engine.teacher import load_teacher, teacher_metadata
 from kdenv.io import atomic_directory, check_writable
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, command
 from tests.test_env import make_tiny_env
 
 TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
 
 
 def train(glue_dir, out, *extra, algo="a2c"):
-    return load_script("train").main(
+    return command("train").main(
         ["--algo", algo, "--task", "wnli", "--data-dir", str(glue_dir), *TINY, "--total-timesteps", "4",
          "--output-dir", str(out), "--no-progress", "--baselines", "", *extra])
 
@@ -61,11 +61,11 @@ def test_async_vector_env_steps_with_the_default_fork_start_method(tiny_teacher,
 
 
 def test_evaluation_reruns_after_the_teacher_is_fine_tuned_again(tiny_teacher, glue_dir, tmp_path, capsys):
-    evaluate = load_script("evaluate")
+    evaluate = command("evaluate")
     args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd", "--seeds", "1", *TINY, "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "first")]) == 0
     first = json.loads((tmp_path / "first" / "runs.json").read_text())[0]
-    assert load_script("finetune_teacher").main(
+    assert command("finetune_teacher").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(tiny_teacher), "--epochs", "1",
          "--max-steps", "2", "--seed", "7", "--force", "--no-progress"]) == 0
     capsys.readouterr()
@@ -129,7 +129,7 @@ def test_interrupted_training_saves_the_agent_and_resume_uses_its_settings(tiny_
 def test_an_agent_trained_with_cls_state_evaluates(tiny_teacher, glue_dir, tmp_path):
     assert train(glue_dir, tmp_path / "cls", "--cls-state", "--hp", "n_steps=2") == 0
     out = tmp_path / "eval"
-    assert load_script("evaluate").main(
+    assert command("evaluate").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"agent:{tmp_path / 'cls' / 'agent.zip'}",
          "--seeds", "1", *TINY, "--output-dir", str(out), "--no-progress"]) == 0
     assert json.loads((out / "runs.json").read_text())[0]["config"]["env"]["cls_state"] is True
@@ -175,7 +175,7 @@ def test_damaged_teacher_files_name_the_file_and_the_fix(tiny_teacher, glue_dir,
     record.write_text(record.read_text()[:50])
     with pytest.raises(ModelError, match=r"teacher record .*kdenv.json is damaged.*--force"):
         teacher_metadata("wnli")
-    assert load_script("finetune_teacher").main(
+    assert command("finetune_teacher").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(tiny_teacher), "--epochs", "1",
          "--max-steps", "2", "--force", "--no-progress"]) == 0
     assert teacher_metadata("wnli")["steps"] == 2 and load_teacher("wnli")[0] is not None
@@ -232,7 +232,7 @@ def test_step_after_the_episode_ended_needs_a_reset():
     (["--reward-scale", "nan"], "reward_scale must be a finite"),
 ])
 def test_train_refuses_bad_settings_before_building_anything(extra, message, glue_dir, tmp_path, capsys, monkeypatch):
-    script = load_script("train")
+    script = command("train")
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("the environment was built before the settings were checked")
@@ -260,13 +260,13 @@ def test_unwritable_output_folders_are_refused_with_the_fix(tmp_path, monkeypatc
     with pytest.raises(OSError, match="No space left on device"):
         check_writable(tmp_path / "run")
     monkeypatch.undo()
-    code = load_script("train").main(["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), "--output-dir",
+    code = command("train").main(["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), "--output-dir",
                                       str(blocker / "run"), "--no-progress"])
     assert code == 2 and "cannot write outputs" in capsys.readouterr().err
 
 
 def test_evaluate_prints_clear_errors(glue_dir, tmp_path, capsys):
-    evaluate = load_script("evaluate")
+    evaluate = command("evaluate")
     cases = [
         (["--policies", f"agent:{tmp_path / 'missing.zip'}"], "does not exist; pass the agent.zip"),
         (["--policies", "kd,telepathy"], "unknown policy 'telepathy'"),
@@ -282,7 +282,7 @@ def test_evaluate_prints_clear_errors(glue_dir, tmp_path, capsys):
 
 
 def test_a_teacher_built_on_another_split_can_be_matched_by_flags(tiny_teacher, glue_dir, tmp_path, capsys):
-    assert load_script("finetune_teacher").main(
+    assert command("finetune_teacher").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(tiny_teacher), "--epochs", "1",
          "--max-steps", "2", "--split-seed", "3", "--force", "--no-progress"]) == 0
     assert train(glue_dir, tmp_path / "mismatch", "--hp", "n_steps=2") == 2

@@ -10,7 +10,7 @@ from kdenv.engine.runtime import make_runtime, seed_everything
 from kdenv.engine.tasks import get_task
 from kdenv.engine.teacher import finetune
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_packaged_minilm_fine_tunes_offline_on_real_rte(glue_dir, monkeypatch, all_cores):

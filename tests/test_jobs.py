@@ -11,7 +11,9 @@ import pytest
 import ray
 
 from kdenv.jobs import JobError, JobRunner, check_reachable
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, command
+
+pytestmark = pytest.mark.slow  # Ray clusters and worker processes
 
 TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
 
@@ -41,7 +43,7 @@ def test_a_killed_worker_is_retried_and_every_result_arrives(local_ray, tmp_path
 
 def test_evaluation_with_ray_gives_the_in_process_results(local_ray, tiny_teacher, glue_dir, tmp_path,
                                                           private_runs_dir, capsys):
-    evaluate = load_script("evaluate")
+    evaluate = command("evaluate")
     args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd,only-gradient", "--seeds", "1", *TINY,
             "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "here")]) == 0
@@ -61,7 +63,7 @@ def test_a_tree_built_by_ray_jobs_equals_the_in_process_tree(local_ray, tiny_tea
               "--no-progress"]
     from kdenv.paths import runs_dir
 
-    build = load_script("build_tree")
+    build = command("build_tree")
     assert build.main([*common, "--output", str(tmp_path / "here")]) == 0
     shutil.rmtree(runs_dir() / "trees")  # the Ray build starts from nothing
     assert build.main([*common, "--ray", "--output", str(tmp_path / "ray")]) == 0
@@ -75,7 +77,7 @@ def test_a_tree_built_by_ray_jobs_equals_the_in_process_tree(local_ray, tiny_tea
 
 def test_an_unreachable_cluster_fails_within_seconds(glue_dir, tmp_path, capsys):
     start = time.perf_counter()
-    code = load_script("evaluate").main(["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd",
+    code = command("evaluate").main(["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd",
                                          "--ray-address", "127.0.0.1:1", "--output-dir", str(tmp_path / "out"),
                                          "--no-progress"])
     assert code == 2 and time.perf_counter() - start < 10
@@ -87,7 +89,7 @@ def test_an_unreachable_cluster_fails_within_seconds(glue_dir, tmp_path, capsys)
 
 def test_live_agents_step_two_environments_in_subprocesses(tiny_teacher, glue_dir, tmp_path):
     out = tmp_path / "two"
-    assert load_script("train").main(
+    assert command("train").main(
         ["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), *TINY, "--total-timesteps", "8",
          "--n-envs", "2", "--hp", "n_steps=2", "--baselines", "kd", "--output-dir", str(out), "--no-progress"]) == 0
     schedules = json.loads((out / "schedules.json").read_text())

@@ -1,7 +1,8 @@
 """The package's floor plan: imports run one way. The engine (data, models, knowledge, teacher,
 cache, trainer) never imports the decision layer (env, rewards, policies, agents), neither imports
-the benchmark (tree, tables, oracle), and no module imports, even lazily inside a function, one
-that imports it back."""
+the benchmark (tree, tables, oracle, table studies), nothing imports the programs
+(``kdenv.commands``, the top floor), and no module imports, even lazily inside a function, one
+that imports it back. The scripts in agents/ import only kdenv."""
 
 import ast
 from pathlib import Path
@@ -36,8 +37,10 @@ def graph():
 
 
 @pytest.mark.parametrize("lower, higher", [
-    ("kdenv.engine", ("kdenv.decision", "kdenv.benchmark")),
-    ("kdenv.decision", ("kdenv.benchmark",)),
+    ("kdenv.engine", ("kdenv.decision", "kdenv.benchmark", "kdenv.commands")),
+    ("kdenv.decision", ("kdenv.benchmark", "kdenv.commands")),
+    ("kdenv.benchmark", ("kdenv.commands",)),
+    ("kdenv.config", ("kdenv.engine", "kdenv.decision", "kdenv.benchmark", "kdenv.commands")),
 ])
 def test_lower_floors_never_import_higher_ones(graph, lower, higher):
     upward = {(name, target) for name, targets in graph.items() if name.startswith(lower)
@@ -76,3 +79,18 @@ def test_the_cycle_check_can_fail():
     """A lazy import that closes a loop (as token_saliency's once did) is found."""
     assert find_cycle({"kdenv.engine.a": {"kdenv.engine.b"}, "kdenv.engine.b": {"kdenv.engine.a"}}) == [
         "kdenv.engine.a", "kdenv.engine.b", "kdenv.engine.a"]
+
+
+def test_the_scripts_are_thin_and_import_only_kdenv():
+    """agents/*.py hold no library code: no sys.path games, no sibling imports, only a kdenv program."""
+    scripts = sorted((PACKAGE.parent / "agents").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        tree = ast.parse(script.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert imported <= {"sys", "kdenv"}, (script.name, imported)
+        assert "sys.path" not in script.read_text(), script.name
+        functions = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+        assert not functions, (script.name, [node.name for node in functions])

@@ -11,7 +11,7 @@ from kdenv.config import DistillConfig
 from kdenv.engine.knowledge import KnowledgeError, StepContext, StudentNeeds, build_knowledge_modules, teacher_outputs
 from kdenv.engine.models import student_from_teacher, student_layers_for
 from kdenv.engine.recipes import RECIPES, parse_knowledge
-from tests.conftest import load_script, tiny_bert
+from tests.conftest import command, tiny_bert
 from tests.test_knowledge import RTE, embedding_gradient_alone, rows, run_one
 
 T = 5.0
@@ -36,12 +36,14 @@ def paper_objective(pair, recipe_name):
 
 
 def official_kd(pair):
-    """α·T²·KLDivLoss()(log_softmax(s/T), softmax(t/T)) + (1−α)·CE, α = 0.5: nn.KLDivLoss's default
-    'mean' reduction divides by batch size × classes."""
+    """α·T²·KLDivLoss()(log_softmax(s/T), softmax(t/T)) + (1−α)·CE, α = 0.5: the official code's
+    nn.KLDivLoss() default ('mean') divides Σ p_t (log p_t − log p_s) by batch size × classes,
+    written out here so that the reference cannot move with torch's announced change of 'mean'."""
     teacher, student, batch = pair
     student_logits = torch.cat([run_one(student, batch, i).logits for i in rows(batch)])
     teacher_logits = torch.cat([run_one(teacher, batch, i).logits for i in rows(batch)])
-    kl = torch.nn.KLDivLoss(reduction="mean")(F.log_softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1))
+    p_teacher = F.softmax(teacher_logits / T, -1)
+    kl = (p_teacher * (p_teacher.log() - F.log_softmax(student_logits / T, -1))).sum() / p_teacher.numel()
     return 0.5 * kl.item() * T * T + 0.5 * F.cross_entropy(student_logits, batch["labels"]).item()
 
 
@@ -129,7 +131,7 @@ def test_recipe_weights_and_all_zero_specs_are_refused_clearly():
 
 
 def test_distill_applies_a_recipe_and_flags_win(tiny_teacher, glue_dir, tmp_path):
-    distill = load_script("distill")
+    distill = command("distill")
     common = ["--task", "wnli", "--data-dir", str(glue_dir), "--max-train-examples", "32", "--max-reward-examples",
               "16", "--epochs", "0.25", "--no-progress", "--knowledge", "gkd-paper"]
     assert distill.main([*common, "--output-dir", str(tmp_path / "paper")]) == 0

@@ -1,5 +1,5 @@
-"""The tables shipped in benchmarks/: each loads through Gymnasium (by task name alone for
-benchmarks/<task>, by path for the others such as the GPU tables; no teacher, model or GLUE file
+"""The tables shipped in kdenv/tables/: each loads through Gymnasium by name alone (task= for a
+task's own table, table= for the others such as the GPU tables; no teacher, model or GLUE file
 needed), passes both checkers, and holds a complete tree for every seed."""
 
 import gymnasium as gym
@@ -8,29 +8,40 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import kdenv
-from kdenv.benchmark.table import Table, benchmarks_dir
+from kdenv.benchmark.table import available_tables, resolve_table
 from kdenv.benchmark.tree import tree_size
 from kdenv.engine.tasks import TASKS
+from kdenv.paths import shipped_tables_dir
 
-SHIPPED = sorted(path.parent.name for path in benchmarks_dir().glob("*/manifest.json"))
+SHIPPED = available_tables()
 
 
-def test_the_repository_ships_tables():
-    assert "stsb" in SHIPPED, f"expected a shipped STS-B table in {benchmarks_dir()}"
+def test_the_package_ships_tables():
+    assert "stsb" in SHIPPED, f"expected a shipped STS-B table in {shipped_tables_dir()}"
 
 
 def test_the_gpu_tables_ship_beside_the_cpu_ones():
-    gpu = [name for name in SHIPPED if Table.load(benchmarks_dir() / name).manifest["device"].startswith("cuda")]
-    assert {"stsb_h100_u8", "stsb_h100_u16"} <= set(gpu), f"expected the H100 STS-B tables in {benchmarks_dir()}"
+    gpu = [name for name in SHIPPED if resolve_table(name).manifest["device"].startswith("cuda")]
+    assert {"stsb_h100_u8", "stsb_h100_u16"} <= set(gpu), f"expected the H100 STS-B tables in {shipped_tables_dir()}"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_a_shipped_table_works_from_gymnasium(name):
-    where = {"task": name} if name in TASKS else {"table": str(benchmarks_dir() / name)}
+    where = {"task": name} if name in TASKS else {"table": name}
     env = gym.make(kdenv.TABLE_ENV_ID, **where)
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped, warn=True)
-    table = Table.load(benchmarks_dir() / name)
+    table = resolve_table(name)
     for seed in table.seeds:
         assert len(table.nodes[seed]) == tree_size(table.num_actions, table.phases) + 1
         assert all("dev" in leaf for leaf in table.leaves(seed))
+
+
+def test_a_table_is_named_or_given_as_a_folder_and_an_unknown_name_lists_the_shipped_ones(tmp_path):
+    from kdenv.benchmark.table import TableError
+
+    assert resolve_table(shipped_tables_dir() / "stsb").manifest == resolve_table("stsb").manifest
+    with pytest.raises(TableError, match="name one of mrpc, stsb"):
+        resolve_table("no_such_table")
+    with pytest.raises(TableError, match="no table at"):
+        resolve_table(tmp_path)

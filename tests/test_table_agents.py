@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from kdenv.benchmark.study import TableStudy
 from kdenv.decision.algorithms import ALGORITHMS
-from tests.conftest import load_script
+from tests.conftest import command
 from tests.test_benchmark import synthetic_table
 
 SMALL = {
@@ -26,7 +27,7 @@ def obvious_table(directory):
 def test_every_algorithm_trains_on_a_table_and_is_scored_on_held_out_seeds(algo, tmp_path):
     obvious_table(tmp_path / "table")
     out = tmp_path / "run"
-    assert load_script("train").main(
+    assert command("train_table").main(
         ["--algo", algo, "--table", str(tmp_path / "table"), "--episodes", "20", "--agent-seeds", "2",
          "--output-dir", str(out), "--no-progress", "--hp", *SMALL[algo]]) == 0
     summary = json.loads((out / "results.json").read_text())
@@ -44,7 +45,7 @@ def test_agents_are_also_scored_on_their_train_seeds(tmp_path):
                2: {(0, 0): 0.2, (0, 1): 0.0, (1, 0): 0.1, (1, 1): 0.1}}
     synthetic_table(tmp_path / "table", returns)
     out = tmp_path / "run"
-    assert load_script("train").main(
+    assert command("train_table").main(
         ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "20", "--agent-seeds", "2",
          "--output-dir", str(out), "--no-progress", "--hp", "n_steps=4"]) == 0
     summary = json.loads((out / "results.json").read_text())
@@ -64,7 +65,7 @@ def test_agents_are_also_scored_on_their_train_seeds(tmp_path):
 def test_an_agent_finds_the_obvious_schedule(tmp_path):
     obvious_table(tmp_path / "table")
     out = tmp_path / "run"
-    assert load_script("train").main(
+    assert command("train_table").main(
         ["--algo", "ppo", "--table", str(tmp_path / "table"), "--episodes", "400", "--agent-seeds", "1",
          "--output-dir", str(out), "--no-progress", "--hp", "n_steps=32", "batch_size=32", "learning_rate=0.003"]) == 0
     summary = json.loads((out / "results.json").read_text())
@@ -74,22 +75,20 @@ def test_an_agent_finds_the_obvious_schedule(tmp_path):
 
 def test_table_training_refuses_overlapping_seeds(tmp_path, capsys):
     obvious_table(tmp_path / "table")
-    code = load_script("train").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--train-seeds", "0,2",
+    code = command("train_table").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--train-seeds", "0,2",
                                       "--test-seeds", "2", "--no-progress"])
     assert code == 2 and "must be non-empty and disjoint" in capsys.readouterr().err
 
 
 def test_a_table_run_resumes_its_finished_agents_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
-    import sys
-
     obvious_table(tmp_path / "table")
     out = tmp_path / "run"
     args = ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "20", "--agent-seeds", "3",
             "--output-dir", str(out), "--no-progress", "--hp", "n_steps=4"]
-    train = load_script("train")
+    train = command("train_table")
     assert train.main(args) == 0
     first = json.loads((out / "results.json").read_text())
-    study = sys.modules["table_agents"].TableStudy
+    study = TableStudy
     fitted = []
     original_fit = study.fit
     monkeypatch.setattr(study, "fit", lambda self, params, seed, *a, **k: fitted.append(seed) or original_fit(
@@ -110,12 +109,13 @@ def test_a_table_run_resumes_its_finished_agents_and_refuses_other_settings(tmp_
     assert fitted == [1]  # refused before any training
 
 
+@pytest.mark.slow
 def test_table_agents_log_scalars_every_100th_episode_and_a_heatmap_every_1000th(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     obvious_table(tmp_path / "table")
     out = tmp_path / "run"
-    assert load_script("train").main(
+    assert command("train_table").main(
         ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "1100", "--agent-seeds", "1",
          "--output-dir", str(out), "--no-progress", "--hp", "n_steps=4"]) == 0
     events = EventAccumulator(str(out / "schedules_seed0"), size_guidance={"images": 0, "scalars": 0})

@@ -102,13 +102,13 @@ def test_a_teacher_fine_tuned_twice_has_the_same_fingerprint(glue_dir, tokenizer
     benchmark table was made with."""
     from kdenv.engine.models import load_classifier, save_model
     from kdenv.engine.teacher_cache import model_fingerprint
-    from tests.conftest import load_script, tiny_bert
+    from tests.conftest import command, tiny_bert
 
     base = tmp_path / "base"
     save_model(tiny_bert(layers=2), tokenizer, base, {})
     fingerprints = []
     for name in ("first", "second"):
-        assert load_script("finetune_teacher").main(
+        assert command("finetune_teacher").main(
             ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "2", "--max-steps", "6",
              "--output-dir", str(tmp_path / name), "--no-progress"]) == 0
         fingerprints.append(model_fingerprint(load_classifier(tmp_path / name, get_task("wnli"))))

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import load_script
+from tests.conftest import command
 from tests.test_table_agents import obvious_table
 
 FAST = ["--trial-episodes", "24", "--trial-agents", "1", "--episodes", "24", "--agent-seeds", "2", "--no-progress"]
@@ -15,7 +15,7 @@ FAST = ["--trial-episodes", "24", "--trial-agents", "1", "--episodes", "24", "--
 def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_out_seeds(tmp_path):
     obvious_table(tmp_path / "table")
     out = tmp_path / "tune"
-    tune = load_script("tune_table")
+    tune = command("tune_table")
     assert tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "3", "--output-dir", str(out),
                       *FAST]) == 0
     trials = (out / "trials.csv").read_text().strip().splitlines()
@@ -27,7 +27,7 @@ def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_
     assert tuned["learning_rate"] == pytest.approx(best.params["learning_rate"])
     assert tuned["n_steps"] == best.params["n_steps"] and tuned["policy"] == "MlpPolicy"
     default_config = yaml.safe_load((out / "default" / "config.yaml").read_text())
-    assert default_config["agent"]["hyperparams"]["learning_rate"] == 0.0007  # agents/hyperparams/a2c.yaml
+    assert default_config["agent"]["hyperparams"]["learning_rate"] == 0.0007  # kdenv/decision/hyperparams/a2c.yaml
     result = json.loads((out / "comparison.json").read_text())
     default = json.loads((out / "default" / "results.json").read_text())
     tuned_run = json.loads((out / "tuned" / "results.json").read_text())
@@ -58,8 +58,8 @@ def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_
     assert len(aside) == 1 and yaml.safe_load((aside[0] / "config.yaml").read_text()) == config
     assert yaml.safe_load((out / "tuned" / "config.yaml").read_text())["agent"]["hyperparams"] == tuned_now(out)
 
-    # The tuned file drives agents/train.py --table.
-    assert load_script("train").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--hp-file",
+    # The tuned file drives agents/train_table.py.
+    assert command("train_table").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--hp-file",
                                       str(out / "tuned.yaml"), "--episodes", "12", "--agent-seeds", "1",
                                       "--output-dir", str(tmp_path / "again"), "--no-progress"]) == 0
     used = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["agent"]["hyperparams"]
@@ -72,7 +72,7 @@ def tuned_now(out):
 
 def test_tuning_refuses_bad_input_before_any_work(tmp_path, capsys):
     obvious_table(tmp_path / "table")
-    tune = load_script("tune_table")
+    tune = command("tune_table")
     with pytest.raises(SystemExit):
         tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "0"])
     assert "--trials must be >= 1" in capsys.readouterr().err

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 from tests.test_table_agents import obvious_table
 
-ZOO = REPO / "agents" / "hyperparams" / "zoo"
+pytestmark = pytest.mark.slow
+
+ZOO = REPO / "agents" / "zoo"
 
 
 def zoo(module, *args, env=None, timeout=300):

@@ -15,7 +15,7 @@
 #                 phase in {32, 24, 16, 8} whose 4-seed build fits TREE_BUDGET seconds (default 780)
 #                 with the seeds side by side, and starts one whole-tree job per seed in the background
 #   tree-wait     waits for the jobs (at most TREE_WAIT seconds, default 540), then packs the records
-#   tree-table    writes the table (benchmarks/<task>_h100_u<U>) and replays seed 0's oracle schedule
+#   tree-table    writes the table (kdenv/tables/<task>_h100_u<U>) and replays seed 0's oracle schedule
 # Logs and results go to $OUT (the device tool brings them back), or to runs/gpu without it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -95,7 +95,7 @@ PY
       pgrep -f "build_tree.py --task $TREE_TASK" > /dev/null && echo "still running" || echo "finished"
       tail -n 2 runs/tree_*.log; pack_trees ;;
     tree-table)
-      table=benchmarks/${TREE_TASK}_h100_u$(cat runs/tree_u)
+      table=kdenv/tables/${TREE_TASK}_h100_u$(cat runs/tree_u)
       python3 agents/build_tree.py $(tree_args) --seeds "${TREE_SEEDS// /,}" --job-depth 0 --output "$table" 2>&1 \
         | tee "$OUT/tree_table.log" | tail -4
       python3 agents/validate_table.py --table "$table" --seed 0 --device cuda --no-progress 2>&1 | tee "$OUT/tree_validate.log" | tail -4

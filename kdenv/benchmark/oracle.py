@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.decision.policies import BASE_POLICIES, FixedPolicy
+from kdenv.decision.schedules import rollout
 
 CRASH_RETURN = -1.0
 
@@ -56,14 +57,8 @@ def all_returns(table: Table, reward: str) -> tuple[list[tuple[int, ...]], np.nd
 def policy_schedule(table: Table, name: str, seed: int) -> tuple[int, ...]:
     """The subset sequence a named fixed policy plays on one seed's tree (weights rounded at 0.5)."""
     env = KnowledgeSelectionTableEnv(table, seeds=[seed])
-    policy = FixedPolicy(name, env, seed=seed)
-    observation, _ = env.reset(options={"table_seed": seed})
-    done, schedule = False, []
-    while not done:
-        action, _ = policy.predict(observation)
-        schedule.append(env.action_index(action))
-        observation, _, done, _, _ = env.step(action)
-    return tuple(schedule)
+    *_, (_, _, info) = rollout(env, FixedPolicy(name, env, seed=seed), options={"table_seed": seed})
+    return tuple(info["history"])
 
 
 def named_policies(table: Table) -> list[str]:

@@ -1,4 +1,4 @@
-"""Schedule tables on disk: ``benchmarks/<task>/`` holds ``manifest.json`` and one gzipped JSONL
+"""Schedule tables on disk: a table folder (shipped ones in ``kdenv/tables/<name>/``) holds ``manifest.json`` and one gzipped JSONL
 file per seed (``seed<N>.jsonl.gz``, one node per line, root first).
 
 The manifest says what the table was built from (task, knowledge on offer, phases, updates per
@@ -12,25 +12,39 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdenv.io import atomic_write, file_sha256
+from kdenv.paths import tables_dir
 
 TABLE_FORMAT = 1
 MANIFEST = "manifest.json"
-BENCHMARKS_DIR_ENV = "KDENV_BENCHMARKS_DIR"
 
 
 class TableError(ValueError):
     """A table that cannot be used as asked; the message says why and what to do."""
 
 
-def benchmarks_dir() -> Path:
-    """``$KDENV_BENCHMARKS_DIR``, else ``benchmarks/`` beside the kdenv package (the repository's)."""
-    return Path(os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[2] / "benchmarks")
+def available_tables() -> list[str]:
+    """The names of the tables in :func:`kdenv.paths.tables_dir` (the shipped ones by default)."""
+    return sorted(path.parent.name for path in tables_dir().glob(f"*/{MANIFEST}"))
+
+
+def table_path(name_or_path: str | Path) -> Path:
+    """The folder a ``--table`` value means: an existing folder as it is, else a table's name in
+    :func:`kdenv.paths.tables_dir` (``stsb``, ``stsb_h100_u8``)."""
+    path = Path(name_or_path)
+    if path.is_dir() or len(path.parts) > 1:
+        return path
+    return tables_dir() / str(name_or_path)
+
+
+def resolve_table(name_or_path: str | Path, **checks: Any) -> Table:
+    """The table a ``--table`` value (a name or a folder) names, loaded and checked; ``checks``
+    go to :meth:`Table.load`. The one resolver every script and both environments use."""
+    return Table.load(table_path(name_or_path), **checks)
 
 
 def seed_file(seed: int) -> str:
@@ -96,8 +110,8 @@ class Table:
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
-            raise TableError(f"no table at {directory} (no {MANIFEST}); build one with agents/build_tree.py, or name "
-                             f"a task that ships one in {benchmarks_dir()}")
+            raise TableError(f"no table at {directory} (no {MANIFEST}); name one of {', '.join(available_tables())} "
+                             f"(in {tables_dir()}), pass a table folder, or build one with agents/build_tree.py")
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as error:

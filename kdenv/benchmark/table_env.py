@@ -2,7 +2,7 @@
 spaces and rewards, no teacher, no model, no GLUE files, microseconds per step.
 
 Registered as ``kdenv/KnowledgeSelectionTable-v0``: ``gymnasium.make("kdenv/KnowledgeSelectionTable-v0",
-task="stsb")`` loads the table shipped in ``benchmarks/stsb/``; ``table=PATH`` loads another.
+task="stsb")`` loads the table shipped in ``kdenv/tables/stsb/``; ``table=`` a name or a folder.
 Each ``reset`` draws one of the table's seeds (``seeds=`` restricts the draw: train/test splits
 over seeds); ``reset(options={"table_seed": s})`` picks one.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from kdenv.benchmark.table import Table, TableError, benchmarks_dir
+from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.config import ACTION_SPACES, EnvConfig
 from kdenv.decision.env import make_spaces, weights_to_action
 from kdenv.decision.rewards import REWARDS
@@ -106,8 +106,9 @@ def make_table_env(task: str | None = None, table: str | None = None, seeds: lis
                    reward: str = "metric_gain", reward_scale: float = 10.0,
                    action_space: str = "discrete") -> KnowledgeSelectionTableEnv:
     """``gymnasium.make("kdenv/KnowledgeSelectionTable-v0", task="stsb")``: the shipped table of a
-    task, or ``table=PATH``."""
+    task; ``table=`` takes any table's name (``stsb_h100_u8``) or folder."""
     if (task is None) == (table is None):
-        raise TableError("name either task= (a table shipped in benchmarks/) or table= (a folder), not both or none")
-    directory = benchmarks_dir() / task if task is not None else table
-    return KnowledgeSelectionTableEnv(Table.load(directory), seeds, reward, reward_scale, action_space)
+        raise TableError("name either task= (a shipped table's task) or table= (a table's name or folder), "
+                         "not both or none")
+    return KnowledgeSelectionTableEnv(resolve_table(task if task is not None else table), seeds, reward,
+                                      reward_scale, action_space)

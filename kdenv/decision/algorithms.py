@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-HYPERPARAMS_DIR = Path(__file__).resolve().parents[2] / "agents" / "hyperparams"
+from kdenv.paths import hyperparams_dir
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,18 @@ class Algorithm:
         (SB3's ``device="auto"`` would put them on CUDA, where they run slower and SB3 warns);
         ``device=...`` in the hyperparameters overrides that."""
         return self.load_class()(policy, env, **{"device": "cpu", **kwargs})
+
+    def check_build(self, hyperparams: Hyperparams, env) -> None:
+        """Builds an agent on ``env`` (any environment with the run's spaces, e.g. a spaces-only
+        one) and drops it: every hyperparameter value is checked before anything expensive runs or
+        anything is written; a bad one is refused in one line."""
+        import copy
+
+        try:
+            self.build(hyperparams.policy, env, seed=0, verbose=0, **copy.deepcopy(hyperparams.kwargs))
+        except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as error:
+            raise ValueError(f"{self.name} cannot be built with these hyperparameters ({type(error).__name__}: "
+                             f"{error}); check the hyperparameter file and --hp") from None
 
     def load(self, path: str | Path, **kwargs):
         """An agent saved with ``save_agent``, on the CPU unless ``device=...`` says otherwise."""
@@ -61,17 +73,43 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def load_hyperparams(name: str, overrides: list[str] | None = None, directory: Path | None = None,
-                     file: str | Path | None = None) -> dict[str, Any]:
-    """Hyperparameters from ``agents/hyperparams/<algo>.yaml`` (or ``file``, e.g. a tuned.yaml),
+@dataclass
+class Hyperparams:
+    """An agent's settings as a hyperparameter file holds them: the policy class's name apart from
+    the keyword arguments the algorithm's constructor takes."""
+
+    policy: str = "MlpPolicy"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> Hyperparams:
+        params = dict(params)
+        return cls(params.pop("policy", "MlpPolicy"), params)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The file's form (``policy`` first), as run records and tuned.yaml store it."""
+        return {"policy": self.policy, **self.kwargs}
+
+
+def load_hyperparams(name: str, overrides: list[str] | None = None, file: str | Path | None = None) -> Hyperparams:
+    """Hyperparameters of algorithm ``name`` from the shipped defaults
+    (``kdenv/decision/hyperparams/<algo>.yaml``) or ``file`` (e.g. tune_table.py's tuned.yaml),
     with ``key=value`` overrides (values parsed as YAML: ``learning_rate=1e-3``,
-    ``policy_kwargs={net_arch: [32]}``)."""
-    path = Path(file) if file else (directory or HYPERPARAMS_DIR) / f"{name}.yaml"
+    ``policy_kwargs={net_arch: [32]}``). Names the algorithm does not take are refused here."""
+    algorithm = get_algorithm(name)
+    path = Path(file) if file else hyperparams_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"no hyperparameter file {path}" + (" (--hp-file)" if file else ""))
-    params = yaml.safe_load(path.read_text()) or {}
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"hyperparameter file {path} is not valid YAML ({error}); fix or replace it") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"hyperparameter file {path} must hold a mapping of name: value, not {type(params).__name__}")
     params.update(parse_overrides(overrides))
-    return params
+    hyperparams = Hyperparams.from_dict(params)
+    check_hyperparams(algorithm, hyperparams.kwargs)
+    return hyperparams
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -40,9 +40,23 @@ class EpisodeRecord:
         return {**self.__dict__, "return": self.episode_return}
 
 
+def rollout(env, policy, deterministic: bool = True, **reset_kwargs):
+    """The one episode loop: resets ``env`` (``reset_kwargs``: ``seed=``, ``options=``) and plays
+    ``policy`` (anything with an SB3-style ``predict``, recurrent ones included) to the end,
+    yielding ``(action, reward, info)`` after every step."""
+    observation, _ = env.reset(**reset_kwargs)
+    state, episode_start, done = None, np.ones((1,), dtype=bool), False
+    while not done:
+        action, state = policy.predict(observation, state=state, episode_start=episode_start, deterministic=deterministic)
+        episode_start = np.zeros((1,), dtype=bool)
+        observation, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        yield action, float(reward), info
+
+
 def run_episode(env, policy, seed: int, policy_name: str = "", deterministic: bool = True,
                 evaluate_dev: bool = False) -> EpisodeRecord:
-    """Runs ``policy`` (anything with an SB3-style ``predict``) for one episode of ``env``.
+    """Runs ``policy`` for one episode of ``env`` and records it.
 
     With ``evaluate_dev`` the final student is scored on GLUE dev afterwards; this happens
     outside the environment, whose rewards never see dev.
@@ -50,15 +64,9 @@ def run_episode(env, policy, seed: int, policy_name: str = "", deterministic: bo
     knowledge = env.unwrapped.knowledge  # `env` may be wrapped (e.g. MultiDiscreteOnOff)
     record = EpisodeRecord(policy_name or type(policy).__name__, seed, list(knowledge))
     start = time.perf_counter()
-    observation, _ = env.reset(seed=seed)
-    state, episode_start, done = None, np.ones((1,), dtype=bool), False
-    while not done:
-        action, state = policy.predict(observation, state=state, episode_start=episode_start, deterministic=deterministic)
-        episode_start = np.zeros((1,), dtype=bool)
-        observation, reward, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
+    for _, reward, info in rollout(env, policy, deterministic, seed=seed):
         record.schedule.append([info["action_weights"][name] for name in knowledge])
-        record.rewards.append(float(reward))
+        record.rewards.append(reward)
         record.task_rewards.append(float(info["task_reward"]))
         record.metrics.append(float(info.get("metric", float("nan"))))
         if info["status"] != "ok":

@@ -26,3 +26,34 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, tot
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def scaled_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    parameters, max_grad_norm: float) -> torch.Tensor:
+    """The first half of a mixed-precision update, shared by teacher fine-tuning and the student
+    trainer: fresh gradients of the (loss-scaled) ``loss``, unscaled and clipped to
+    ``max_grad_norm``. Returns the norm before clipping (non-finite on an fp16 overflow).
+    Finish with :func:`scaled_step`, or skip the update."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    return torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+
+
+def scaled_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """The second half: the optimiser step (which the scaler skips after an overflow) and the
+    loss-scale update."""
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def step_schedule(scheduler) -> None:
+    """Advances the learning-rate schedule by one update, whether or not the optimiser stepped:
+    kdenv's schedules count updates attempted, so a loss-scale overflow that skips an optimiser
+    step does not shift the schedule. torch warns about exactly that order when the very first
+    step was skipped; the warning is expected here and silenced for this call alone."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+        scheduler.step()

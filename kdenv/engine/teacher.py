@@ -27,7 +27,7 @@ from kdenv.engine.inference import evaluate_with_outputs
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.metrics import task_metrics
 from kdenv.engine.models import ModelError, load_classifier, load_tokenizer, save_model
-from kdenv.engine.optim import linear_warmup_decay, make_optimizer
+from kdenv.engine.optim import linear_warmup_decay, make_optimizer, scaled_backward, scaled_step, step_schedule
 from kdenv.engine.runtime import Runtime, seed_everything
 from kdenv.engine.tasks import get_task
 from kdenv.paths import teacher_dir
@@ -172,13 +172,9 @@ def finetune(
             with runtime.autocast():
                 logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
             loss = task_loss(task, logits, batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            scaled_backward(loss, optimizer, scaler, model.parameters(), config.max_grad_norm)
+            scaled_step(optimizer, scaler)
+            step_schedule(scheduler)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)

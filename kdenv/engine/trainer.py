@@ -32,7 +32,7 @@ from kdenv.engine.knowledge import (
 )
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.metrics import task_metrics
-from kdenv.engine.optim import linear_warmup_decay, make_optimizer
+from kdenv.engine.optim import linear_warmup_decay, make_optimizer, scaled_backward, scaled_step, step_schedule
 from kdenv.engine.runtime import Runtime, seed_everything
 from kdenv.engine.teacher_cache import TeacherSource
 
@@ -198,10 +198,7 @@ class StudentTrainer:
                 stats.grad_norms = self._type_grad_norms(terms)
             total = sum(terms.values()) if terms else None
             if bad is None and total is not None:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(total).backward()
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+                grad_norm = scaled_backward(total, self.optimizer, self.scaler, self.trainable, self.config.max_grad_norm)
                 overflow = not torch.isfinite(grad_norm)
                 if overflow and not self.scaler.is_enabled():
                     bad = f"gradient norm is {float(grad_norm)} at update {update} of the phase"
@@ -213,8 +210,7 @@ class StudentTrainer:
                     self.restore(start_state)
                 break
             if total is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                scaled_step(self.optimizer, self.scaler)
                 stats.total_loss += float(total.detach())
                 if overflow:
                     stats.scaler_skips += 1
@@ -225,7 +221,7 @@ class StudentTrainer:
                 # step changes nothing, but schedule and data position advance as in any update.
                 self.optimizer.zero_grad(set_to_none=True)
                 self.optimizer.step()
-            self.scheduler.step()
+            step_schedule(self.scheduler)
             self.updates_done += 1
             stats.updates += 1
             if on_update is not None:

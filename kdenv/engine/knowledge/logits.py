@@ -17,7 +17,13 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     classes (``mean``: what ``nn.KLDivLoss()`` does by default, and so the PKD and GKD code)."""
     student_log_probs = F.log_softmax(full_precision(student_logits) / temperature, dim=-1)
     teacher_log_probs = F.log_softmax(full_precision(teacher_logits) / temperature, dim=-1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction=reduction)
+    if reduction == "mean":
+        # The official code's nn.KLDivLoss() default: the sum over every element divided by
+        # batch x classes. Written out, because torch has announced that reduction="mean" will
+        # come to mean "batchmean"; this keeps the paper recipe fixed whatever torch does.
+        kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum") / student_log_probs.numel()
+    else:
+        kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction=reduction)
     return kl * temperature**2
 
 

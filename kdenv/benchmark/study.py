@@ -1,4 +1,4 @@
-"""Agents on schedule tables: `python agents/train.py --algo ppo --table stsb`.
+"""Agents on schedule tables, trained and scored (``agents/train_table.py``, ``agents/tune_table.py``).
 
 Each agent trains on the table's train seeds for thousands of episodes (microseconds a step: no
 model, no data), then plays deterministically on the held-out seeds and is scored against what
@@ -17,7 +17,6 @@ finished agents; other settings are refused.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -28,28 +27,20 @@ import numpy as np
 import yaml
 
 from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, mean_std
-from kdenv.benchmark.table import Table, TableError, benchmarks_dir
+from kdenv.benchmark.table import Table, TableError
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.config import ConfigError, save_run_config
-from kdenv.decision.algorithms import Algorithm, check_hyperparams, load_hyperparams, save_agent
+from kdenv.decision.algorithms import Algorithm, Hyperparams, save_agent
 from kdenv.decision.callbacks import ScheduleCallback
+from kdenv.decision.schedules import rollout
 from kdenv.decision.wrappers import MultiDiscreteOnOff
-from kdenv.io import atomic_write, check_writable
-from kdenv.paths import runs_dir
+from kdenv.io import atomic_write
 
 
-def resolve_table(name: str) -> Table:
-    path = Path(name)
-    return Table.load(path if path.is_dir() else benchmarks_dir() / name)
-
-
-def split_seeds(table: Table, train: str | None, test: str | None) -> tuple[list[int], list[int]]:
+def split_seeds(table: Table, train: list[int] | None, test: list[int] | None) -> tuple[list[int], list[int]]:
     """Train and held-out seeds (default: all but the last / the last); disjoint, in the table."""
-    def parse(text):
-        return [int(part) for part in text.split(",") if part.strip()]
-
-    test_seeds = parse(test) if test else table.seeds[-1:]
-    train_seeds = parse(train) if train else [s for s in table.seeds if s not in test_seeds]
+    test_seeds = list(test) if test else table.seeds[-1:]
+    train_seeds = list(train) if train else [s for s in table.seeds if s not in test_seeds]
     unknown = sorted(set(train_seeds + test_seeds) - set(table.seeds))
     if unknown:
         raise TableError(f"seeds {unknown} are not in the table (it has {table.seeds})")
@@ -61,35 +52,8 @@ def split_seeds(table: Table, train: str | None, test: str | None) -> tuple[list
 def play(model, env: KnowledgeSelectionTableEnv, wrapped, seed: int) -> tuple[float, list[int]]:
     """The deterministic policy's return (before scaling) and subset sequence on one seed, played
     through the wrapper it was trained with (RecurrentPPO's MultiDiscrete)."""
-    observation, _ = wrapped.reset(options={"table_seed": seed})
-    state, start, done, total, schedule = None, np.ones((1,), dtype=bool), False, 0.0, []
-    while not done:
-        action, state = model.predict(observation, state=state, episode_start=start, deterministic=True)
-        start = np.zeros((1,), dtype=bool)
-        schedule.append(env.action_index(wrapped.action(action) if wrapped is not env else action))
-        observation, reward, done, _, _ = wrapped.step(action)
-        total += reward / env.reward_scale
-    return total, schedule
-
-
-def train_on_table(args: argparse.Namespace, algorithm: Algorithm, hyperparams_dir: Path) -> int:
-    table = resolve_table(args.table)
-    train_seeds, test_seeds = split_seeds(table, args.train_seeds, args.test_seeds)
-    if args.episodes < 1 or args.agent_seeds < 1:
-        raise ConfigError("--episodes and --agent-seeds must be >= 1")
-    hyperparams = load_hyperparams(algorithm.name, args.hp, hyperparams_dir, args.hp_file)
-    check_hyperparams(algorithm, {k: v for k, v in hyperparams.items() if k != "policy"})
-    run_dir = Path(args.output_dir) if args.output_dir else (
-        runs_dir() / "tables" / table.task / f"{algorithm.name}_{time.strftime('%Y%m%d-%H%M%S')}")
-    check_writable(run_dir)
-    study = TableStudy(table, algorithm, train_seeds, test_seeds, args.__dict__.get("env.reward", "metric_gain"),
-                       args.__dict__.get("env.reward_scale", 10.0), args.episodes)
-    import torch
-
-    torch.set_num_threads(1)  # a 64-unit MLP gains nothing from more threads (as in agents/tune_table.py)
-    # run() checks run_dir's earlier agents (reuses them, or refuses another run's) before any training.
-    study.run(hyperparams, range(args.seed, args.seed + args.agent_seeds), run_dir, progress=not args.no_progress)
-    return 0
+    steps = list(rollout(wrapped, model, options={"table_seed": seed}))
+    return sum(reward / env.reward_scale for _, reward, _ in steps), list(steps[-1][2]["history"])
 
 
 class TableStudy:
@@ -113,13 +77,17 @@ class TableStudy:
                                          action_space=self.algorithm.action_space)
         return env, (MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env)
 
+    def check(self, hyperparams: Hyperparams) -> None:
+        """Refuses hyperparameters the algorithm cannot be built with, before anything is written."""
+        self.algorithm.check_build(hyperparams, self.make_env(self.train_seeds)[1])
+
     def fit(self, hyperparams: dict[str, Any], agent_seed: int, run_dir: Path | None = None, progress: bool = False):
         """One agent trained for ``episodes`` episodes on the train seeds; (model, seconds)."""
-        params = {k: v for k, v in hyperparams.items() if k != "policy"}
+        settings = Hyperparams.from_dict(hyperparams)
         _, agent_env = self.make_env(self.train_seeds)
         start = time.perf_counter()
-        model = self.algorithm.build(hyperparams.get("policy", "MlpPolicy"), agent_env, seed=agent_seed, verbose=0,
-                                     tensorboard_log=str(run_dir) if run_dir else None, **copy.deepcopy(params))
+        model = self.algorithm.build(settings.policy, agent_env, seed=agent_seed, verbose=0,
+                                     tensorboard_log=str(run_dir) if run_dir else None, **copy.deepcopy(settings.kwargs))
         callback = None if run_dir is None else ScheduleCallback(
             run_dir / f"schedules_seed{agent_seed}", self.table.knowledge, save_every=1000, log_every=100,
             image_every=1000)  # a heatmap every 100 episodes took ~40% of an A2C agent's training time

@@ -1,0 +1,141 @@
+"""Build a schedule table: every knowledge schedule of a short distillation, run from the same
+initial student on the real trainer, for several episode seeds.
+
+    python agents/build_tree.py --task stsb --seeds 0-3 --phases 3 --updates-per-phase 4
+    python agents/build_tree.py --task stsb --seeds 0-3 --estimate      # time a few nodes, print the cost
+
+With K offered types there are 2^K subsets per phase: for K = 3 and P = 3 phases, 8 + 64 + 512 =
+584 phases per seed. Each child restores its parent's snapshot, so siblings share batches and
+dropout draws (common random numbers) and differ only by the action. Leaves are also scored on
+GLUE dev (for analysis only; no reward reads dev).
+
+Work is split into jobs by prefix (--job-depth) and kept under runs/trees/<task>/<setup hash>/: a
+killed build resumes where it stopped (rerun the same command), and --job SEED:PREFIX runs one job
+(for several processes or machines sharing that folder). When every job is done the table is
+written to kdenv/tables/<task>/ (or $KDENV_BENCHMARKS_DIR/<task>; --output names another folder): one gzipped JSONL per seed and a manifest with the
+configs, the teacher's fingerprint, the reward split's hash, software versions and checksums.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kdenv.benchmark.build import TreeSetup, kept_seeds, run_jobs, table_manifest, write_table
+from kdenv.benchmark.oracle import subset_names
+from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds
+from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
+from kdenv.engine.data import DataError
+from kdenv.engine.knowledge import KnowledgeError
+from kdenv.engine.models import ModelError
+from kdenv.engine.runtime import quiet_transformers
+from kdenv.engine.tasks import TASKS, get_task
+from kdenv.io import check_writable
+from kdenv.jobs import JobError, JobRunner, add_job_arguments
+from kdenv.paths import tables_dir
+
+DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
+DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "seed")
+TREE = {"phases": 3, "updates_per_phase": 4}  # the tree's default episode: 3 phases x 4 updates
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--seeds", default="0-3", help="episode seeds, one tree each: 0-3 or 0,2,5 (default 0-3)")
+    add("--job-depth", type=int, default=1, help="jobs are the subtrees below prefixes of this many actions (default 1)")
+    add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
+    add("--estimate", action="store_true", help="time the first nodes of seed 0, print the projected cost, and stop")
+    add("--output", default=None, help="table folder (default kdenv/tables/<task>, or $KDENV_BENCHMARKS_DIR/<task>)")
+    add("--threads", type=int, default=None,
+        help="torch threads of an in-process build (default: torch's default); with --ray: --cpus-per-job")
+    add_common_arguments(add)
+    add_job_arguments(add)
+    preset = BUDGETS["cpu"]
+    add_config_arguments(parser, EnvConfig, "env", "the tree: knowledge on offer and episode length",
+                         ("knowledge", "phases", "updates_per_phase"),
+                         defaults=TREE)
+    add_config_arguments(parser, DataConfig, "data", "data and splits", DATA_FLAGS,
+                         defaults={"max_reward_examples": preset.max_reward_examples})
+    add_config_arguments(parser, DistillConfig, "distill", "student and teacher", DISTILL_FLAGS,
+                         rename={"seed": "student-seed"})
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_transformers()
+    try:
+        task = get_task(args.task)
+        seeds = parse_seeds(args.seeds)
+        env_config = config_from_args(EnvConfig, args, "env", **TREE, epochs=None)
+        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
+                                       max_reward_examples=BUDGETS["cpu"].max_reward_examples)
+        distill_config = config_from_args(DistillConfig, args, "distill", device=args.device, precision=args.precision)
+        runner = JobRunner.from_args(args)
+        runner.check()
+        import torch
+
+        # Records are exact for one torch thread count: the Ray tasks' CPUs, or this process's threads.
+        threads = int(runner.num_cpus) if runner.ray else args.threads or torch.get_num_threads()
+        setup = TreeSetup(data_config, distill_config, env_config, threads)
+        job = None
+        if args.job is not None:
+            seed_text, _, prefix_text = args.job.partition(":")
+            job = (int(seed_text), parse_prefix(prefix_text))
+        if args.job_depth < 0:
+            raise ConfigError(f"--job-depth must be >= 0, not {args.job_depth}")
+        output = Path(args.output) if args.output else tables_dir() / task.name
+        check_writable(setup.work_dir())
+        check_writable(output)
+        nodes = tree_size(setup.num_actions, setup.env.phases) * len(seeds)
+        print(f"tree for {task.name}: {len(setup.env.knowledge)} types {setup.env.knowledge} -> {setup.num_actions} actions, "
+              f"{setup.env.phases} phases x {setup.env.updates_per_phase} updates; {nodes} phases over {len(seeds)} "
+              f"seeds; records in {setup.work_dir()}")
+        environment = setup.build_env(progress=not args.no_progress)
+        if job is None and not args.estimate:  # a table will be written: may it keep the seeds already there?
+            kept, _ = kept_seeds(output, table_manifest(setup, environment, seeds), seeds)
+            if kept:
+                print(f"{output} already holds seeds {kept} of this setup: the table will keep them")
+    except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError) as error:
+        return fail(error)
+    if args.estimate:
+        return estimate(setup, environment, seeds)
+    start = time.perf_counter()
+    jobs = [job] if job is not None else None
+    try:
+        run_jobs(setup, seeds, args.job_depth, not args.no_progress, environment, jobs, runner)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; records are kept in {setup.work_dir()}: run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"jobs done in {(time.perf_counter() - start) / 60:.1f} min (this run)")
+    if job is not None:
+        return 0
+    manifest = write_table(setup, environment, seeds, output)
+    print(f"table written to {output} ({manifest.name} + {len(seeds)} seed files)")
+    return 0
+
+
+def estimate(setup: TreeSetup, environment, seeds: list[int]) -> int:
+    """Times one phase of every action and one dev evaluation (writing no records) and projects
+    the whole build from them."""
+    builder = TreeBuilder(environment.env, setup.work_dir())
+    cost = builder.time_nodes(seeds[0])
+    names = subset_names(list(setup.env.knowledge))
+    per_action = ", ".join(f"{name} {seconds:.1f}" for name, seconds in zip(names, cost["phase_seconds"]))
+    per_seed = cost["seed_seconds"]
+    print(f"one phase ({setup.env.updates_per_phase} updates + reward-split evaluation), s: {per_action}; "
+          f"dev evaluation of a leaf: {cost['dev_seconds']:.1f} s")
+    print(f"{tree_size(builder.num_actions, builder.phases)} phases and {builder.num_actions ** builder.phases} leaves "
+          f"per seed -> ~{per_seed / 60:.0f} min per seed, ~{per_seed * len(seeds) / 3600:.1f} h for {len(seeds)} "
+          f"seeds on {environment.distillation.runtime.describe()} with {setup.threads} torch thread(s), if nothing "
+          "else runs (two builds side by side on one thread each measured ~1.5x slower apiece)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Fine-tune the teacher of a GLUE task and save it under runs/teachers/<task>/.
+
+    python agents/finetune_teacher.py --task rte --data-dir ../shared/data/glue
+
+Reuses an existing teacher unless --force is given. Later commands (distillation, the
+environment) load the teacher from the same place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail
+from kdenv.config import ConfigError, DataConfig, FinetuneConfig
+from kdenv.engine.data import DataError
+from kdenv.engine.models import ModelError
+from kdenv.engine.runtime import make_runtime, quiet_transformers
+from kdenv.engine.tasks import TASKS, get_task
+from kdenv.engine.teacher import finetune_teacher, teacher_metadata
+from kdenv.io import check_writable
+from kdenv.paths import teacher_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--select-on", choices=("reward", "dev"), default="reward",
+        help="split whose metric picks the best epoch; 'reward' (default) keeps GLUE dev for final evaluation only")
+    add("--output-dir", default=None, help="where to save the teacher (default runs/teachers/<task>)")
+    add("--force", action="store_true", help="fine-tune again even if a teacher exists (also replaces a damaged one)")
+    add_common_arguments(add, "hide the progress bar")
+    add_config_arguments(parser, FinetuneConfig, "finetune", "fine-tuning")
+    add_config_arguments(parser, DataConfig, "data", "data and splits (students must use the same split)",
+                         ("max_length", "reward_size", "split_seed"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_transformers()
+    try:
+        task = get_task(args.task)
+        output = teacher_dir(task.name) if args.output_dir is None else Path(args.output_dir)
+        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir)
+        finetune_config = config_from_args(FinetuneConfig, args, "finetune", device=args.device, precision=args.precision)
+        if not args.force:
+            existing = teacher_metadata(task.name, output)
+            if existing is not None:
+                print(f"teacher for {task.name} already at {output} "
+                      f"(dev {existing['primary_metric']} {existing['dev'][existing['primary_metric']]:.4f}); --force to redo")
+                return 0
+        check_writable(output)
+        runtime = make_runtime(args.device, args.precision)
+        print(f"fine-tuning {finetune_config.model} on {task.name} on {runtime.describe()}")
+        metadata = finetune_teacher(data_config, finetune_config, runtime, select_on=args.select_on,
+                                    directory=output, progress=not args.no_progress)
+    except (DataError, ModelError, ConfigError, ValueError, OSError) as error:
+        return fail(error)
+    metric = metadata["primary_metric"]
+    print(json.dumps({"dev": metadata["dev"], "reward": metadata["reward"], "best_epoch": metadata["best_epoch"],
+                      "wall_time_s": metadata["wall_time_s"]}, indent=2))
+    print(f"saved teacher to {output}: dev {metric} {metadata['dev'][metric]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The exact answers a schedule table holds: is there anything for an agent to learn?
+
+    python agents/oracle.py --table stsb
+    python agents/oracle.py --table mrpc --rewards metric_gain,loss_decrease
+    python agents/oracle.py --table path/to/a/table/folder
+
+For each reward variant, from the table alone (no model, no data):
+  - the hindsight-optimal schedule of each seed (the oracle);
+  - the closed loop: the best a policy that reads the observation but cannot see the seed can do
+    (every seed starts from the same student, so the first action is one choice for all seeds);
+  - the best open-loop schedule: one fixed sequence, best on average over seeds;
+  - the best constant action, and every named fixed policy (kd, gkd, all, none, only-*, ramps);
+  - the headroom: oracle minus best constant, mean ± std over seeds (and the open-loop headroom);
+  - whether the reward measures what we care about: Spearman's rank correlation over leaves
+    between the final reward-split metric and the GLUE dev metric;
+  - each schedule's GLUE dev metric, and the headroom measured on dev itself (hindsight-best
+    schedule per seed by dev against the constant best on dev): analysis only, never a reward.
+
+Returns are in reward units before scaling (metric_gain: final minus initial reward-split metric).
+Writes runs/oracle/<table name>/: oracle.md, oracle.json and schedule heatmaps (oracle per seed,
+open-loop, best constant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
+from kdenv.benchmark.table import Table, TableError, resolve_table
+from kdenv.cli import fail
+from kdenv.decision.rewards import REWARDS
+from kdenv.decision.schedules import heatmap_png
+from kdenv.io import atomic_write, check_writable
+from kdenv.paths import runs_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", required=True, metavar="NAME|PATH",
+                        help="a shipped table's name (stsb, mrpc, stsb_h100_u8, ...: kdenv/tables/) or a table folder")
+    parser.add_argument("--rewards", default=",".join(REWARDS), help=f"reward variants (default: all: {','.join(REWARDS)})")
+    parser.add_argument("--output-dir", default=None, help="default runs/oracle/<table name>")
+    return parser.parse_args(argv)
+
+
+def fmt(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
+
+
+def rho_text(value: float | None, constant_reward: bool = True) -> str:
+    if value is not None:
+        return f"{value:+.3f}"
+    return f"undefined (the {'reward' if constant_reward else 'dev metric'} is constant over the leaves)"
+
+
+def loop_kind(loop: dict) -> str:
+    return "exact" if loop["exact"] else "upper bound: two seeds would need two actions on one observation"
+
+
+def schedule_text(schedule, names) -> str:
+    return " → ".join(names[a] for a in schedule)
+
+
+def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: dict | None) -> str:
+    names = action_names(table)
+    lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
+             f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", ""]
+    lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
+                 f"{rho_text(correlation['pooled'])}; per seed " +
+                 ", ".join(f"{seed}: {rho_text(value, seed in correlation['constant'])}"
+                           for seed, value in correlation["per_seed"].items()) + ".")
+    if correlation["constant"]:
+        lines.append(f"Undefined on seed(s) {', '.join(map(str, correlation['constant']))}: every leaf ends with the same "
+                     "reward-split metric there, so the reward cannot rank their schedules at all (a coarse metric "
+                     "on a small reward split); read the continuous rewards (loss_decrease, log_loss) beside it.")
+    if on_dev is not None:
+        lines += ["", f"On GLUE dev itself (analysis only; {on_dev['dev_metric']} after the last phase): the "
+                  f"hindsight-best schedule per seed reaches {fmt(on_dev['oracle']['value'])}, the constant best "
+                  f"on dev on average ({schedule_text(on_dev['best_constant']['schedule'], names)}) "
+                  f"{fmt(on_dev['best_constant']['value'])}: dev headroom {fmt(on_dev['headroom'])}; best − worst "
+                  f"schedule per seed {fmt(on_dev['spread'])}."]
+    dev_name = correlation["dev_metric"] or "metric"
+
+    def dev_cell(entry):
+        return fmt(entry["dev"]) if entry.get("dev") else "n/a"
+
+    for reward, result in results.items():
+        lines += ["", f"## Reward `{reward}` (returns before scaling)", "",
+                  f"| schedule | return (mean ± std over seeds) | dev {dev_name} | schedule (phase by phase) |",
+                  "|---|---|---|---|",
+                  f"| oracle (per seed, hindsight) | {fmt(result['oracle']['return'])} | {dev_cell(result['oracle'])} | "
+                  "per seed below |",
+                  f"| closed loop (seed-blind, reads the observation; {loop_kind(result['closed_loop'])}) | "
+                  f"{fmt(result['closed_loop']['return'])} | | first "
+                  f"{' / '.join(names[a] for a in result['closed_loop']['first_actions'])}, then per seed below |",
+                  f"| best open-loop | {fmt(result['open_loop']['return'])} | {dev_cell(result['open_loop'])} | "
+                  f"{schedule_text(result['open_loop']['schedule'], names)} |",
+                  f"| best constant | {fmt(result['best_constant']['return'])} | {dev_cell(result['best_constant'])} | "
+                  f"{schedule_text(result['best_constant']['schedule'], names)} |"]
+        for name, policy in result["policies"].items():
+            lines.append(f"| {name} | {fmt(policy['return'])} | {dev_cell(policy)} | "
+                         f"{schedule_text(policy['schedule'], names)} |")
+        lines += ["", f"Headroom (oracle − best constant): {fmt(result['headroom'])}; "
+                  f"closed loop − best constant: {fmt(result['closed_loop_headroom'])}; "
+                  f"open-loop − best constant: {fmt(result['open_loop_headroom'])}.", "",
+                  "Closed-loop schedule per seed: " + "; ".join(
+                      f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
+                      for seed, schedule, value in zip(result["seeds"], result["closed_loop"]["schedules"],
+                                                       result["closed_loop"]["per_seed"])) + ".", "",
+                  "Oracle schedule per seed: " + "; ".join(
+                      f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
+                      for seed, schedule, value in zip(result["seeds"], result["oracle"]["schedules"],
+                                                       result["oracle"]["per_seed"])) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def one_hot(schedule: list[int], table: Table) -> np.ndarray:
+    return np.array([[float((a >> bit) & 1) for bit in range(len(table.knowledge))] for a in schedule])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        table = resolve_table(args.table)
+        rewards = [name.strip() for name in args.rewards.split(",") if name.strip()]
+        unknown = [name for name in rewards if name not in REWARDS]
+        if unknown or not rewards:
+            raise ValueError(f"unknown rewards {unknown}; registered: {', '.join(REWARDS)}")
+        out = Path(args.output_dir) if args.output_dir else runs_dir() / "oracle" / table.directory.name
+        check_writable(out)
+    except (TableError, ValueError, OSError) as error:
+        return fail(error)
+    results = {reward: solve(table, reward) for reward in rewards}
+    correlation = reward_dev_correlation(table)
+    on_dev = dev_headroom(table)
+    text = report(table, results, correlation, on_dev)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "oracle.md") as handle:
+        handle.write(text)
+    with atomic_write(out / "oracle.json") as handle:
+        json.dump({"table": str(table.directory), "manifest": table.manifest, "results": results,
+                   "reward_dev_correlation": correlation, "dev_headroom": on_dev,
+                   "action_names": action_names(table)}, handle, indent=2)
+    primary = results[rewards[0]]
+    images = {f"oracle_seed{seed}": schedule for seed, schedule in zip(primary["seeds"], primary["oracle"]["schedules"])}
+    images["open_loop"] = primary["open_loop"]["schedule"]
+    images["best_constant"] = primary["best_constant"]["schedule"]
+    for name, schedule in images.items():
+        with atomic_write(out / f"{name}.png", "wb") as handle:
+            handle.write(heatmap_png(one_hot(schedule, table), table.knowledge, f"{table.task}: {name} ({rewards[0]})"))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
