@@ -148,3 +148,43 @@ def test_exploration_bonus_is_reported_apart():
 def test_environment_id_is_registered():
     assert kdenv.ENV_ID in gym.registry
     assert gym.registry[kdenv.ENV_ID].entry_point == "kdenv.decision.factory:make_env"
+
+
+BAD_ACTIONS = {
+    "discrete": [1.0, np.float32(2), "3", float("nan"), np.array([1, 2]), None, -1, 2**len(OFFERED)],
+    "multibinary": [np.array([1, 0]), np.array([1, 0, 0.5]), np.array([1, 0, np.nan]), "101", None],
+    "box": [np.array([0.5, np.nan, 0.1]), np.array([0.5, np.inf, 0.1]), np.array([0.5, 0.5]), "abc", None],
+}
+
+
+@pytest.mark.parametrize("space", sorted(BAD_ACTIONS))
+def test_both_environments_refuse_the_same_bad_actions_and_accept_the_same_good_ones(space, tmp_path):
+    """One action check for the live and the table environment: floats, strings, NaN/inf and wrong
+    shapes are refused by both with a ValueError naming the space; a Discrete action of shape (1,)
+    (what a vectorised agent hands over) is accepted by both."""
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from kdenv.decision.env import action_weights
+    from tests.test_benchmark import synthetic_table
+
+    for action in BAD_ACTIONS[space]:
+        with pytest.raises(ValueError, match="action"):
+            action_weights(action, OFFERED, space)
+    live = make_tiny_env(space)
+    live.reset(seed=0)
+    for action in BAD_ACTIONS[space]:
+        with pytest.raises(ValueError, match="action"):
+            live.step(action)
+    good, expected = {"discrete": (np.array([5]), [1.0, 0.0, 1.0]),
+                      "multibinary": (np.array([1, 0, 1], dtype=np.int8), [1.0, 0.0, 1.0]),
+                      "box": (np.array([0.9, -3.0, 0.6]), [0.9, 0.0, 0.6])}[space]
+    assert list(live.action_to_weights(good).values()) == pytest.approx(expected)
+    table = KnowledgeSelectionTableEnv(synthetic_table(tmp_path, {0: {(0, 0): 0.0, (0, 1): 0.1, (1, 0): 0.2,
+                                                                          (1, 1): 0.3}}), action_space=space)
+    bad_for_one_type = {"discrete": [1.0, "1", float("nan"), np.array([0, 1]), 2],
+                        "multibinary": [np.array([0.5]), np.array([np.nan]), np.array([1, 0])],
+                        "box": [np.array([np.nan]), np.array([np.inf]), np.array([0.1, 0.2])]}[space]
+    table.reset(seed=0)
+    for action in bad_for_one_type:
+        with pytest.raises(ValueError, match="action"):
+            table.step(action)
+    assert table.action_index({"discrete": np.array([1]), "multibinary": np.array([1]), "box": np.array([0.7])}[space]) == 1

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
-from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
+from kdenv.benchmark.tree import JobBusy, TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
@@ -114,10 +114,16 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
     torch.set_num_threads(setup.threads)
     total = sum(builder.job_nodes(prefix) for _, prefix in jobs)
     bar = tqdm(total=total, desc=f"tree {setup.data.task}", unit="node", disable=not progress, smoothing=0.05)
-    seconds = 0.0
+    seconds, busy = 0.0, []
     for seed, prefix in jobs:
         bar.set_postfix(seed=seed, prefix=",".join(map(str, prefix)) or "-")
-        seconds += builder.run_job(seed, prefix, bar).seconds
+        try:
+            seconds += builder.run_job(seed, prefix, bar, wait=False).seconds
+        except JobBusy:  # another build on this work folder has it: come back to it at the end
+            busy.append((seed, prefix))
+    for seed, prefix in busy:  # share the work: wait for the other build's jobs, then resume or reuse them
+        bar.write(f"job {seed}:{','.join(map(str, prefix))} is being built by another process; waiting for it")
+        seconds += builder.run_job(seed, prefix, bar, wait=True).seconds
     bar.close()
     return seconds
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.config import ACTION_SPACES, EnvConfig
-from kdenv.decision.env import make_spaces, weights_to_action
+from kdenv.decision.env import action_weights, make_spaces, weights_to_action
 from kdenv.decision.rewards import REWARDS
 
 
@@ -83,19 +83,10 @@ class KnowledgeSelectionTableEnv(gym.Env):
         return self._observations[self.table_seed][self._history].copy(), float(reward), self._done, False, info
 
     def action_index(self, action) -> int:
-        """The subset index of an action of this env's space (Box weights round at 0.5)."""
-        array = np.asarray(action)
-        kind = self.config.action_space
-        if kind == "discrete":
-            if array.size != 1 or not 0 <= int(array) < self.table.num_actions:
-                raise ValueError(f"action {action!r} does not fit Discrete({self.table.num_actions})")
-            return int(array)
-        if array.shape != (len(self.knowledge),):
-            raise ValueError(f"action of shape {array.shape} does not fit {self.action_space} over {self.knowledge}")
-        bits = (array.astype(np.float64) >= 0.5) if kind == "box" else array.astype(np.int64)
-        if kind == "multibinary" and not np.all((array == 0) | (array == 1)):
-            raise ValueError(f"MultiBinary action must hold only 0 and 1, got {action!r}")
-        return int(sum(int(bit) << k for k, bit in enumerate(bits)))
+        """The subset index of an action of this env's space (Box weights round at 0.5), checked
+        as the live environment checks it."""
+        weights = action_weights(action, self.knowledge, self.config.action_space)
+        return sum(int(weights[name] >= 0.5) << k for k, name in enumerate(self.knowledge))
 
     def weights_to_action(self, weights: dict[str, float]):
         """As the live env: fixed policies act here unchanged."""

@@ -12,6 +12,7 @@ most the node in flight; a recomputed node must equal its record exactly (a free
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -48,10 +49,8 @@ def parse_prefix(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip()) if text.strip() else ()
 
 
-def all_rewards(before: dict[str, float], after: dict[str, float], initial: dict[str, float], terminal: bool) -> dict[str, float]:
-    """Every registered reward (unscaled) for one phase, from the reward-split metric and loss."""
-    step = RewardInput(metric_before=before["metric"], metric_after=after["metric"], loss_before=before["loss"],
-                       loss_after=after["loss"], metric_initial=initial["metric"], terminal=terminal)
+def all_rewards(step: RewardInput) -> dict[str, float]:
+    """Every registered reward (unscaled) for one phase, from the input the environment gave its own."""
     return {name: float(function(step)) for name, function in REWARDS.items()}
 
 
@@ -66,31 +65,133 @@ class JobProgress:
     seconds: float = 0.0
 
 
-class JobFile:
-    """The append-only record file of one (seed, prefix) job."""
+class JobBusy(RuntimeError):
+    """Another process is building this job right now (it holds the job's lock)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+
+def _checksum(item: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()
+
+
+def _covers(marker: str, key: str) -> bool:
+    """Whether the completion marker of ``marker``'s subtree vouches for node ``key``."""
+    return marker == "" or key == marker or key.startswith(marker + ",")
+
+
+class JobFile:
+    """The record file of one (seed, prefix) job: one JSON line per node or completion marker, each
+    carrying the SHA-256 of its own content, appended and fsynced one at a time.
+
+    Self-healing and tamper-evident, so that a build always resumes with the same command:
+      - a last line cut short (a kill, a full disk) is cut off, and its node is recomputed;
+      - a line that is not JSON, lacks its checksum or history, or whose checksum does not match
+        (an edit) is dropped, together with every completion marker that could vouch for it
+        (all of them when the damaged line names no node), so that its nodes are recomputed;
+        a recomputed node that still has a record must equal it exactly;
+      - the file is rewritten clean (temporary file, then rename) before anything is appended.
+    ``repairs`` says what was healed. With ``lock`` (a build), one process at a time works on a
+    job: another one gets :class:`JobBusy`, or waits with ``wait``."""
+
+    def __init__(self, path: Path, lock: bool = True, wait: bool = False):
+        self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
         self.complete: set[str] = set()
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the line a kill cut short: that node is recomputed
-                key = history_key(item["history"])
-                if item.get("complete"):
-                    self.complete.add(key)
+        self.repairs: list[str] = []
+        self._handle = None
+        self._lock = None
+        self._writable = lock  # a reader (lock=False) heals in memory only
+        if lock:
+            self._acquire(wait)
+        try:
+            if self.path.is_file():
+                self._load()
+            if lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self.path, "a")
+        except BaseException:
+            self.close()
+            raise
+
+    def _acquire(self, wait: bool) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_suffix(".lock"), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise JobBusy(f"{self.path} is being built by another process") from None
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        kept: list[dict[str, Any]] = []
+        damaged: set[str] = set()
+        unknown = 0
+        if raw and not raw.endswith(b"\n"):
+            raw = raw[: raw.rfind(b"\n") + 1]
+            self.repairs.append("cut a last line that was cut short")
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            item, key = self._verify(line)
+            if item is None:
+                if key is None:
+                    unknown += 1
                 else:
-                    self.records[key] = item
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(path, "a")
+                    damaged.add(key)
+                continue
+            if item.get("complete"):
+                self.complete.add(key)
+            elif key in self.records:
+                if _comparable(self.records[key]) != _comparable(item):
+                    damaged.add(key)
+                continue
+            else:
+                self.records[key] = item
+            kept.append(item)
+        if damaged or unknown:
+            for key in damaged:
+                self.records.pop(key, None)
+            dropped = {m for m in self.complete if unknown or any(_covers(m, key) for key in damaged)}
+            self.complete -= dropped
+            kept = [item for item in kept if history_key(item["history"]) in
+                    (self.complete if item.get("complete") else self.records)]
+            self.repairs.append(f"dropped {len(damaged) + unknown} damaged or altered line(s)"
+                                + (f" and {len(dropped)} completion marker(s) over them" if dropped else ""))
+        if self.repairs and self._writable:
+            from kdenv.io import atomic_write
+
+            with atomic_write(self.path) as handle:
+                handle.writelines(self._line(item) for item in kept)
+
+    @staticmethod
+    def _verify(line: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(item, key) for a sound line; (None, key) for a damaged one that names its node; (None, None)."""
+        try:
+            item = json.loads(line)
+            key = history_key(item["history"]) if isinstance(item, dict) and isinstance(item.get("history"), list) else None
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return None, None
+        if key is None:
+            return None, None
+        checksum = item.pop("sha256", None)
+        if checksum != _checksum(item) or not (item.get("complete") is True or "depth" in item):
+            return None, key
+        return item, key
+
+    @staticmethod
+    def _line(item: dict[str, Any]) -> str:
+        return json.dumps({**item, "sha256": _checksum(item)}, sort_keys=True) + "\n"
 
     def append(self, item: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(item, sort_keys=True) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            self._handle.write(self._line(item))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            raise OSError(error.errno, f"cannot write the tree's record file {self.path} ({error.strerror or error}); "
+                                       "free space or fix the folder, then rerun the same command: the build resumes "
+                                       "and heals the file") from None
 
     def add_record(self, record: dict[str, Any]) -> None:
         key = history_key(record["history"])
@@ -110,7 +211,15 @@ class JobFile:
             self.append({"history": list(history), "complete": True})
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError:  # a write that failed already said so; what it left is healed on the next load
+                pass
+            self._handle = None
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
 
 class TreeBuilder:
@@ -139,11 +248,16 @@ class TreeBuilder:
         """Nodes a job records: the path to its prefix, and the prefix's subtree."""
         return len(prefix) + subtree_size(self.num_actions, self.phases - len(prefix)) + 1
 
-    def run_job(self, seed: int, prefix: tuple[int, ...] = (), progress: tqdm | None = None) -> JobProgress:
-        """Builds (or resumes) the part of ``seed``'s tree at and below ``prefix``."""
+    def run_job(self, seed: int, prefix: tuple[int, ...] = (), progress: tqdm | None = None,
+                wait: bool = True) -> JobProgress:
+        """Builds (or resumes) the part of ``seed``'s tree at and below ``prefix``. Another process
+        building the same job is waited for (``wait``), or refused with :class:`JobBusy`."""
         if any(not 0 <= a < self.num_actions for a in prefix) or len(prefix) > self.phases:
             raise ValueError(f"prefix {prefix} is not a path of a {self.phases}-phase tree over {self.num_actions} actions")
-        job = JobFile(self.job_path(seed, prefix))
+        job = JobFile(self.job_path(seed, prefix), wait=wait)
+        for repair in job.repairs:
+            message = f"healed {job.path}: {repair}; those nodes are recomputed"
+            (progress.write if isinstance(progress, tqdm) else print)(message)
         stats = JobProgress()
         start = time.perf_counter()
         try:
@@ -153,15 +267,12 @@ class TreeBuilder:
                     progress.update(self.job_nodes(prefix))
                 return stats
             observation, _ = self.env.reset(seed=seed)
-            root = self._record((), observation, self._eval_state(), None, None)
-            self._store(job, root, stats, progress)
-            self.initial = {"metric": root["metric"], "loss": root["loss"]}
+            self._store(job, self._record((), observation, None, None), stats, progress)
             history: tuple[int, ...] = ()
             for action in prefix:  # the path down to the job's subtree
-                before = self._eval_state()
                 observation, _, terminated, _, info = self.env.step(action)
                 history = (*history, action)
-                self._store(job, self._record(history, observation, before, info, terminated), stats, progress)
+                self._store(job, self._record(history, observation, info, terminated), stats, progress)
                 if terminated:
                     break
             else:
@@ -196,9 +307,6 @@ class TreeBuilder:
 
     # ------------------------------------------------------------------ internals
 
-    def _eval_state(self) -> dict[str, float]:
-        return {"metric": float(self.env._metric), "loss": float(self.env._loss)}
-
     def _expand(self, job: JobFile, history: tuple[int, ...], stats: JobProgress, progress) -> None:
         """Depth first below ``history``; the environment stands at ``history`` on entry."""
         state = self.env.get_state()
@@ -210,9 +318,8 @@ class TreeBuilder:
                     progress.update(1 + subtree_size(self.num_actions, self.phases - len(child)))
                 continue
             self.env.set_state(state)
-            before = self._eval_state()
             observation, _, terminated, _, info = self.env.step(action)
-            record = self._record(child, observation, before, info, terminated)
+            record = self._record(child, observation, info, terminated)
             self._store(job, record, stats, progress)
             if terminated:
                 if progress is not None:  # a crash ends the episode early: its subtree does not exist
@@ -231,23 +338,22 @@ class TreeBuilder:
         if progress is not None:
             progress.update(1)
 
-    def _record(self, history: tuple[int, ...], observation: np.ndarray, before: dict[str, float] | None,
-                info: dict[str, Any] | None, terminated: bool | None) -> dict[str, Any]:
+    def _record(self, history: tuple[int, ...], observation: np.ndarray, info: dict[str, Any] | None,
+                terminated: bool | None) -> dict[str, Any]:
         """One node: what the live environment returns there, and what analysis needs."""
-        env, trainer = self.env, self.env.trainer
+        env, trainer, episode = self.env, self.env.trainer, self.env.episode
         record: dict[str, Any] = {
             "format": RECORD_FORMAT, "history": list(history), "depth": len(history),
             "observation": [float(x) for x in np.asarray(observation, dtype=np.float32)],
-            "metric": float(env._metric), "loss": float(env._loss), "agreement": float(env._agreement),
+            "metric": float(episode.metric), "loss": float(episode.loss), "agreement": float(episode.agreement),
         }
         if info is None:  # the root: the initial student
-            record["reward_split"] = {k: float(v) for k, v in env._initial_eval.items()}
+            record["reward_split"] = {k: float(v) for k, v in env.initial_eval.items()}
             return record
-        after = self._eval_state()
         terminal = bool(terminated)
         record.update(
             status=info["status"], terminal=terminal,
-            rewards=all_rewards(before, after, self.initial, terminal) if info["status"] == "ok" else {},
+            rewards=all_rewards(info["reward_input"]) if info["status"] == "ok" else {},
             reward_split={k: float(v) for k, v in info.get("reward_split", {}).items()},
             losses={k: float(v) for k, v in info["losses"].items()},
             normalized_losses={k: float(v) for k, v in info["normalized_losses"].items()},
@@ -272,8 +378,7 @@ def collect_seed(work_dir: Path, seed: int, num_actions: int, phases: int) -> li
     if not files:
         raise ValueError(f"no records for seed {seed} under {work_dir}; build the tree first")
     for path in files:
-        job = JobFile(path)
-        job.close()
+        job = JobFile(path, lock=False)
         for key, record in job.records.items():
             known = records.get(key)
             if known is not None and _comparable(known) != _comparable(record):

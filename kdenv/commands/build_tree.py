@@ -42,6 +42,19 @@ DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "seed")
 TREE = {"phases": 3, "updates_per_phase": 4}  # the tree's default episode: 3 phases x 4 updates
 
 
+def parse_job(text: str, setup: TreeSetup) -> tuple[int, tuple[int, ...]]:
+    """``--job SEED:PREFIX`` (``0:3``, ``2:1,5``, ``1:`` for a seed's whole tree), checked against the tree."""
+    seed_text, sep, prefix_text = text.partition(":")
+    try:
+        seed, prefix = int(seed_text), parse_prefix(prefix_text)
+    except ValueError:
+        seed, prefix = -1, ()
+    if not sep or seed < 0 or len(prefix) > setup.env.phases or any(not 0 <= a < setup.num_actions for a in prefix):
+        raise ConfigError(f"--job {text!r}: give SEED:PREFIX, a seed >= 0 and at most {setup.env.phases} actions in "
+                          f"0..{setup.num_actions - 1}, e.g. 0:3 or 2:1,5 (0: for seed 0's whole tree)")
+    return seed, prefix
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -83,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         # Records are exact for one torch thread count: the Ray tasks' CPUs, or this process's threads.
         threads = int(runner.num_cpus) if runner.ray else args.threads or torch.get_num_threads()
         setup = TreeSetup(data_config, distill_config, env_config, threads)
-        job = None
-        if args.job is not None:
-            seed_text, _, prefix_text = args.job.partition(":")
-            job = (int(seed_text), parse_prefix(prefix_text))
+        job = None if args.job is None else parse_job(args.job, setup)
         if args.job_depth < 0:
             raise ConfigError(f"--job-depth must be >= 0, not {args.job_depth}")
         output = Path(args.output) if args.output else tables_dir() / task.name

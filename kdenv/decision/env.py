@@ -30,9 +30,11 @@ squashed by tanh).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -98,6 +100,37 @@ def weights_to_action(weights: dict[str, float], knowledge: list[str], action_sp
     return int(sum(int(bit) << k for k, bit in enumerate(bits)))
 
 
+def action_weights(action, knowledge: list[str], action_space: str) -> dict[str, float]:
+    """The weight of each offered type for an action of ``action_space`` over ``knowledge``: the one
+    action check of both environments (live and table). ``discrete``: one integer in [0, 2^K), bit
+    k switching type k; ``multibinary``: K values of exactly 0 or 1; ``box``: K finite numbers,
+    clipped to [0, 1]. Anything else (a float, a string, NaN or inf, the wrong shape) is refused
+    with a ValueError that names the space and what to pass."""
+    num_types = len(knowledge)
+    try:
+        array = np.asarray(action)
+    except (TypeError, ValueError):
+        array = np.asarray(None)
+    if action_space == "discrete":
+        if array.size != 1 or not np.issubdtype(array.dtype, np.integer) or not 0 <= int(array.reshape(-1)[0]) < 2**num_types:
+            raise ValueError(f"action {action!r} does not fit Discrete({2**num_types}) over {knowledge}: "
+                             f"pass one integer in [0, {2**num_types}); bit k switches {knowledge[0]}…")
+        index = int(array.reshape(-1)[0])
+        return {name: float((index >> k) & 1) for k, name in enumerate(knowledge)}
+    if array.shape != (num_types,) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"action {action!r} of shape {array.shape} does not fit the {action_space} action space over "
+                         f"{knowledge}: pass a length-{num_types} vector of numbers")
+    values = array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"action {action!r} holds NaN or inf")
+    if action_space == "multibinary":
+        if not np.all((values == 0) | (values == 1)):
+            raise ValueError(f"MultiBinary action must hold only 0 and 1, got {action!r}")
+    else:
+        values = np.clip(values, 0.0, 1.0)
+    return {name: float(value) for name, value in zip(knowledge, values)}
+
+
 class SpacesOnlyEnv(gym.Env):
     """An environment with the spaces of a configuration and no trainer behind it: an agent can be
     constructed on it (checking its hyperparameters) before the expensive environment is built."""
@@ -111,6 +144,59 @@ class SpacesOnlyEnv(gym.Env):
 
     def step(self, action):
         return self.observation_space.sample(), 0.0, True, False, {}
+
+
+@dataclass
+class EpisodeState:
+    """Everything the rest of an episode depends on besides the trainer: what the observation and
+    the rewards are computed from. Public (``env.episode``) so that a tree builder or a debugger
+    reads it by name; :meth:`KnowledgeDistillationEnv.get_state` copies it with the trainer."""
+
+    initial: dict[str, float]  # the reward-split evaluation of the initial student
+    metric_name: str
+    num_types: int
+    phase: int = 0
+    episode_seed: int | None = None
+    terminated: bool = False
+    metric: float = 0.0
+    best: float = 0.0
+    metric_change: float = 0.0
+    loss: float = 0.0
+    loss_change: float = 0.0
+    agreement: float = 0.0
+    first_losses: dict[str, float] = field(default_factory=dict)
+    last_losses: dict[str, float] = field(default_factory=dict)
+    grad_share: np.ndarray | None = None
+    previous_action: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.metric = self.best = self.initial[self.metric_name]
+        self.loss = self.initial["loss"]
+        self.agreement = self.initial.get("agreement", 0.0)
+        if self.grad_share is None:
+            self.grad_share = np.zeros(self.num_types, dtype=np.float32)
+        if self.previous_action is None:
+            self.previous_action = np.zeros(self.num_types, dtype=np.float32)
+
+    def reward_input(self, evaluation: dict[str, float], terminal: bool) -> RewardInput:
+        """What every reward function reads for a phase that ended with ``evaluation``."""
+        return RewardInput(metric_before=self.metric, metric_after=evaluation[self.metric_name],
+                           loss_before=self.loss, loss_after=evaluation["loss"],
+                           metric_initial=self.initial[self.metric_name], terminal=terminal)
+
+    def update(self, evaluation: dict[str, float], stats, weights: dict[str, float], knowledge: list[str]) -> None:
+        """The state after a phase that ended with ``evaluation`` (its stats, the action's weights)."""
+        metric = evaluation[self.metric_name]
+        self.metric_change, self.metric = metric - self.metric, metric
+        self.best = max(self.best, metric)
+        self.loss_change, self.loss = evaluation["loss"] - self.loss, evaluation["loss"]
+        self.agreement = evaluation.get("agreement", 0.0)
+        for name, value in stats.losses.items():
+            self.first_losses.setdefault(name, value)
+            self.last_losses[name] = value
+        norms = np.array([stats.grad_norms.get(name, 0.0) for name in knowledge], dtype=np.float64)
+        self.grad_share = (norms / norms.sum() if norms.sum() > 0 else norms).astype(np.float32)
+        self.previous_action = np.array([weights[name] for name in knowledge], dtype=np.float32)
 
 
 class KnowledgeDistillationEnv(gym.Env):
@@ -144,12 +230,11 @@ class KnowledgeDistillationEnv(gym.Env):
         self.action_space, self.observation_space = make_spaces(config, cls_sizes)
         self._reward_fn = get_reward(config.reward)
         self._initial_snapshot = trainer.snapshot()
-        self._initial_eval = trainer.evaluate("reward")
+        self.initial_eval = trainer.evaluate("reward")
         self._peak_lr = trainer.config.learning_rate
-        self._terminated = False
         self._action_counts: Counter = Counter()
         self.episode_index = -1
-        self._reset_episode_state()
+        self.episode = self._new_episode(None)
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -159,94 +244,71 @@ class KnowledgeDistillationEnv(gym.Env):
         self.trainer.restore(self._initial_snapshot)
         self.trainer.reseed(episode_seed)
         self.episode_index += 1
-        self.episode_seed = episode_seed
-        self._terminated = False
-        self._reset_episode_state()
-        return self._observation(), {"episode_seed": episode_seed, "metric": self._metric}
+        self.episode = self._new_episode(episode_seed)
+        return self._observation(), {"episode_seed": episode_seed, "metric": self.episode.metric}
+
+    @property
+    def phase(self) -> int:
+        return self.episode.phase
+
+    @property
+    def episode_seed(self) -> int | None:
+        return self.episode.episode_seed
 
     def step(self, action):
-        if self._terminated:
+        episode = self.episode
+        if episode.terminated:
             raise RuntimeError("the episode is over (the last step returned terminated=True): call env.reset() before "
                                "stepping again")
         weights = self.action_to_weights(action)
         full_weights = {**self.config.base_weights, **weights}
         start = time.perf_counter()
         stats = self.trainer.run_phase(full_weights, self.config.updates_per_phase)
-        self.phase += 1
+        episode.phase += 1
         info: dict[str, Any] = {
-            "phase": self.phase, "weights": full_weights, "action_weights": weights, "status": stats.status,
+            "phase": episode.phase, "weights": full_weights, "action_weights": weights, "status": stats.status,
             "losses": stats.losses, "normalized_losses": stats.normalized_losses, "grad_norms": stats.grad_norms,
             "learning_rate": stats.learning_rate, "updates": self.trainer.updates_done,
         }
         if stats.status != "ok":
             info.update(crash=stats.message, phase_wall_time_s=WallTime(time.perf_counter() - start),
                         task_reward=self.config.crash_penalty, exploration_bonus=0.0)
-            self._previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
-            self._terminated = True
+            episode.previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
+            episode.terminated = True
             return self._observation(), float(self.config.crash_penalty), True, False, info
         evaluation = self.trainer.evaluate("reward")
-        terminal = self.phase >= self.config.phases
-        task_reward = self._reward_fn(RewardInput(
-            metric_before=self._metric, metric_after=evaluation[self.trainer.task.primary_metric],
-            loss_before=self._loss, loss_after=evaluation["loss"],
-            metric_initial=self._initial_eval[self.trainer.task.primary_metric], terminal=terminal,
-        )) * self.config.reward_scale
+        terminal = episode.phase >= self.config.phases
+        reward_input = episode.reward_input(evaluation, terminal)
+        task_reward = self._reward_fn(reward_input) * self.config.reward_scale
         bonus = self._exploration_bonus(weights)
-        self._update_state(evaluation, stats, weights)
+        episode.update(evaluation, stats, weights, self.knowledge)
         info.update(
-            metric=self._metric, loss=self._loss, agreement=evaluation.get("agreement", 0.0),
-            reward_split=evaluation, task_reward=task_reward, exploration_bonus=bonus,
+            metric=episode.metric, loss=episode.loss, agreement=evaluation.get("agreement", 0.0),
+            reward_split=evaluation, reward_input=reward_input, task_reward=task_reward, exploration_bonus=bonus,
             phase_wall_time_s=WallTime(time.perf_counter() - start),
         )
-        self._terminated = terminal
+        episode.terminated = terminal
         return self._observation(), float(task_reward + bonus), terminal, False, info
 
     # ------------------------------------------------------------------ fork: state in, state out
-
-    _EPISODE_FIELDS = ("phase", "episode_seed", "_terminated", "_metric", "_best", "_metric_change", "_loss",
-                       "_loss_change", "_agreement", "_first_losses", "_last_losses", "_grad_share", "_previous_action",
-                       "_action_counts")
 
     def get_state(self) -> dict[str, Any]:
         """Everything that determines the rest of the episode (trainer snapshot and the episode's
         observation state), copied: :meth:`set_state` forks the episode from here, any number of
         times, each continuation seeing the same batches and dropout draws (CompilerGym's fork)."""
-        import copy
-
-        return {"trainer": self.trainer.snapshot(),
-                "episode": copy.deepcopy({name: getattr(self, name, None) for name in self._EPISODE_FIELDS})}
+        return {"trainer": self.trainer.snapshot(), "episode": copy.deepcopy(self.episode),
+                "action_counts": copy.deepcopy(self._action_counts)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        import copy
-
         self.trainer.restore(state["trainer"])
-        for name, value in copy.deepcopy(state["episode"]).items():
-            setattr(self, name, value)
+        self.episode = copy.deepcopy(state["episode"])
+        self._action_counts = copy.deepcopy(state["action_counts"])
 
     # ------------------------------------------------------------------ actions
 
     def action_to_weights(self, action) -> dict[str, float]:
         """The offered types' weights for an action of this environment's action space."""
-        array = np.asarray(action)
-        kind = self.config.action_space
-        if kind == "discrete":
-            if array.size != 1 or not np.issubdtype(array.dtype, np.integer) or not 0 <= int(array) < 2**self.num_types:
-                raise ValueError(f"action {action!r} does not fit Discrete({2**self.num_types}) over {self.knowledge}: "
-                                 f"pass one integer in [0, {2**self.num_types}); bit k switches {self.knowledge[0]}…")
-            index = int(array)
-            return {name: float((index >> k) & 1) for k, name in enumerate(self.knowledge)}
-        if array.shape != (self.num_types,):
-            raise ValueError(f"action of shape {array.shape} does not fit the {self.action_space} action space over "
-                             f"{self.knowledge}: pass a length-{self.num_types} vector")
-        values = array.astype(np.float64)
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"action {action!r} holds NaN or inf")
-        if kind == "multibinary":
-            if not np.all((values == 0) | (values == 1)):
-                raise ValueError(f"MultiBinary action must hold only 0 and 1, got {action!r}")
-        else:
-            values = np.clip(values, 0.0, 1.0)
-        return {name: float(value) for name, value in zip(self.knowledge, values)}
+        return action_weights(action, self.knowledge, self.config.action_space)
 
     def weights_to_action(self, weights: dict[str, float]):
         """The inverse of :meth:`action_to_weights` (hard spaces round weights at 0.5)."""
@@ -262,45 +324,24 @@ class KnowledgeDistillationEnv(gym.Env):
 
     # ------------------------------------------------------------------ state and observation
 
-    def _reset_episode_state(self) -> None:
-        metric_name = self.trainer.task.primary_metric
-        self.phase = 0
-        self._metric = self._best = self._initial_eval[metric_name]
-        self._metric_change = 0.0
-        self._loss = self._initial_eval["loss"]
-        self._loss_change = 0.0
-        self._agreement = self._initial_eval.get("agreement", 0.0)
-        self._first_losses: dict[str, float] = {}
-        self._last_losses: dict[str, float] = {}
-        self._grad_share = np.zeros(self.num_types, dtype=np.float32)
-        self._previous_action = np.zeros(self.num_types, dtype=np.float32)
-
-    def _update_state(self, evaluation: dict[str, float], stats, weights: dict[str, float]) -> None:
-        metric = evaluation[self.trainer.task.primary_metric]
-        self._metric_change, self._metric = metric - self._metric, metric
-        self._best = max(self._best, metric)
-        self._loss_change, self._loss = evaluation["loss"] - self._loss, evaluation["loss"]
-        self._agreement = evaluation.get("agreement", 0.0)
-        for name, value in stats.losses.items():
-            self._first_losses.setdefault(name, value)
-            self._last_losses[name] = value
-        norms = np.array([stats.grad_norms.get(name, 0.0) for name in self.knowledge], dtype=np.float64)
-        self._grad_share = (norms / norms.sum() if norms.sum() > 0 else norms).astype(np.float32)
-        self._previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
+    def _new_episode(self, episode_seed: int | None) -> EpisodeState:
+        return EpisodeState(self.initial_eval, self.trainer.task.primary_metric, self.num_types,
+                            episode_seed=episode_seed)
 
     def _observation(self):
-        initial_loss = max(self._initial_eval["loss"], 1e-8)
+        episode = self.episode
+        initial_loss = max(self.initial_eval["loss"], 1e-8)
         loss_ratios = [
-            self._last_losses[name] / max(self._first_losses[name], 1e-8) - 1.0 if name in self._last_losses else 0.0
+            episode.last_losses[name] / max(episode.first_losses[name], 1e-8) - 1.0 if name in episode.last_losses else 0.0
             for name in self.knowledge
         ]
         lr = self.trainer.learning_rate / self._peak_lr if self._peak_lr else 0.0
         features = np.concatenate([
             [
-                self.phase / self.config.phases, self._metric, self._best, 10 * self._metric_change,
-                self._loss / initial_loss - 1.0, 10 * self._loss_change / initial_loss, self._agreement, lr,
+                episode.phase / self.config.phases, episode.metric, episode.best, 10 * episode.metric_change,
+                episode.loss / initial_loss - 1.0, 10 * episode.loss_change / initial_loss, episode.agreement, lr,
             ],
-            loss_ratios, self._grad_share, self._previous_action,
+            loss_ratios, episode.grad_share, episode.previous_action,
         ])
         features = np.clip(np.nan_to_num(features), -1.0, 1.0).astype(np.float32)
         if self._probe is None:

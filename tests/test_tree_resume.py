@@ -1,0 +1,158 @@
+"""Tree builds always resume: whatever a kill, a full disk or an edit leaves in the work folder,
+the same command heals it and ends with the table an uninterrupted build gives (wall times
+aside), and a table never holds a value that no computation produced. Two builds on one work
+folder share the jobs instead of both computing them."""
+
+import errno
+import json
+import threading
+
+import pytest
+
+from kdenv.benchmark.build import run_jobs
+from kdenv.benchmark.tree import JobBusy, JobFile, TreeBuilder, collect_seed
+from tests.test_benchmark import built  # noqa: F401  (the module's tiny table, built once)
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if not k.endswith("wall_time_s")} for r in records]
+
+
+@pytest.fixture
+def fresh(built, monkeypatch, tmp_path):  # noqa: F811
+    """A builder over an empty work folder, and seed 0's records from the uninterrupted build."""
+    setup, environment = built["setup"], built["environment"]
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    reference = without_timing(collect_seed(setup.work_dir(), 0, 4, 2))
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(tmp_path / "runs"))
+    return TreeBuilder(environment.env, setup.work_dir()), setup, reference
+
+
+def lines_of(path):
+    return path.read_text().splitlines()
+
+
+def test_every_line_carries_a_checksum_of_its_own_content(fresh):
+    builder, setup, reference = fresh
+    builder.run_job(0, ())
+    items = [json.loads(line) for line in lines_of(builder.job_path(0, ()))]
+    assert items and all(len(item["sha256"]) == 64 for item in items)
+    assert without_timing(collect_seed(setup.work_dir(), 0, 4, 2)) == reference
+    table_record = collect_seed(setup.work_dir(), 0, 4, 2)[0]
+    assert "sha256" not in table_record  # checksums stay in the work files
+
+
+def test_a_torn_last_line_is_cut_and_its_node_recomputed_not_glued_to_the_next_record(fresh, capsys):
+    builder, setup, reference = fresh
+    builder.run_job(0, ())
+    path = builder.job_path(0, ())
+    lines = lines_of(path)
+    # As a kill mid-write leaves it: the file ends in half a record, and the markers after it are gone.
+    cut = next(i for i, line in enumerate(lines) if '"history": [3, 1]' in line)
+    path.write_text("\n".join(lines[:cut]) + "\n" + lines[cut][: len(lines[cut]) // 2])
+    stats = builder.run_job(0, ())
+    assert "cut a last line that was cut short" in capsys.readouterr().out
+    assert stats.computed >= 1 and stats.reused >= 1
+    assert all(json.loads(line) for line in lines_of(path))  # every line whole again
+    assert without_timing(collect_seed(setup.work_dir(), 0, 4, 2)) == reference
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no_history", "edited", "edited_marker"])
+def test_a_damaged_or_edited_line_in_a_finished_job_is_recomputed_never_used(fresh, damage, capsys):
+    builder, setup, reference = fresh
+    builder.run_job(0, ())
+    path = builder.job_path(0, ())
+    lines = lines_of(path)
+    index = next(i for i, line in enumerate(lines) if '"history": [2, 3]' in line and '"complete"' not in line)
+    item = json.loads(lines[index])
+    if damage == "garbage":
+        lines[index] = "}{ not json at all"
+    elif damage == "no_history":
+        lines[index] = json.dumps({k: v for k, v in item.items() if k != "history"})
+    elif damage == "edited":  # valid JSON, old checksum: a hand edit of a result
+        item["rewards"]["metric_gain"] += 0.5
+        lines[index] = json.dumps(item)
+    else:  # a forged completion marker for a subtree that was never finished
+        lines.append(json.dumps({"history": [1], "complete": True, "sha256": "0" * 64}))
+        lines = [line for line in lines if '"history": [1, 2]' not in line]
+    path.write_text("\n".join(lines) + "\n")
+    # Reading for a table refuses the damage (the tree is now incomplete) instead of using it...
+    with pytest.raises(ValueError, match="incomplete"):
+        collect_seed(setup.work_dir(), 0, 4, 2)
+    # ...and the same build command heals the file and recomputes what was lost.
+    builder.run_job(0, ())
+    assert "healed" in capsys.readouterr().out
+    assert without_timing(collect_seed(setup.work_dir(), 0, 4, 2)) == reference
+
+
+def test_a_full_disk_mid_write_names_the_file_and_the_same_command_resumes(fresh, monkeypatch):
+    builder, setup, reference = fresh
+    real_append, writes = JobFile.append, []
+
+    def append_until_the_disk_fills(self, item):
+        writes.append(item)
+        if len(writes) == 7:  # half the line reaches the disk, then ENOSPC
+            self._handle.write(self._line(item)[:40])
+            self._handle.flush()
+            raise OSError(errno.ENOSPC, f"cannot write the tree's record file {self.path} (No space left on device)")
+        real_append(self, item)
+
+    monkeypatch.setattr(JobFile, "append", append_until_the_disk_fills)
+    with pytest.raises(OSError, match="record file .*prefix-root.jsonl"):
+        builder.run_job(0, ())
+    monkeypatch.setattr(JobFile, "append", real_append)
+    builder.run_job(0, ())
+    assert without_timing(collect_seed(setup.work_dir(), 0, 4, 2)) == reference
+
+
+def test_the_disk_error_message_names_the_file(tmp_path):
+    job = JobFile(tmp_path / "seed0" / "prefix-root.jsonl")
+    job._handle.close()
+    job._handle = open("/dev/full", "w")
+    with pytest.raises(OSError, match=r"prefix-root.jsonl .*rerun the same command"):
+        job.append({"history": [], "depth": 0})
+    job.close()
+
+
+def test_two_builds_on_one_work_folder_share_the_jobs(fresh, monkeypatch):
+    builder, setup, reference = fresh
+    other = JobFile(builder.job_path(0, (2,)))  # another process is building job 0:2 right now
+    with pytest.raises(JobBusy):
+        builder.run_job(0, (2,), wait=False)
+    order = []
+    original = TreeBuilder.run_job
+
+    release = threading.Timer(0.5, other.close)  # the other build lets go of its job a moment later
+
+    def recording(self, seed, prefix=(), progress=None, wait=True):
+        order.append((prefix, wait))
+        if prefix == (3,):  # the last job: job 2 has been found busy and left for later by now
+            release.start()
+        return original(self, seed, prefix, progress, wait)
+
+    monkeypatch.setattr(TreeBuilder, "run_job", recording)
+    try:
+        run_jobs(setup, [0], job_depth=1, progress=False, environment=built_env(builder))
+    finally:
+        release.join()
+    # Job 2 was left while busy, every other job done meanwhile, then job 2 taken up once free.
+    assert order == [((0,), False), ((1,), False), ((2,), False), ((3,), False), ((2,), True)]
+    assert without_timing(collect_seed(setup.work_dir(), 0, 4, 2)) == reference
+
+
+def built_env(builder):
+    class Holder:  # run_jobs reads only .env of the EnvironmentSetup it is given
+        env = builder.env
+
+    return Holder()
+
+
+@pytest.mark.parametrize("job", ["0:9", "x:1", "0:1,2,3", "3"])
+def test_a_bad_job_is_refused_in_one_line_before_any_work(job, glue_dir, capsys, tmp_path):
+    from tests.conftest import command
+
+    code = command("build_tree").main(["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "logits,gradient",
+                                       "--phases", "2", "--job", job, "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--job '{job}'" in err and "SEED:PREFIX" in err and "Traceback" not in err
