@@ -17,7 +17,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from kdenv.benchmark.table import Table, resolve_table, write_manifest, write_seed
+from kdenv.benchmark.table import Table, resolve_table, tree_size, write_manifest, write_seed
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 
 
@@ -34,9 +34,10 @@ def synthetic(directory: Path, types: int = 3, phases: int = 3, seeds: int = 4) 
                                 "metric": value, "loss": 0.7, "weights": {f"t{k}": 1.0 for k in range(types)},
                                 "rewards": {"metric_gain": value}})
         write_seed(directory, seed, records)
-    write_manifest(directory, {"task": "synthetic", "seeds": list(range(seeds)),
-                               "env": {"knowledge": [f"t{k}" for k in range(types)], "phases": phases,
-                                       "updates_per_phase": 1}})
+    knowledge = [f"t{k}" for k in range(types)]
+    write_manifest(directory, {"task": "synthetic", "seeds": list(range(seeds)), "knowledge": knowledge, "phases": phases,
+                               "nodes_per_seed": tree_size(actions, phases) + 1,
+                               "env": {"knowledge": knowledge, "phases": phases, "updates_per_phase": 1}})
     return Table.load(directory)
 
 

@@ -211,8 +211,8 @@ def synthetic_table(directory, returns_by_seed, dev=lambda value: value, observe
                                 "rewards": {"metric_gain": value}, "dev": {"accuracy": dev(value)}})
         write_seed(directory, seed, records)
         nodes_by_seed[seed] = records
-    write_manifest(directory, {"task": "rte", "seeds": list(returns_by_seed),
-                               "env": {"knowledge": ["logits"], "phases": 2, "updates_per_phase": 1}})
+    write_manifest(directory, {"task": "rte", "seeds": list(returns_by_seed), "knowledge": ["logits"], "phases": 2,
+                               "nodes_per_seed": 7, "env": {"knowledge": ["logits"], "phases": 2, "updates_per_phase": 1}})
     return Table.load(directory)
 
 

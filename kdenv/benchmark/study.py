@@ -30,7 +30,7 @@ from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, const
 from kdenv.benchmark.table import Table, TableError
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.config import ConfigError, save_run_config
-from kdenv.decision.algorithms import Algorithm, Hyperparams, save_agent
+from kdenv.decision.algorithms import Algorithm, Hyperparams, SavedAgent, save_agent
 from kdenv.decision.callbacks import ScheduleCallback
 from kdenv.decision.schedules import rollout
 from kdenv.decision.wrappers import MultiDiscreteOnOff
@@ -168,7 +168,7 @@ class TableStudy:
             if resume and done.is_file() and zip_path.is_file():
                 result = json.loads(done.read_text())
                 if "train" not in result:  # an agent saved before train-seed scores were recorded
-                    result["train"] = self.train_score(self.algorithm.load(zip_path))
+                    result["train"] = self.train_score(SavedAgent.open(zip_path).load())
                     with atomic_write(done) as handle:
                         json.dump(result, handle, indent=2)
                 agents.append(result)

@@ -10,6 +10,7 @@ the SHA-256 of every file, checked on load: a truncated or altered file is refus
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -63,14 +64,56 @@ def write_seed(directory: Path, seed: int, records: list[dict[str, Any]]) -> Pat
     return path
 
 
+def subtree_size(num_actions: int, depth: int) -> int:
+    """Nodes below a node with ``depth`` phases left: A + A² + … + A^depth."""
+    return sum(num_actions**d for d in range(1, depth + 1))
+
+
+def tree_size(num_actions: int, phases: int) -> int:
+    """Nodes of a ``phases``-phase tree over ``num_actions`` actions, the root not counted."""
+    return subtree_size(num_actions, phases)
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """The manifest's SHA-256 of itself: its canonical JSON without the checksum entry."""
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    """The manifest, with a checksum of every seed file it lists."""
+    """The manifest, with a checksum of every seed file it lists and of itself."""
     directory = Path(directory)
     manifest = {**manifest, "format": TABLE_FORMAT,
                 "files": {seed_file(seed): file_sha256(directory / seed_file(seed)) for seed in manifest["seeds"]}}
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
     with atomic_write(directory / MANIFEST) as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True)
     return directory / MANIFEST
+
+
+def tree_problems(records: dict[str, dict[str, Any]], num_actions: int, phases: int) -> list[str]:
+    """What keeps one seed's records (by history key, ``"3,1"``) from being a whole schedule tree:
+    a missing root or child, an action out of range, a depth that is not the history's length, a
+    path longer than the episode, a leaf that ends early without a crash. Empty when whole."""
+    problems = []
+    if "" not in records:
+        problems.append("no root node")
+    for key, record in records.items():
+        history = record.get("history")
+        if (not isinstance(history, list) or len(history) > phases or record.get("depth") != len(history)
+                or any(not isinstance(a, int) or not 0 <= a < num_actions for a in history)):
+            problems.append(f"node [{key}] is not a path of a {phases}-phase tree over {num_actions} actions")
+            continue
+        depth = len(history)
+        open_node = depth == 0 or (record.get("status") == "ok" and not record.get("terminal"))
+        if open_node and depth == phases:
+            problems.append(f"node [{key}] is at the last phase but not terminal")
+        if open_node and depth < phases:
+            problems += [f"node [{key},{a}] is missing".replace("[,", "[") for a in range(num_actions)
+                         if (f"{key},{a}" if key else str(a)) not in records]
+        if depth > 0 and record.get("status") == "ok" and record.get("terminal") and depth != phases:
+            problems.append(f"node [{key}] ends the episode after {depth} of {phases} phases without a crash")
+    return problems
 
 
 @dataclass
@@ -116,9 +159,11 @@ class Table:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise TableError(f"{path} is damaged ({error}); restore it from the repository (git checkout)") from None
-        if manifest.get("format") != TABLE_FORMAT:
-            raise TableError(f"{path}: table format {manifest.get('format')!r}, this kdenv reads {TABLE_FORMAT}")
+        if not isinstance(manifest, dict) or manifest.get("format") != TABLE_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise TableError(f"{path}: table format {found!r}, this kdenv reads {TABLE_FORMAT}")
         table = cls(directory, manifest)
+        table._check_manifest(path)
         if knowledge is not None and list(knowledge) != table.knowledge:
             raise TableError(f"the table at {directory} offers {table.knowledge}, not {list(knowledge)}; build a table "
                              "for that knowledge set with agents/build_tree.py")
@@ -129,8 +174,54 @@ class Table:
             if not file.is_file() or file_sha256(file) != checksum:
                 raise TableError(f"{file} is missing, truncated or altered (its SHA-256 differs from the manifest's); "
                                  "restore it from the repository (git checkout) or rebuild the table")
+        nodes = {}
         for seed in manifest["seeds"]:
-            with gzip.open(directory / seed_file(seed), "rt") as handle:
-                records = [json.loads(line) for line in handle]
-            table.nodes[int(seed)] = {tuple(record["history"]): record for record in records}
+            file = directory / seed_file(seed)
+            try:
+                with gzip.open(file, "rt") as handle:
+                    records = {history_text(record["history"]): record for record in map(json.loads, handle)}
+            except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+                raise TableError(f"{file} cannot be read as a table's seed file ({type(error).__name__}: {error}); "
+                                 "restore it from the repository (git checkout) or rebuild the table") from None
+            problems = tree_problems(records, table.num_actions, table.phases)
+            if len(records) > int(manifest["nodes_per_seed"]):
+                problems.append(f"{len(records)} nodes where the manifest says {manifest['nodes_per_seed']} per seed")
+            if problems:
+                raise TableError(f"{file} does not hold the tree its manifest describes ({problems[0]}; "
+                                 f"{len(problems)} problem(s)); restore the table from the repository or rebuild it")
+            nodes[int(seed)] = {tuple(record["history"]): record for record in records.values()}
+        table.nodes = nodes  # all seeds checked: the table is used whole or not at all
         return table
+
+    def _check_manifest(self, path: Path) -> None:
+        """The manifest agrees with itself: its own checksum, one checksum per seed file and no other, phases and knowledge stated alike in both places, the
+        node count of a full tree."""
+        manifest = self.manifest
+        problems = []
+        if "manifest_sha256" not in manifest:
+            problems.append("it carries no checksum of itself (manifest_sha256)")
+        elif manifest["manifest_sha256"] != manifest_checksum(manifest):
+            problems.append("its own checksum does not match its content (it was edited)")
+        try:
+            seeds = [int(seed) for seed in manifest["seeds"]]
+            files = manifest["files"]
+            if not isinstance(files, dict) or sorted(files) != sorted(seed_file(seed) for seed in seeds):
+                problems.append(f"its files {sorted(files) if isinstance(files, dict) else files!r} are not one "
+                                f"checksummed file per seed {seeds}")
+            if len(set(seeds)) != len(seeds) or not seeds:
+                problems.append(f"its seeds {seeds} are empty or repeat")
+            if int(manifest["phases"]) != self.phases or list(manifest["knowledge"]) != self.knowledge:
+                problems.append(f"phases {manifest['phases']} / knowledge {manifest['knowledge']} differ from its env "
+                                f"section's {self.phases} / {self.knowledge}")
+            if self.phases < 1 or int(manifest["nodes_per_seed"]) != tree_size(self.num_actions, self.phases) + 1:
+                problems.append(f"nodes_per_seed {manifest['nodes_per_seed']} is not the size of a {self.phases}-phase "
+                                f"tree over {self.num_actions} actions")
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(f"an entry is missing or malformed ({type(error).__name__}: {error})")
+        if problems:
+            raise TableError(f"{path} is inconsistent: {problems[0]}; restore the table from the repository "
+                             "(git checkout) or rebuild it")
+
+
+def history_text(history) -> str:
+    return ",".join(str(a) for a in history)

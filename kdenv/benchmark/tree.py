@@ -25,20 +25,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdenv.benchmark.table import subtree_size, tree_problems, tree_size  # noqa: F401  (tree_size: re-exported)
 from kdenv.decision.env import KnowledgeDistillationEnv
 from kdenv.decision.rewards import REWARDS, RewardInput
 
 RECORD_FORMAT = 1
 VOLATILE = ("wall_time_s", "dev_wall_time_s")  # measured, not computed: never compared
-
-
-def subtree_size(num_actions: int, depth: int) -> int:
-    """Nodes below a node with ``depth`` phases left: A + A² + … + A^depth."""
-    return sum(num_actions**d for d in range(1, depth + 1))
-
-
-def tree_size(num_actions: int, phases: int) -> int:
-    return subtree_size(num_actions, phases)
 
 
 def history_key(history: Iterable[int]) -> str:
@@ -384,14 +376,8 @@ def collect_seed(work_dir: Path, seed: int, num_actions: int, phases: int) -> li
             if known is not None and _comparable(known) != _comparable(record):
                 raise RuntimeError(f"seed {seed}: node [{key}] differs between job files: the build is not deterministic")
             records.setdefault(key, record)
-    missing = []
-    for key, record in records.items():
-        if record["depth"] < phases and (record["depth"] == 0 or (record["status"] == "ok" and not record["terminal"])):
-            for action in range(num_actions):
-                child = f"{key},{action}" if key else str(action)
-                if child not in records:
-                    missing.append(child)
-    if "" not in records or missing:
-        raise ValueError(f"seed {seed}: the tree is incomplete ({len(missing)} nodes missing, e.g. "
-                         f"{missing[:3]}); run the build again to finish it")
+    problems = tree_problems(records, num_actions, phases)
+    if problems:
+        raise ValueError(f"seed {seed}: the tree is incomplete ({len(problems)} problem(s), e.g. {problems[0]}); run "
+                         "the build again to finish it")
     return sorted(records.values(), key=lambda r: (r["depth"], r["history"]))

@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--preset", choices=list(BUDGETS), default="cpu",
         help="run budget (the same definitions as agents/train.py); flags below override it")
     add("--output-dir", default=None, help="default runs/eval/<task>/<time>")
+    add("--unsafe-load-agents", action="store_true",
+        help="also unpickle what kdenv cannot rebuild from an agent zip. Unpickling runs any code the file holds: use "
+             "only for agent files you trust. Without it such a file is refused (agent files written by kdenv never "
+             "need it)")
     add_common_arguments(add)
     add_job_arguments(add)
     preset = budget_help_defaults()  # each --preset's value, shown in the help
@@ -97,7 +101,8 @@ def policy_knowledge(name: str, default: list[str]) -> list[str]:
     return recipe_knowledge(name) if name in RECIPES else default
 
 
-def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: list[str]) -> list[dict[str, Any]]:
+def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: list[str],
+                  unsafe_load_agents: bool = False) -> list[dict[str, Any]]:
     """Every policy with the environment it runs in, checked before any run starts: fixed policies
     against the knowledge on offer, agents against the env spec they were trained with."""
     plans = []
@@ -105,6 +110,7 @@ def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: li
         if name.startswith("agent:"):
             path = name.removeprefix("agent:")
             saved = SavedAgent.open(path)
+            saved.check_safe(unsafe_load_agents)  # a file that would run code is refused before any work
             env_fields = {**saved.record["env"], **budget_fields}
             env_config = from_dict(EnvConfig, env_fields)  # the agent's own knowledge, spaces and observation
             label = f"agent:{saved.algorithm.name}@{Path(path).parent.name}"
@@ -162,7 +168,7 @@ def evaluate(args: argparse.Namespace) -> int:
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not names:
         raise ConfigError("--policies is empty; name at least one policy (e.g. kd,gkd,all)")
-    plans = plan_policies(names, budget_fields, budget_config.knowledge)
+    plans = plan_policies(names, budget_fields, budget_config.knowledge, args.unsafe_load_agents)
     out = Path(args.output_dir) if args.output_dir else runs_dir() / "eval" / task.name / time.strftime("%Y%m%d-%H%M%S")
     cache = runs_dir() / "eval" / task.name / "cache"
     check_writable(out)
@@ -190,7 +196,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 continue
             runs[str(path)] = {}
             jobs.append(EvaluationJob(plan["name"], label, seed, tag, to_dict(data_config), to_dict(distill_config),
-                                      to_dict(env_config), key, str(path)))
+                                      to_dict(env_config), key, str(path), args.unsafe_load_agents))
     if jobs and runner.ray:
         # Shared inputs first: the teacher and every teacher-knowledge cache the jobs will read,
         # built once here; the workers find them valid in the shared runs folder.

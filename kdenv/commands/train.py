@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--hp-file", default=None, metavar="PATH",
         help="hyperparameter YAML instead of the defaults (kdenv/decision/hyperparams/<algo>.yaml), e.g. a tuned.yaml")
     add("--resume", default=None, help="continue training a saved agent.zip (same algorithm; --hp still applies)")
+    add("--unsafe-load-agents", action="store_true",
+        help="with --resume: also unpickle what kdenv cannot rebuild from the agent zip. Unpickling runs any code the "
+             "file holds: use only for agent files you trust (agent files written by kdenv never need it)")
     add("--checkpoint-every", type=int, default=1, help="save agent.zip every N training episodes (default 1)")
     add("--n-envs", type=int, default=1,
         help="environments stepping at once, each a full environment (own student) in its own process "
@@ -141,6 +144,7 @@ def agent_settings(args, algorithm) -> tuple[Hyperparams, dict, SavedAgent | Non
     if args.resume is None:
         return load_hyperparams(algorithm.name, args.hp, args.hp_file), overrides, None
     saved = SavedAgent.open(args.resume)
+    saved.check_safe(args.unsafe_load_agents)  # a file that would run code is refused before any work
     if saved.algorithm.name != algorithm.name:
         raise ValueError(f"--resume {args.resume} is a {saved.algorithm.name} agent, but this run trains {algorithm.name}; "
                          f"resume it with --algo {saved.algorithm.name}")
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         training_env = agent_env if args.n_envs == 1 else vectorised(args, task.name, env_config, data_config,
                                                                        distill_config, algorithm)
         if resumed is not None:
-            model = resumed.load(env=training_env, tensorboard_log=str(run_dir), **copy.deepcopy(overrides))
+            model = resumed.load(allow_pickle=args.unsafe_load_agents, spaces_from=agent_env, env=training_env,
+                                 tensorboard_log=str(run_dir), **copy.deepcopy(overrides))
             check_agent_fits(model, agent_env, args.resume)
         else:
             # SB3 edits policy_kwargs in place (A2C adds its optimiser class): give it a copy.

@@ -42,9 +42,6 @@ class Algorithm:
             raise ValueError(f"{self.name} cannot be built with these hyperparameters ({type(error).__name__}: "
                              f"{error}); check the hyperparameter file and --hp") from None
 
-    def load(self, path: str | Path, **kwargs):
-        """An agent saved with ``save_agent``, on the CPU unless ``device=...`` says otherwise."""
-        return self.load_class().load(str(path), **{"device": "cpu", **kwargs})
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -148,7 +145,8 @@ def save_agent(model, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class SavedAgent:
-    """An agent saved by agents/train.py: its zip and the run record (config.yaml) beside it."""
+    """An agent saved by agents/train.py or train_table.py: its zip and the run record
+    (config.yaml) beside it, which says how to rebuild everything but its weights."""
 
     path: Path
     algorithm: Algorithm
@@ -168,8 +166,101 @@ class SavedAgent:
             raise ValueError(f"{config_path} is not a run record of agents/train.py (no agent/env sections)")
         return cls(zip_path, get_algorithm(record["agent"]["algo"]), record)
 
-    def load(self, **kwargs):
-        return self.algorithm.load(self.path, **kwargs)
+    def spaces_env(self, env=None, probe: bool = False):
+        """An environment with the spaces this agent acts in, built from its run record (the
+        [CLS] sizes of a ``cls_state`` agent come from ``env``, the environment it will act in, or
+        are stand-ins with ``probe``, for checks that need only the agent's attributes)."""
+        from kdenv.config import EnvConfig, from_dict
+        from kdenv.decision.env import SpacesOnlyEnv
+        from kdenv.decision.wrappers import MultiDiscreteOnOff
+
+        try:
+            config = from_dict(EnvConfig, self.record["env"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"the run record beside agent {self.path} holds no usable env section ({error}); pass an "
+                             "agent.zip from a run folder of agents/train.py or train_table.py") from None
+        cls_sizes = None
+        if config.cls_state and probe and env is None:
+            cls_sizes = (8, 8)
+        elif config.cls_state:
+            space = getattr(getattr(env, "unwrapped", env), "observation_space", None)
+            if space is None or "teacher_cls" not in getattr(space, "spaces", {}):
+                raise ValueError(f"agent {self.path} reads [CLS] vectors (cls_state); load it with the environment it "
+                                 "will act in, which knows their sizes")
+            cls_sizes = (space["teacher_cls"].shape[0], space["student_cls"].shape[0])
+        spaces = SpacesOnlyEnv(config, cls_sizes)
+        return MultiDiscreteOnOff(spaces) if self.algorithm.wrap_multidiscrete else spaces
+
+    def load(self, allow_pickle: bool = False, spaces_from=None, **kwargs):
+        """The agent, loaded without running any code from the file.
+
+        A stable-baselines3 zip stores weights (loaded by torch with ``weights_only``) and a JSON
+        ``data`` entry, some of whose items are cloudpickled objects: unpickling them would run
+        whatever code the file holds. kdenv never unpickles those it can rebuild itself: it builds
+        a fresh agent from the run record beside the zip (algorithm, hyperparameters, the env's
+        spaces) and hands SB3 the fresh agent's policy class, spaces, policy keyword arguments,
+        schedules and buffer classes in their place (``custom_objects``); training-time state
+        (last observation, episode buffers) is dropped. A file that still holds a pickled item is
+        refused, naming it, unless ``allow_pickle`` (``--unsafe-load-agents``) says the file is
+        trusted. ``spaces_from`` (default: ``env=`` among ``kwargs``, which go to SB3's ``load``): the
+        environment the agent will act in, for the [CLS] sizes of a ``cls_state`` agent."""
+
+        custom = self.rebuilt_entries(self.spaces_env(spaces_from or kwargs.get("env")), allow_pickle)
+        try:
+            return self.algorithm.load_class().load(str(self.path), custom_objects=custom, **{"device": "cpu", **kwargs})
+        except (ValueError, RuntimeError, KeyError, TypeError) as error:
+            raise ValueError(f"agent {self.path} cannot be loaded for this environment ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); it must act in the environment its "
+                             "config.yaml describes") from None
+
+
+    def rebuilt_entries(self, spaces_env, allow_pickle: bool = False) -> dict[str, Any]:
+        """In place of every pickled item of the zip, what a fresh agent built from the run record
+        holds (``None`` for training-time state); refuses a zip with a pickled item beyond those,
+        unless ``allow_pickle``."""
+        import copy
+
+        pickled = pickled_entries(self.path)
+        hyperparams = Hyperparams.from_dict(self.record["agent"].get("hyperparams") or {})
+        try:
+            fresh = self.algorithm.build(hyperparams.policy, spaces_env, seed=0, verbose=0,
+                                         **copy.deepcopy(hyperparams.kwargs))
+        except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as error:
+            raise ValueError(f"the run record beside agent {self.path} does not rebuild a {self.algorithm.name} agent "
+                             f"({type(error).__name__}: {error})") from None
+        custom = {key: None if key in RUNTIME_STATE else getattr(fresh, key)
+                  for key in pickled if key in RUNTIME_STATE or key in vars(fresh)}
+        unknown = [key for key in pickled if key not in custom]
+        if unknown and not allow_pickle:
+            raise ValueError(f"agent file {self.path} holds pickled entries {unknown} that kdenv cannot rebuild; "
+                             "unpickling them would run any code the file holds, so it is refused. Use agent files "
+                             "written by kdenv, or pass --unsafe-load-agents if you trust this file and its author")
+        return custom
+
+    def check_safe(self, allow_pickle: bool = False) -> None:
+        """Refuses now, before any expensive work, a file that :meth:`load` would refuse."""
+        self.rebuilt_entries(self.spaces_env(probe=True), allow_pickle)
+
+
+# Training-time state an agent zip may carry: not needed to act or to continue training (SB3 resets it).
+RUNTIME_STATE = ("_last_obs", "_last_original_obs", "_last_episode_starts", "ep_info_buffer", "ep_success_buffer",
+                 "_last_lstm_states")
+
+
+def pickled_entries(path: str | Path) -> list[str]:
+    """The items of an agent zip's ``data`` that stable-baselines3 would unpickle."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise ValueError(f"agent file {path} is not a stable-baselines3 agent zip ({error}); pass an agent.zip saved "
+                         "by kdenv") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"agent file {path} is not a stable-baselines3 agent zip (its data is not a mapping)")
+    return sorted(key for key, value in data.items() if isinstance(value, dict) and ":serialized:" in value)
 
 
 def check_agent_fits(model, env, source: str) -> None:

@@ -38,6 +38,7 @@ class EvaluationJob:
     env: dict[str, Any]
     key: dict[str, Any]  # the run's identity, stored with its result
     path: str  # where the result is cached
+    unsafe_load_agents: bool = False  # unpickle what kdenv cannot rebuild from an agent file (--unsafe-load-agents)
 
     @property
     def agent_path(self) -> Path | None:
@@ -83,8 +84,8 @@ def run_evaluation_job(job: EvaluationJob) -> dict[str, Any]:
     agent_seconds = None
     if job.agent_path is not None:
         saved = SavedAgent.open(job.agent_path)
-        policy = saved.load()
         acting_env = MultiDiscreteOnOff(env) if saved.algorithm.wrap_multidiscrete else env
+        policy = saved.load(allow_pickle=job.unsafe_load_agents, spaces_from=acting_env)
         check_agent_fits(policy, acting_env, str(job.agent_path))
         summary = job.agent_path.parent / "comparison_summary.json"
         agent_seconds = json.loads(summary.read_text()).get("agent_training_s") if summary.is_file() else None

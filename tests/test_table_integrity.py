@@ -1,0 +1,93 @@
+"""A table is all or nothing: a manifest that disagrees with itself or with its seed files, or a
+seed file that does not hold a whole tree, is refused in one line naming the file; nothing of it
+is used."""
+
+import gzip
+import json
+
+import pytest
+
+from kdenv.benchmark.table import Table, TableError, manifest_checksum, seed_file, write_seed
+from kdenv.io import file_sha256
+from tests.test_benchmark import synthetic_table
+
+RETURNS = {(0, 0): 0.1, (0, 1): 0.3, (1, 0): 0.0, (1, 1): 0.2}
+
+
+@pytest.fixture
+def table_dir(tmp_path):
+    synthetic_table(tmp_path / "t", {0: RETURNS, 1: RETURNS})
+    return tmp_path / "t"
+
+
+def edit_manifest(directory, change, reseal=False):
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    if reseal:  # a careful forger also fixes the checksum of the manifest itself
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_the_shipped_tables_and_new_ones_carry_a_checksum_of_their_manifest(table_dir):
+    from kdenv.benchmark.table import available_tables, resolve_table
+
+    assert all(resolve_table(name).manifest["manifest_sha256"] for name in available_tables())
+    assert Table.load(table_dir).manifest["manifest_sha256"]
+
+
+def test_an_edited_phase_count_is_refused_however_carefully_it_is_edited(table_dir):
+    edit_manifest(table_dir, lambda m: m.update(phases=3) or m["env"].update(phases=3))
+    with pytest.raises(TableError, match="its own checksum does not match"):
+        Table.load(table_dir)
+    edit_manifest(table_dir, lambda m: None, reseal=True)  # checksum fixed: the node count now disagrees
+    with pytest.raises(TableError, match="nodes_per_seed 7 is not the size of a 3-phase tree"):
+        Table.load(table_dir)
+    edit_manifest(table_dir, lambda m: m.update(nodes_per_seed=15), reseal=True)  # that too: the records disagree
+    with pytest.raises(TableError, match="does not hold the tree its manifest describes"):
+        Table.load(table_dir)
+
+
+def test_phases_stated_differently_in_two_places_are_refused(table_dir):
+    edit_manifest(table_dir, lambda m: m["env"].update(phases=3), reseal=True)
+    with pytest.raises(TableError, match="phases 2 / knowledge .* differ from its env section's 3"):
+        Table.load(table_dir)
+
+
+def test_a_seed_without_a_checksummed_file_is_refused(table_dir):
+    write_seed(table_dir, 2, [])  # a forged seed file, listed under seeds but not under files
+    edit_manifest(table_dir, lambda m: m["seeds"].append(2), reseal=True)
+    with pytest.raises(TableError, match="not one checksummed file per seed"):
+        Table.load(table_dir)
+
+
+def test_a_manifest_without_its_own_checksum_is_refused(table_dir):
+    edit_manifest(table_dir, lambda m: m.pop("manifest_sha256"))
+    with pytest.raises(TableError, match="no checksum of itself"):
+        Table.load(table_dir)
+
+
+def test_a_seed_file_missing_a_subtree_is_refused_even_with_matching_checksums(table_dir):
+    path = table_dir / seed_file(1)
+    with gzip.open(path, "rt") as handle:
+        records = [json.loads(line) for line in handle if json.loads(line)["history"][:1] != [1]]
+    write_seed(table_dir, 1, records)
+    edit_manifest(table_dir, lambda m: m["files"].update({seed_file(1): file_sha256(path)}), reseal=True)
+    with pytest.raises(TableError, match=r"seed1.jsonl.gz does not hold the tree .*node \[1\] is missing"):
+        Table.load(table_dir)
+
+
+def test_an_unreadable_seed_file_is_refused_in_one_line(table_dir):
+    path = table_dir / seed_file(0)
+    path.write_bytes(gzip.compress(b"{not json\n"))
+    edit_manifest(table_dir, lambda m: m["files"].update({seed_file(0): file_sha256(path)}), reseal=True)
+    with pytest.raises(TableError, match="cannot be read as a table's seed file"):
+        Table.load(table_dir)
+
+
+def test_the_oracle_refuses_an_edited_table_instead_of_answering(table_dir, capsys, tmp_path):
+    from tests.conftest import command
+
+    edit_manifest(table_dir, lambda m: m.update(phases=4) or m["env"].update(phases=4))
+    assert command("oracle").main(["--table", str(table_dir), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "inconsistent" in capsys.readouterr().err and not (tmp_path / "o").exists()
