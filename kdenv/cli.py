@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -111,18 +112,47 @@ def fail(error: Exception | str, code: int = 2) -> int:
     return code
 
 
-def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
-    """A seed list as every script takes it: ``0-3``, ``0,2,5`` or both (``0-3,8``); distinct
-    integers >= 0, in the order given. Anything else is refused naming ``flag`` and the syntax."""
+def parse_seeds(text, flag: str = "--seeds") -> list[int]:
+    """A seed list as every script and both environments take it: ``0-3``, ``0,2,5`` or both
+    (``0-3,8``), or a list of integers; distinct whole numbers >= 0, in the order given. Anything
+    else (a repeat, which would silently weight a draw; a fraction; a word) is refused naming
+    ``flag`` and the syntax."""
     seeds: list[int] = []
     try:
-        for part in filter(None, (p.strip() for p in str(text).split(","))):
-            low, sep, high = part.partition("-")
-            if sep and int(high) < int(low):
-                raise ValueError
-            seeds.extend(range(int(low), int(high) + 1) if sep else [int(low)])
-    except ValueError:
+        if isinstance(text, str):
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                low, sep, high = part.partition("-")
+                if sep and int(high) < int(low):
+                    raise ValueError
+                seeds.extend(range(int(low), int(high) + 1) if sep else [int(low)])
+        else:
+            for item in text:
+                if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+                    raise ValueError
+                seeds.append(int(item))
+    except (TypeError, ValueError):
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"{flag} {text!r}: give distinct whole numbers >= 0, e.g. 0-3, 0,2,5 or 0-3,8")
     return seeds
+
+
+def run_main(main: Callable[..., int]) -> Callable[..., int]:
+    """Wraps a program's ``main``: a failing disk (full, read-only, out of quota) ends it with one
+    ``error:`` line naming the file and the way on, exit code 2, instead of a traceback; the
+    program's finished work stays where a rerun of the same command finds it."""
+    import functools
+
+    from kdenv.io import DISK_ERRNOS
+
+    @functools.wraps(main)
+    def guarded(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except OSError as error:
+            if error.errno not in DISK_ERRNOS:
+                raise
+            return fail(error if error.filename is None else f"cannot write {error.filename} ({error.strerror}); free "
+                        "space or choose another folder, then rerun the same command (finished work is kept)")
+
+    return guarded

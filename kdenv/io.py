@@ -7,6 +7,7 @@ gone."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -14,6 +15,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# Failures of the disk rather than of the program: a full disk or quota, a file too large, a
+# read-only or failing device. Reported in one line naming the file, never as a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def disk_error(error: OSError, path: str | os.PathLike) -> OSError:
+    """``error`` restated with the file it hit and the way on."""
+    return OSError(error.errno, f"cannot write {path} ({error.strerror or error}); free space or choose another "
+                                f"folder, then rerun the same command (finished work is kept)")
 
 
 def _umask() -> int:
@@ -94,6 +105,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files; use normal permissions
         os.replace(tmp_name, path)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        if error.errno in DISK_ERRNOS and error.filename is None:  # a write of this file failed: say which
+            raise disk_error(error, path) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)

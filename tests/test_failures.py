@@ -307,3 +307,35 @@ def test_gpu_preset_refuses_a_teacher_from_another_base_model(tiny_teacher, glue
     code = train(glue_dir, tmp_path / "gpu", "--teacher-model", "bert-base-uncased", "--hp", "n_steps=2")
     err = capsys.readouterr().err
     assert code == 2 and "was fine-tuned from" in err and "--teacher-model" in err
+
+
+def test_the_printed_resume_command_continues_the_same_experiment(tiny_teacher, glue_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C prints a command with every flag of the run (its budget, data caps, hyperparameters),
+    the saved agent and the phases left: run as printed, it continues the same experiment."""
+    import shlex
+
+    from kdenv.decision import callbacks
+
+    calls = {"n": 0}
+    original = callbacks.ScheduleCallback._on_step
+
+    def interrupt_at_step_three(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(callbacks.ScheduleCallback, "_on_step", interrupt_at_step_three)
+    assert train(glue_dir, tmp_path / "run", "--hp", "n_steps=2") == 130
+    monkeypatch.setattr(callbacks.ScheduleCallback, "_on_step", original)
+    printed = capsys.readouterr().err.strip().splitlines()[-1]
+    words = shlex.split(printed)
+    assert words[:2] == ["python", "agents/train.py"] and "--resume" in words
+    assert words[words.index("--total-timesteps") + 1] == "1"  # 3 of 4 phases were stepped
+    assert command("train").main([*words[2:], "--output-dir", str(tmp_path / "continued")]) == 0
+    first = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    second = yaml.safe_load((tmp_path / "continued" / "config.yaml").read_text())
+    for section in ("env", "data"):
+        assert second[section] == first[section], section  # the same episodes and data caps, not the defaults
+    assert second["agent"]["hyperparams"] == first["agent"]["hyperparams"]
+    assert second["agent"]["total_timesteps"] == 1

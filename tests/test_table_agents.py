@@ -2,6 +2,7 @@
 seeds against the exact oracle; on a table with an obvious best schedule, agents find it."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,51 @@ def test_table_agents_log_scalars_every_100th_episode_and_a_heatmap_every_1000th
     assert [e.step for e in events.Scalars("episode/return")] == list(range(0, 1100, 100))
     assert [e.step for e in events.Images("schedule/heatmap")] == [0, 1000]
     assert len(json.loads((out / "schedules_seed0" / "schedules.json").read_text())) == 1100
+
+
+TABLE_RUN_BAD = [["--reward-scale", "0"], ["--reward", "dev_accuracy"], ["--train-seeds", "0,0"], ["--test-seeds", "x"]]
+HP_BAD = [["--hp", "n_steps=-3"], ["--hp", "gamma=abc"], ["--hp", "no_such_setting=1"], ["--hp-file", "BROKEN"]]
+
+
+@pytest.mark.parametrize("script, bad", [*(("train_table", bad) for bad in TABLE_RUN_BAD + HP_BAD),
+                                         *(("tune_table", bad) for bad in TABLE_RUN_BAD)])
+def test_table_runs_check_everything_before_writing_anything(script, bad, tmp_path, capsys):
+    obvious_table(tmp_path / "table")
+    (tmp_path / "broken.yaml").write_text("policy: MlpPolicy\nlearning_rate: [unclosed\n")
+    bad = [str(tmp_path / "broken.yaml") if word == "BROKEN" else word for word in bad]
+    out = tmp_path / "out"
+    try:
+        code = command(script).main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--output-dir", str(out),
+                                     "--no-progress", *bad])
+    except SystemExit as exit:  # argparse's own refusal (a choice outside the list): exit 2 with usage
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+    assert not out.exists()  # nothing left behind to trip the corrected rerun
+
+
+def test_ctrl_c_on_a_table_run_says_how_to_resume_it_even_without_an_output_dir(tmp_path, monkeypatch, capsys):
+    obvious_table(tmp_path / "table")
+    calls = []
+    original = TableStudy.fit
+
+    def interrupted_second_agent(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TableStudy, "fit", interrupted_second_agent)
+    args = ["--algo", "a2c", "--table", str(tmp_path / "table"), "--episodes", "20", "--agent-seeds", "2",
+            "--no-progress", "--hp", "n_steps=4"]
+    assert command("train_table").main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Continue with:" in err
+    resume = err.strip().splitlines()[-1].split()
+    assert resume[:2] == ["python", "agents/train_table.py"] and "--output-dir" in resume
+    run_dir = resume[resume.index("--output-dir") + 1]
+    monkeypatch.setattr(TableStudy, "fit", original)
+    assert command("train_table").main(resume[2:]) == 0  # as printed: agent 0 is reused, agent 1 trained
+    assert calls == [1, 1]
+    assert len(json.loads((Path(run_dir) / "results.json").read_text())["agents"]) == 2

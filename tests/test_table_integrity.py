@@ -91,3 +91,23 @@ def test_the_oracle_refuses_an_edited_table_instead_of_answering(table_dir, caps
     edit_manifest(table_dir, lambda m: m.update(phases=4) or m["env"].update(phases=4))
     assert command("oracle").main(["--table", str(table_dir), "--output-dir", str(tmp_path / "o")]) == 2
     assert "inconsistent" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("seeds", [[0, 0, 0, 1], [0, 1.5], ["0"], [True], [], "0-0,0", "x", [-1]])
+def test_the_table_env_refuses_seed_lists_that_repeat_or_are_not_whole_numbers(table_dir, seeds):
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from kdenv.config import ConfigError
+
+    with pytest.raises(ConfigError, match="distinct whole numbers"):
+        KnowledgeSelectionTableEnv(Table.load(table_dir), seeds=seeds)
+
+
+def test_one_seed_syntax_everywhere(table_dir):
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from kdenv.cli import parse_seeds
+
+    assert parse_seeds("0-3,8") == [0, 1, 2, 3, 8] and parse_seeds([2, 0]) == [2, 0]
+    env = KnowledgeSelectionTableEnv(Table.load(table_dir), seeds="1")
+    assert env.seeds == [1] and env.reset(seed=0)[1]["table_seed"] == 1
+    with pytest.raises(TableError, match="table_seed 1.0 is not among"):
+        env.reset(options={"table_seed": 1.0})

@@ -44,6 +44,10 @@ def test_tuning_writes_the_best_trial_and_compares_it_with_the_defaults_on_held_
     assert tune.main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "4", "--output-dir", str(out),
                       *FAST]) == 0
     assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+    import optuna
+
+    trials = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert trials[3].params != trials[0].params  # the added trial continues the search, it does not repeat trial 0
 
     # The final comparison resumes too: the default arm is reused, and a tuned arm trained with other
     # hyperparameters (here: edited) is moved aside, not mixed in.
@@ -97,3 +101,18 @@ def test_make_table_study_is_one_target_per_table_and_algorithm():
     lines = subprocess.run(["make", "-s", "-n", "-C", str(root), "table-study", "TABLES=stsb", "ALGOS=ppo", "VENV=.venv",
                             "TUNE_ARGS=--trials 20"], capture_output=True, text=True, check=True, env=env).stdout
     assert " ".join(lines.replace("\\\n", " ").split()).endswith("--no-progress --trials 20")
+
+
+def test_a_trial_cut_short_by_a_kill_is_marked_failed_not_left_running(tmp_path, capsys):
+    import optuna
+
+    obvious_table(tmp_path / "table")
+    out = tmp_path / "tune"
+    out.mkdir()
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    study.ask()  # as a killed run leaves it: RUNNING forever
+    assert command("tune_table").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "1",
+                                       "--output-dir", str(out), *FAST]) == 0
+    states = [t.state for t in optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}").trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "cut short by an earlier run" in capsys.readouterr().out

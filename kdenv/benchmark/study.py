@@ -79,7 +79,8 @@ class TableStudy:
 
     def check(self, hyperparams: Hyperparams) -> None:
         """Refuses hyperparameters the algorithm cannot be built with, before anything is written."""
-        self.algorithm.check_build(hyperparams, self.make_env(self.train_seeds)[1])
+        # A table steps in microseconds: a short training run also checks values that fail only in use.
+        self.algorithm.check_build(hyperparams, self.make_env(self.train_seeds)[1], smoke_steps=64)
 
     def fit(self, hyperparams: dict[str, Any], agent_seed: int, run_dir: Path | None = None, progress: bool = False):
         """One agent trained for ``episodes`` episodes on the train seeds; (model, seconds)."""

@@ -9,12 +9,14 @@ over seeds); ``reset(options={"table_seed": s})`` picks one.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from kdenv.benchmark.table import Table, TableError, resolve_table
+from kdenv.cli import parse_seeds
 from kdenv.config import ACTION_SPACES, EnvConfig
 from kdenv.decision.env import action_weights, make_spaces, weights_to_action
 from kdenv.decision.rewards import REWARDS
@@ -32,7 +34,7 @@ class KnowledgeSelectionTableEnv(gym.Env):
             raise ValueError(f"unknown reward {reward!r}; registered: {', '.join(REWARDS)}")
         if action_space not in ACTION_SPACES:
             raise ValueError(f"action_space must be one of {ACTION_SPACES}, not {action_space!r}")
-        seeds = table.seeds if seeds is None else [int(seed) for seed in seeds]
+        seeds = table.seeds if seeds is None else parse_seeds(seeds, "seeds")
         unknown = sorted(set(seeds) - set(table.seeds))
         if not seeds or unknown:
             raise TableError(f"seeds {unknown or seeds} are not in the table (it has {table.seeds})")
@@ -57,7 +59,7 @@ class KnowledgeSelectionTableEnv(gym.Env):
         chosen = (options or {}).get("table_seed")
         if chosen is None:
             chosen = self.seeds[int(self.np_random.integers(len(self.seeds)))]
-        elif chosen not in self.seeds:
+        elif isinstance(chosen, bool) or not isinstance(chosen, numbers.Integral) or chosen not in self.seeds:
             raise TableError(f"table_seed {chosen} is not among this environment's seeds {self.seeds}")
         self.table_seed = int(chosen)
         self._nodes = self.table.nodes[self.table_seed]

@@ -26,7 +26,7 @@ from pathlib import Path
 from kdenv.benchmark.build import TreeSetup, kept_seeds, run_jobs, table_manifest, write_table
 from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds, run_main
 from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
 from kdenv.engine.data import DataError
 from kdenv.engine.knowledge import KnowledgeError
@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()

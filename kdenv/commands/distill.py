@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields, run_main
 from kdenv.config import ConfigError, DataConfig, DistillConfig, save_run_config, to_dict
 from kdenv.engine.data import DataError
 from kdenv.engine.distillation import prepare_distillation
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()

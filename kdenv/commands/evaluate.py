@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields, run_main
 from kdenv.config import (
     BUDGETS,
     ConfigError,
@@ -101,6 +101,22 @@ def policy_knowledge(name: str, default: list[str]) -> list[str]:
     return recipe_knowledge(name) if name in RECIPES else default
 
 
+def read_cached_run(path: Path, say) -> dict[str, Any] | None:
+    """A finished run's cached result, or None to run it (again): a file a kill or a full disk cut
+    short, or that is not a result, is named, removed and recomputed, never a reason to fail."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict) or not {"dev", "schedule", "seed"} <= set(result):
+            raise ValueError("not a run's result")
+    except (ValueError, UnicodeDecodeError) as error:
+        say(f"cached run {path} is damaged ({error}): running it again")
+        path.unlink(missing_ok=True)
+        return None
+    return result
+
+
 def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: list[str],
                   unsafe_load_agents: bool = False) -> list[dict[str, Any]]:
     """Every policy with the environment it runs in, checked before any run starts: fixed policies
@@ -142,6 +158,7 @@ def defined_mean(values: list[float]) -> float:
     return float(np.mean(defined)) if defined else float("nan")
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()
@@ -189,8 +206,9 @@ def evaluate(args: argparse.Namespace) -> int:
         tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             path = cache / f"{label.replace('/', '_').replace(':', '-')}_{tag}_seed{seed}.json"
-            if path.is_file():
-                runs[str(path)] = json.loads(path.read_text())
+            cached = read_cached_run(path, bar.write)
+            if cached is not None:
+                runs[str(path)] = cached
                 bar.write(f"{label} seed {seed}: reused {path.name}")
                 bar.update(1)
                 continue

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, run_main
 from kdenv.config import ConfigError, DataConfig, FinetuneConfig
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()

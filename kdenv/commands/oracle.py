@@ -32,7 +32,7 @@ import numpy as np
 
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
 from kdenv.benchmark.table import Table, TableError, resolve_table
-from kdenv.cli import fail
+from kdenv.cli import fail, run_main
 from kdenv.decision.rewards import REWARDS
 from kdenv.decision.schedules import heatmap_png
 from kdenv.io import atomic_write, check_writable
@@ -123,6 +123,7 @@ def one_hot(schedule: list[int], table: Table) -> np.ndarray:
     return np.array([[float((a >> bit) & 1) for bit in range(len(table.knowledge))] for a in schedule])
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

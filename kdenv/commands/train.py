@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields
+from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields, run_main
 from kdenv.config import (
     BUDGETS,
     ConfigError,
@@ -155,6 +155,7 @@ def agent_settings(args, algorithm) -> tuple[Hyperparams, dict, SavedAgent | Non
     return Hyperparams.from_dict({**saved.record["agent"]["hyperparams"], **overrides}), overrides, saved
 
 
+@run_main
 def main(argv: list[str] | None = None, default_algo: str | None = None, description: str | None = None) -> int:
     args = parse_args(argv, default_algo, description)
     quiet_transformers()
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
     from kdenv.decision.callbacks import AgentCheckpoint, ScheduleCallback
 
     agent_path = run_dir / "agent.zip"
+    resumed_at = model.num_timesteps if resumed is not None else 0
     if args.n_envs == 1:
         agent_env.reset(seed=args.seed)
     print(f"[2/4] training {algorithm.name} for {total_timesteps} phases "
@@ -220,8 +222,11 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
                     progress_bar=not args.no_progress, reset_num_timesteps=resumed is None)
     except KeyboardInterrupt:
         save_agent(model, agent_path)
-        print(f"\ninterrupted after {model.num_timesteps} phases; agent saved to {agent_path}. Continue with:\n"
-              f"  python agents/train.py --algo {algorithm.name} --task {task.name} --resume {agent_path}", file=sys.stderr)
+        done = model.num_timesteps - (resumed_at or 0)
+        command = resume_command(sys.argv[1:] if argv is None else argv, default_algo, agent_path,
+                                 max(total_timesteps - done, 1))
+        print(f"\ninterrupted after {done} of {total_timesteps} phases; agent saved to {agent_path}. Continue the same "
+              f"experiment (every setting of this run, the phases left) with:\n  {command}", file=sys.stderr)
         return 130
     finally:
         if args.n_envs > 1:
@@ -240,6 +245,24 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
                               env_config, total_timesteps)
     print(f"[4/4] TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
+
+
+def resume_command(argv: list[str], default_algo: str | None, agent_path: Path, phases_left: int) -> str:
+    """The command that continues an interrupted run: its own flags (budget, data caps, env
+    settings, hyperparameters) with the saved agent to resume and the phases still to train."""
+    import shlex
+
+    dropped = {"--resume", "--total-timesteps", "--output-dir", "--tensorboard-log"}
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in dropped:
+            skip = True
+        elif word.split("=", 1)[0] not in dropped:
+            kept.append(word)
+    script = "agents/train_a2c.py" if default_algo == "a2c" else "agents/train.py"
+    return shlex.join(["python", script, *kept, "--resume", str(agent_path), "--total-timesteps", str(phases_left)])
 
 
 def write_tensorboard_summary(run_dir: Path, records, task, distillation, algo: str, hyperparams: dict,

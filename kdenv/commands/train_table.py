@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kdenv.benchmark.study import TableStudy, split_seeds
 from kdenv.benchmark.table import TableError, resolve_table
-from kdenv.cli import fail, parse_seeds
+from kdenv.cli import fail, parse_seeds, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.algorithms import ALGORITHMS, get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # 1. Check everything before anything is written.

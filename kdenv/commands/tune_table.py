@@ -32,7 +32,7 @@ import yaml
 from kdenv.benchmark.oracle import mean_std
 from kdenv.benchmark.study import TableStudy, fmt_stats, split_seeds, write_report
 from kdenv.benchmark.table import TableError, resolve_table
-from kdenv.cli import fail, parse_seeds
+from kdenv.cli import fail, parse_seeds, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
@@ -118,8 +118,15 @@ def tune(study_runner: TableStudy, defaults: dict[str, Any], args, run_dir: Path
         trial.set_user_attr("regret", float(np.mean([s["regret"] for s in scores])))
         return float(np.mean([s["test_return"] for s in scores]))
 
-    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{run_dir / 'study.db'}", load_if_exists=True,
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    study = optuna.create_study(study_name="tune", storage=storage, load_if_exists=True, direction="maximize")
+    # A trial left RUNNING by a killed run never finishes: mark it failed (the sampler skips it).
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+        print(f"trial {stale.number} was cut short by an earlier run: marked failed, not counted")
+    # Seeded by --seed and by how many trials the study already holds, so that a rerun adding
+    # trials continues the search instead of repeating the first run's trials exactly.
+    study.sampler = optuna.samplers.TPESampler(seed=args.seed + 100_003 * len(study.trials))
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
     if done < args.trials:
         print(f"tuning {args.algo}: {args.trials - done} trials ({done} done), {args.trial_agents} agents x "
@@ -161,6 +168,7 @@ def compare(default: dict[str, Any], tuned: dict[str, Any], algo: str) -> tuple[
     return result, "\n".join(rows) + "\n"
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

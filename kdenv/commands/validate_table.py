@@ -17,7 +17,7 @@ from kdenv.benchmark.oracle import solve
 from kdenv.benchmark.table import TableError, resolve_table
 from kdenv.benchmark.tree import parse_prefix
 from kdenv.benchmark.validate import check_teacher, table_setup, validate
-from kdenv.cli import add_common_arguments, fail
+from kdenv.cli import add_common_arguments, fail, run_main
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
 from kdenv.engine.runtime import quiet_transformers
@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()

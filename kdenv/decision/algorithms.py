@@ -30,15 +30,19 @@ class Algorithm:
         ``device=...`` in the hyperparameters overrides that."""
         return self.load_class()(policy, env, **{"device": "cpu", **kwargs})
 
-    def check_build(self, hyperparams: Hyperparams, env) -> None:
+    def check_build(self, hyperparams: Hyperparams, env, smoke_steps: int = 0) -> None:
         """Builds an agent on ``env`` (any environment with the run's spaces, e.g. a spaces-only
         one) and drops it: every hyperparameter value is checked before anything expensive runs or
-        anything is written; a bad one is refused in one line."""
+        anything is written; a bad one is refused in one line. ``smoke_steps`` > 0 (on an env that
+        steps cheaply, such as a table's) also trains that many steps, which catches values that only
+        fail in use (``gamma=abc``)."""
         import copy
 
         try:
-            self.build(hyperparams.policy, env, seed=0, verbose=0, **copy.deepcopy(hyperparams.kwargs))
-        except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as error:
+            model = self.build(hyperparams.policy, env, seed=0, verbose=0, **copy.deepcopy(hyperparams.kwargs))
+            if smoke_steps:
+                model.learn(total_timesteps=smoke_steps)
+        except (TypeError, ValueError, KeyError, AssertionError, AttributeError, IndexError, RuntimeError) as error:
             raise ValueError(f"{self.name} cannot be built with these hyperparameters ({type(error).__name__}: "
                              f"{error}); check the hyperparameter file and --hp") from None
 
@@ -161,10 +165,14 @@ class SavedAgent:
         if not config_path.is_file():
             raise ValueError(f"agent {str(zip_path)!r} has no config.yaml beside it, so its algorithm and environment "
                              "are unknown; pass an agent.zip from a run folder of agents/train.py")
-        record = yaml.safe_load(config_path.read_text()) or {}
-        if "agent" not in record or "env" not in record:
+        try:
+            record = yaml.safe_load(config_path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ValueError(f"{config_path}, the run record of agent {zip_path}, is damaged ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0]}); restore it or retrain the agent") from None
+        if not isinstance(record, dict) or not isinstance(record.get("agent"), dict) or "env" not in record:
             raise ValueError(f"{config_path} is not a run record of agents/train.py (no agent/env sections)")
-        return cls(zip_path, get_algorithm(record["agent"]["algo"]), record)
+        return cls(zip_path, get_algorithm(str(record["agent"].get("algo"))), record)
 
     def spaces_env(self, env=None, probe: bool = False):
         """An environment with the spaces this agent acts in, built from its run record (the

@@ -30,6 +30,7 @@ from kdenv.engine.models import ModelError, load_classifier, load_tokenizer, sav
 from kdenv.engine.optim import linear_warmup_decay, make_optimizer, scaled_backward, scaled_step, step_schedule
 from kdenv.engine.runtime import Runtime, seed_everything
 from kdenv.engine.tasks import get_task
+from kdenv.engine.teacher_cache import model_fingerprint
 from kdenv.paths import teacher_dir
 
 METADATA_FILE = "kdenv.json"
@@ -69,6 +70,11 @@ def load_teacher(task: str, attn_implementation: str = "sdpa", directory: Path |
     except Exception as error:  # safetensors, json and OS errors all mean a damaged folder here
         raise ModelError(f"the teacher in {directory} cannot be loaded ({type(error).__name__}: {error}); fine-tune it "
                          f"again: python agents/finetune_teacher.py --task {spec.name} --force") from None
+    recorded = metadata.get("fingerprint")
+    if recorded is not None and model_fingerprint(model) != recorded:
+        raise ModelError(f"the teacher in {directory} is damaged or was replaced: its weights' fingerprint is "
+                         f"{model_fingerprint(model)}, not the {recorded} recorded when it was saved; fine-tune it "
+                         f"again: python agents/finetune_teacher.py --task {spec.name} --force")
     return model, tokenizer, metadata
 
 
@@ -109,6 +115,8 @@ def finetune_teacher(
         "history": result.history,
         "data": to_dict(data_config),
         "finetune": to_dict(finetune_config),
+        # The saved weights' fingerprint: load_teacher refuses a teacher whose weights no longer match.
+        "fingerprint": model_fingerprint(model),
     }
 
     def write_config(tmp: Path) -> None:
