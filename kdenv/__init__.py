@@ -1,6 +1,10 @@
 """kdenv: learning which teacher knowledge to transfer, and when, while distilling a language model."""
 
-import gymnasium
+from kdenv import numerics
+
+numerics.apply()  # before anything imports torch: pins the CPU kernels so that results replay anywhere
+
+import gymnasium  # noqa: E402
 
 ENV_ID = "kdenv/KnowledgeSelection-v0"
 TABLE_ENV_ID = "kdenv/KnowledgeSelectionTable-v0"

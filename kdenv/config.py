@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kdenv import numerics
 from kdenv.io import atomic_write
 
 
@@ -291,6 +292,7 @@ def environment_record() -> dict[str, str]:
         "torch": str(torch.__version__),
         "transformers": str(transformers.__version__),
         "torch_threads": str(torch.get_num_threads()),
+        "numerics": numerics.describe(),
         "command": " ".join(sys.argv),
     }
 

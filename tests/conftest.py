@@ -8,6 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+import kdenv  # noqa: F401  (first: kdenv pins the CPU kernels before torch starts, as in every kdenv program)
+
+# isort: split
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 

@@ -156,3 +156,59 @@ def test_a_bad_job_is_refused_in_one_line_before_any_work(job, glue_dir, capsys,
     assert code == 2
     err = capsys.readouterr().err
     assert f"--job '{job}'" in err and "SEED:PREFIX" in err and "Traceback" not in err
+
+
+def test_a_table_records_where_each_seed_replays(built):  # noqa: F811
+    from kdenv.benchmark.table import Table
+
+    manifest = Table.load(built["table"]).manifest
+    assert manifest["numerics"]["portable"] is True and manifest["numerics"]["pins"]["MKL_CBWR"] == "AVX2,STRICT"
+    for seed in ("0", "1"):
+        provenance = manifest["seed_provenance"][seed]
+        assert provenance["teacher"] == manifest["teacher"]["fingerprint"] and provenance["numerics"]["portable"]
+        assert provenance["software"]["torch"] == manifest["software"]["torch"]
+
+
+def test_a_build_resumed_where_its_records_cannot_be_reproduced_stops_before_computing(fresh):
+    from kdenv.benchmark.build import PROVENANCE, check_work_provenance
+    from kdenv.benchmark.table import TableError
+
+    builder, setup, _ = fresh
+
+    class Setup:
+        class distillation:
+            teacher_fingerprint = builder.env.trainer.__class__.__name__  # any fixed value for this check
+
+    check_work_provenance(setup, Setup)  # a fresh work folder: records what this process computes with
+    check_work_provenance(setup, Setup)  # the same process again: continues
+    path = setup.work_dir() / PROVENANCE
+    recorded = json.loads(path.read_text())
+    path.write_text(json.dumps({**recorded, "numerics": "native on AMD EPYC 9654 96-Core Processor"}))
+    with pytest.raises(TableError, match="numerics native on AMD EPYC.*this process has numerics portable"):
+        check_work_provenance(setup, Setup)
+
+
+def test_validation_checks_the_teacher_and_the_numerics_before_any_preparation(built, tmp_path, monkeypatch):  # noqa: F811
+    import shutil
+
+    from kdenv.benchmark.table import Table, TableError, manifest_checksum
+    from kdenv.benchmark.validate import check_before_replay
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    table = Table.load(built["table"])
+    check_before_replay(table)  # the table's own teacher and numerics: fine
+    copy = tmp_path / "copy"
+    shutil.copytree(built["table"], copy)
+
+    def edit(change):
+        manifest = json.loads((copy / "manifest.json").read_text())
+        change(manifest)
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        return Table.load(copy)
+
+    other_cpu = {"portable": False, "mode": "native", "cpu": "AMD EPYC 9654"}
+    with pytest.raises(TableError, match="seed 0 of this table was built in native numerics on AMD EPYC"):
+        check_before_replay(edit(lambda m: m["seed_provenance"]["0"].update(numerics=other_cpu)))
+    with pytest.raises(TableError, match="built with teacher 0+, this machine's wnli teacher"):
+        check_before_replay(edit(lambda m: m["teacher"].update(fingerprint="0" * 20)))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from kdenv import numerics
 from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.tree import JobBusy, TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
@@ -141,7 +142,17 @@ def setup_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         differences.append("teacher fingerprint")
     differences += [f"software.{key}" for key in SAME_SOFTWARE
                     if old.get("software", {}).get(key) != new.get("software", {}).get(key)]
+    if numerics_key(old.get("numerics")) != numerics_key(new.get("numerics")):
+        differences.append(f"numerics ({replay_promise(old.get('numerics'))}; this build: "
+                           f"{replay_promise(new.get('numerics'))})")
     return differences
+
+
+def numerics_key(record: dict[str, Any] | None) -> str | None:
+    """What must agree for records computed under two numerics records to be the same bits."""
+    if not record:
+        return None
+    return "portable" if record.get("portable") else f"native on {record.get('cpu')}"
 
 
 def node_seconds(record: dict[str, Any]) -> float:
@@ -188,8 +199,27 @@ def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[
         "teacher": distillation.teacher_record(),
         "device": distillation.runtime.describe(),
         "software": software,
+        "numerics": numerics.describe(),
         "built": time.strftime("%Y-%m-%d"),
     }
+
+
+def seed_provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Where one seed of a table replays exactly: its teacher, numerics mode, CPU and software."""
+    software = manifest.get("software", {})
+    return {"teacher": manifest.get("teacher", {}).get("fingerprint"), "numerics": manifest.get("numerics"),
+            "device": manifest.get("device"), "software": {key: software.get(key) for key in SAME_SOFTWARE},
+            "built": manifest.get("built")}
+
+
+def replay_promise(numerics_record: dict[str, Any] | None) -> str:
+    """In words: where records made under these numerics replay exactly."""
+    if not numerics_record:
+        return "unrecorded numerics (built before kdenv recorded them): replays exactly only on the CPU model and " \
+               "software it was built with, with KDENV_NUMERICS=native"
+    if numerics_record.get("portable"):
+        return "portable numerics: replays exactly on any x86-64 CPU with AVX2, with the same software and threads"
+    return f"native numerics on {numerics_record.get('cpu')}: replays exactly only there, with KDENV_NUMERICS=native"
 
 
 def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int], out: Path) -> Path:
@@ -206,4 +236,40 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
         write_seed(out, seed, seed_records)
     manifest["seeds"] = sorted([*seeds, *kept])
     manifest["build_seconds"] = round(build_seconds + kept_seconds, 1)
+    old = Table.load(out).manifest if kept else {}
+    manifest["seed_provenance"] = {
+        **{str(seed): old.get("seed_provenance", {}).get(str(seed), seed_provenance(old)) for seed in kept},
+        **{str(seed): seed_provenance(manifest) for seed in seeds}}
     return write_manifest(out, manifest)
+
+
+PROVENANCE = "provenance.json"
+
+
+def check_work_provenance(setup: TreeSetup, environment: EnvironmentSetup) -> None:
+    """A build resumed on another machine continues exactly or stops before computing anything:
+    the work folder records the numerics, software and teacher its records were computed with,
+    and a process that cannot reproduce them is refused with what to do."""
+    from kdenv.io import atomic_write
+
+    record = {"numerics": numerics_key(numerics.describe()), "software": {k: v for k, v in environment_record().items()
+                                                                         if k in SAME_SOFTWARE},
+              "teacher": environment.distillation.teacher_fingerprint, "threads": setup.threads}
+    path = setup.work_dir() / PROVENANCE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError:
+            recorded = None
+        if recorded is not None:
+            differing = sorted(key for key in record if recorded.get(key) != record[key])
+            if differing:
+                raise TableError(
+                    f"the records in {setup.work_dir()} were computed with {', '.join(f'{k} {recorded.get(k)}' for k in differing)}; "
+                    f"this process has {', '.join(f'{k} {record[k]}' for k in differing)}, so its nodes would not be the same "
+                    "bits. Continue the build where those match (the portable numerics mode matches on any x86-64 "
+                    "CPU; the software and teacher must be the same), or build elsewhere with --output and a fresh "
+                    "work folder ($KDENV_RUNS_DIR)")
+            return
+    with atomic_write(path) as handle:
+        json.dump(record, handle, indent=2)

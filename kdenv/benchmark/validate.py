@@ -41,6 +41,34 @@ def table_setup(table: Table, data_dir: str | None = None, device: str = "cpu") 
     return TreeSetup(data, distill, from_dict(EnvConfig, manifest["env"]), threads)
 
 
+def check_before_replay(table: Table, device: str = "cpu") -> None:
+    """What can be checked before the expensive preparation (data, caches, student): this
+    machine's saved teacher must be the table's (by the fingerprint recorded when it was saved),
+    and on the CPU this process's numerics must be those the table's seeds were built in."""
+    from kdenv import numerics
+    from kdenv.benchmark.build import numerics_key, replay_promise
+    from kdenv.engine.teacher import teacher_metadata
+
+    saved = teacher_metadata(table.task)
+    recorded = table.manifest["teacher"]["fingerprint"]
+    if saved is not None and saved.get("fingerprint") not in (None, recorded):
+        raise TableError(f"the table was built with teacher {recorded}, this machine's {table.task} teacher is "
+                         f"{saved['fingerprint']}: a replay cannot match. Rebuild that teacher (python "
+                         f"agents/finetune_teacher.py --task {table.task} --force with its recorded settings: "
+                         f"{table.manifest['teacher'].get('finetune')}) or build a table for this one")
+    if device != "cpu" or str(table.manifest.get("device", "cpu")).startswith("cuda"):
+        return
+    mine = numerics.describe()
+    for seed, provenance in (table.manifest.get("seed_provenance") or {"all": {"numerics": None}}).items():
+        theirs = provenance.get("numerics") or table.manifest.get("numerics")
+        if theirs is None and mine["mode"] == "native":
+            continue  # built before numerics were recorded: native on its own CPU, which cannot be checked here
+        if numerics_key(theirs) != numerics_key(mine):
+            raise TableError(f"seed {seed} of this table was built in {replay_promise(theirs)}; this process runs in "
+                             f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the table's "
+                             "numerics can be had (e.g. KDENV_NUMERICS=native on its CPU)")
+
+
 def check_teacher(table: Table, environment: EnvironmentSetup) -> None:
     recorded, live = table.manifest["teacher"]["fingerprint"], environment.distillation.teacher_fingerprint
     if recorded != live:

@@ -23,7 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from kdenv.benchmark.build import TreeSetup, kept_seeds, run_jobs, table_manifest, write_table
+from kdenv import numerics
+from kdenv.benchmark.build import (
+    TreeSetup,
+    check_work_provenance,
+    kept_seeds,
+    replay_promise,
+    run_jobs,
+    table_manifest,
+    write_table,
+)
 from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds, run_main
@@ -107,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tree for {task.name}: {len(setup.env.knowledge)} types {setup.env.knowledge} -> {setup.num_actions} actions, "
               f"{setup.env.phases} phases x {setup.env.updates_per_phase} updates; {nodes} phases over {len(seeds)} "
               f"seeds; records in {setup.work_dir()}")
+        if setup.runtime().device.type == "cpu":
+            numerics.require_portable("a tree build")
         environment = setup.build_env(progress=not args.no_progress)
+        if not args.estimate:  # resumed records must be the same bits this process computes
+            check_work_provenance(setup, environment)
+        print(f"numerics: {replay_promise(numerics.describe())}")
         if job is None and not args.estimate:  # a table will be written: may it keep the seeds already there?
             kept, _ = kept_seeds(output, table_manifest(setup, environment, seeds), seeds)
             if kept:
                 print(f"{output} already holds seeds {kept} of this setup: the table will keep them")
-    except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError) as error:
+    except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError,
+            numerics.NumericsError) as error:
         return fail(error)
     if args.estimate:
         return estimate(setup, environment, seeds)

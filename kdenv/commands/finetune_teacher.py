@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from kdenv import numerics
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, run_main
 from kdenv.config import ConfigError, DataConfig, FinetuneConfig
 from kdenv.engine.data import DataError
@@ -56,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         check_writable(output)
         runtime = make_runtime(args.device, args.precision)
-        print(f"fine-tuning {finetune_config.model} on {task.name} on {runtime.describe()}")
+        if runtime.device.type == "cpu":  # a teacher's fingerprint keys every table built with it
+            numerics.require_portable("fine-tuning a teacher")
+        print(f"fine-tuning {finetune_config.model} on {task.name} on {runtime.describe()}; numerics "
+              f"{numerics.requested_mode()}")
         metadata = finetune_teacher(data_config, finetune_config, runtime, select_on=args.select_on,
                                     directory=output, progress=not args.no_progress)
-    except (DataError, ModelError, ConfigError, ValueError, OSError) as error:
+    except (DataError, ModelError, ConfigError, ValueError, OSError, numerics.NumericsError) as error:
         return fail(error)
     metric = metadata["primary_metric"]
     print(json.dumps({"dev": metadata["dev"], "reward": metadata["reward"], "best_epoch": metadata["best_epoch"],

@@ -16,7 +16,7 @@ import sys
 from kdenv.benchmark.oracle import solve
 from kdenv.benchmark.table import TableError, resolve_table
 from kdenv.benchmark.tree import parse_prefix
-from kdenv.benchmark.validate import check_teacher, table_setup, validate
+from kdenv.benchmark.validate import check_before_replay, check_teacher, table_setup, validate
 from kdenv.cli import add_common_arguments, fail, run_main
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = table.seeds if args.seed is None else [args.seed]
         oracle = dict(zip(table.seeds, solve(table, "metric_gain")["oracle"]["schedules"]))
         schedules = {seed: list(parse_prefix(args.schedule)) if args.schedule else oracle[seed] for seed in seeds}
+        check_before_replay(table, args.device)  # the teacher and the numerics, before minutes of preparation
         environment = table_setup(table, args.data_dir, args.device).build_env(progress=not args.no_progress)
         check_teacher(table, environment)
         results = [validate(table, schedules[seed], seed, environment) for seed in seeds]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kdenv import numerics
 from kdenv.config import DataConfig, FinetuneConfig, save_run_config, to_dict
 from kdenv.engine.data import (
     MODEL_INPUTS,
@@ -117,6 +118,7 @@ def finetune_teacher(
         "finetune": to_dict(finetune_config),
         # The saved weights' fingerprint: load_teacher refuses a teacher whose weights no longer match.
         "fingerprint": model_fingerprint(model),
+        "numerics": numerics.describe(),
     }
 
     def write_config(tmp: Path) -> None:
