@@ -143,7 +143,46 @@ def test_build_tree_estimate_prints_the_projected_cost(built, glue_dir, monkeypa
          "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--threads", "1",
          "--estimate", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "s: - " in out and "logits+gradient " in out and "20 phases and 16 leaves per seed" in out
+    assert "s: - " in out and "logits+gradient " in out and "per seed: 20 phases" in out and "16 dev-scored leaves" in out
+    assert "every leaf on the whole dev split" in out
+    assert command("build_tree").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0", "--knowledge", "logits,gradient", "--phases", "2",
+         "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--threads", "1",
+         "--dev-examples", "20", "--dev-leaves", "0.5", "--estimate", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "8 dev-scored leaves" in out and "50% of leaves (by a hash of seed and schedule) on a fixed subsample of 20" in out
+
+
+def test_a_dev_subsample_build_scores_the_chosen_leaves_on_the_chosen_examples(built, tmp_path, monkeypatch):
+    """Dev scoring is a recorded choice of the build: its own work folder, its manifest entry, the
+    same leaves and examples on every run, and metrics equal to scoring that subsample directly."""
+    import dataclasses
+
+    from kdenv.benchmark.tree import DevScoring
+
+    setup, environment = built["setup"], built["environment"]
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(tmp_path / "runs"))
+    dev = DevScoring(examples=20, leaves=0.5, seed=3)
+    sampled = dataclasses.replace(setup, dev=dev)
+    assert sampled.key() != setup.key()  # its own work folder
+    run_jobs(sampled, [0], job_depth=0, progress=False, environment=environment)
+    write_table(sampled, environment, [0], tmp_path / "table")
+    table = Table.load(tmp_path / "table")
+    assert table.manifest["dev_scoring"]["examples"] == 20 and "50% of leaves" in table.manifest["dev_scoring"]["described"]
+    scored = [leaf for leaf in table.leaves(0) if "dev" in leaf]
+    assert [tuple(leaf["history"]) for leaf in scored] == [
+        tuple(leaf["history"]) for leaf in table.leaves(0) if dev.scores_leaf(0, leaf["history"])]
+    assert 0 < len(scored) < 16
+    indices = dev.indices(len(environment.distillation.data["dev"]))
+    assert len(indices) == 20 and list(indices) == list(DevScoring(examples=20, seed=3).indices(71))
+    # The recorded figures are the subsample's: replay one scored leaf and score those examples directly.
+    leaf = scored[0]
+    env = environment.env
+    env.reset(seed=0)
+    for action in leaf["history"]:
+        env.step(action)
+    direct = env.trainer.evaluate("dev", indices)
+    assert leaf["dev"]["accuracy"] == direct["accuracy"] and leaf["dev"]["loss"] == direct["loss"]
 
 
 def test_damaged_or_mismatched_tables_are_refused(built, tmp_path):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from kdenv import numerics
 from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
-from kdenv.benchmark.tree import JobBusy, TreeBuilder, collect_seed, tree_size
+from kdenv.benchmark.tree import DevScoring, JobBusy, TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
@@ -36,6 +36,7 @@ class TreeSetup:
     distill: DistillConfig
     env: EnvConfig
     threads: int = 1
+    dev: DevScoring = dataclasses.field(default_factory=DevScoring)
 
     def __post_init__(self) -> None:
         # Tables enumerate subsets, hold task rewards only, and the feature observation.
@@ -50,6 +51,8 @@ class TreeSetup:
         runtime = self.runtime()
         if runtime.device.type != "cpu" or runtime.precision != "fp32":  # CPU fp32 builds keep their old keys
             fields["runtime"] = {"device": runtime.device.type, "precision": runtime.precision}
+        if not self.dev.is_default:  # so do builds that score every leaf on the whole dev split
+            fields["dev_scoring"] = dataclasses.asdict(self.dev)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -92,7 +95,8 @@ def run_tree_job(job: TreeJob) -> float:
     """One (seed, prefix) job, in whatever process runs it; returns its compute seconds."""
     torch.set_num_threads(job.setup.threads)
     environment = environment_for(job.setup)
-    return TreeBuilder(environment.env, job.setup.work_dir()).run_job(job.seed, job.prefix).seconds
+    builder = TreeBuilder(environment.env, job.setup.work_dir(), dev_scoring=job.setup.dev)
+    return builder.run_job(job.seed, job.prefix).seconds
 
 
 def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: bool = True,
@@ -101,7 +105,7 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
     """Runs (or resumes) every job, here or as Ray tasks (``runner``); returns the compute seconds.
     The driver's environment (built first: teacher and caches) serves the in-process jobs."""
     environment = environment or setup.build_env(progress)
-    builder = TreeBuilder(environment.env, setup.work_dir())
+    builder = TreeBuilder(environment.env, setup.work_dir(), dev_scoring=setup.dev)
     jobs = jobs if jobs is not None else builder.jobs(seeds, job_depth)
     if runner is not None and runner.ray:
         if int(runner.num_cpus) != setup.threads:
@@ -131,7 +135,7 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
 
 # What must be equal for seeds built at different times (or on different machines) to share a table.
 SAME_SETUP = ("task", "knowledge", "phases", "updates_per_phase", "batch_size", "nodes_per_seed", "data", "distill",
-              "env", "torch_threads", "reward_split", "device")
+              "env", "torch_threads", "reward_split", "device", "dev_scoring")
 SAME_SOFTWARE = ("python", "torch", "transformers")
 
 
@@ -200,6 +204,7 @@ def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[
         "device": distillation.runtime.describe(),
         "software": software,
         "numerics": numerics.describe(),
+        "dev_scoring": setup.dev.record(len(distillation.data["dev"])),
         "built": time.strftime("%Y-%m-%d"),
     }
 

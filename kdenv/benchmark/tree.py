@@ -214,18 +214,70 @@ class JobFile:
             self._lock = None
 
 
+@dataclass(frozen=True)
+class DevScoring:
+    """Which leaves a tree build scores on GLUE dev, and on which examples: a recorded choice of
+    the build (dev is for analysis only; no reward reads it). ``examples``: the whole dev split
+    (None) or a fixed subsample of that many examples drawn with ``seed``; ``leaves``: the share of
+    leaves scored, chosen by a hash of (episode seed, schedule), so the choice is the same on every
+    machine and every rerun (0: none, 1: all)."""
+
+    examples: int | None = None
+    leaves: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.examples is not None and (not isinstance(self.examples, int) or self.examples < 1):
+            raise ValueError(f"dev examples must be a whole number >= 1 or all, not {self.examples!r}")
+        if not 0.0 <= float(self.leaves) <= 1.0:
+            raise ValueError(f"the share of leaves scored on dev must be in [0, 1], not {self.leaves!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == DevScoring()
+
+    def indices(self, dev_size: int) -> np.ndarray | None:
+        """The dev examples scored (sorted), or None for all of them."""
+        if self.examples is None or self.examples >= dev_size:
+            return None
+        return np.sort(np.random.default_rng(self.seed).choice(dev_size, self.examples, replace=False))
+
+    def scores_leaf(self, seed: int, history: Iterable[int]) -> bool:
+        if self.leaves >= 1.0:
+            return True
+        digest = hashlib.sha256(f"{seed}:{history_key(history)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.leaves
+
+    def describe(self, dev_size: int) -> str:
+        if self.leaves <= 0:
+            return "no leaf scored on dev"
+        examples = "the whole dev split" if self.indices(dev_size) is None else \
+            f"a fixed subsample of {self.examples} of {dev_size} dev examples (seed {self.seed})"
+        leaves = "every leaf" if self.leaves >= 1 else f"{self.leaves:.0%} of leaves (by a hash of seed and schedule)"
+        return f"{leaves} on {examples}"
+
+    def record(self, dev_size: int) -> dict[str, Any]:
+        return {"examples": self.examples, "leaves": self.leaves, "seed": self.seed, "dev_size": dev_size,
+                "described": self.describe(dev_size)}
+
+
 class TreeBuilder:
     """Enumerates the schedule tree of one environment (``Discrete(2^K)`` actions)."""
 
-    def __init__(self, env: KnowledgeDistillationEnv, work_dir: Path, evaluate_dev: bool = True):
+    def __init__(self, env: KnowledgeDistillationEnv, work_dir: Path, evaluate_dev: bool = True,
+                 dev_scoring: DevScoring | None = None):
         if env.config.action_space != "discrete":
             raise ValueError("the tree builder enumerates a Discrete(2^K) action space; build the environment with "
                              "action_space='discrete'")
         if env.config.exploration_bonus:
             raise ValueError("tables hold task rewards only; build the environment with exploration_bonus=0")
-        self.env, self.work_dir, self.evaluate_dev = env, Path(work_dir), evaluate_dev
+        self.dev_scoring = dev_scoring or DevScoring()
+        self.env, self.work_dir = env, Path(work_dir)
+        self.evaluate_dev = evaluate_dev and self.dev_scoring.leaves > 0
+        self.dev_indices = self.dev_scoring.indices(len(env.trainer.data["dev"]))
         self.num_actions = int(env.action_space.n)
         self.phases = env.config.phases
+        self._seed = 0
 
     def job_path(self, seed: int, prefix: tuple[int, ...]) -> Path:
         return self.work_dir / f"seed{seed}" / f"prefix-{history_key(prefix).replace(',', '-') or 'root'}.jsonl"
@@ -258,6 +310,7 @@ class TreeBuilder:
                 if progress is not None:
                     progress.update(self.job_nodes(prefix))
                 return stats
+            self._seed = seed
             observation, _ = self.env.reset(seed=seed)
             self._store(job, self._record((), observation, None, None), stats, progress)
             history: tuple[int, ...] = ()
@@ -290,12 +343,12 @@ class TreeBuilder:
             self.env.step(action)
             phases.append(time.perf_counter() - tick)
         tick = time.perf_counter()
-        self.env.trainer.evaluate("dev")
+        self.env.trainer.evaluate("dev", self.dev_indices)
         dev = time.perf_counter() - tick
         self.env.set_state(state)
-        return {"phase_seconds": phases, "dev_seconds": dev,
-                "seed_seconds": float(np.mean(phases)) * tree_size(self.num_actions, self.phases)
-                + (dev * self.num_actions**self.phases if self.evaluate_dev else 0.0)}
+        scored = self.num_actions**self.phases * (self.dev_scoring.leaves if self.evaluate_dev else 0.0)
+        return {"phase_seconds": phases, "dev_seconds": dev, "scored_leaves": scored,
+                "seed_seconds": float(np.mean(phases)) * tree_size(self.num_actions, self.phases) + dev * scored}
 
     # ------------------------------------------------------------------ internals
 
@@ -355,9 +408,9 @@ class TreeBuilder:
         )
         if info["status"] != "ok":
             record["crash"] = info.get("crash", "")
-        if terminal and self.evaluate_dev and info["status"] == "ok":
+        if terminal and self.evaluate_dev and info["status"] == "ok" and self.dev_scoring.scores_leaf(self._seed, history):
             tick = time.perf_counter()
-            record["dev"] = {k: float(v) for k, v in trainer.evaluate("dev").items()}
+            record["dev"] = {k: float(v) for k, v in trainer.evaluate("dev", self.dev_indices).items()}
             record["dev_wall_time_s"] = time.perf_counter() - tick
         return record
 

@@ -34,7 +34,7 @@ from kdenv.benchmark.build import (
     write_table,
 )
 from kdenv.benchmark.oracle import subset_names
-from kdenv.benchmark.tree import TreeBuilder, parse_prefix, tree_size
+from kdenv.benchmark.tree import DevScoring, TreeBuilder, parse_prefix, tree_size
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds, run_main
 from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
 from kdenv.engine.data import DataError
@@ -49,6 +49,13 @@ from kdenv.paths import tables_dir
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
 DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "seed")
 TREE = {"phases": 3, "updates_per_phase": 4}  # the tree's default episode: 3 phases x 4 updates
+
+
+def parse_count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--dev-examples {text!r}: give a whole number of examples, or all") from None
 
 
 def parse_job(text: str, setup: TreeSetup) -> tuple[int, tuple[int, ...]]:
@@ -73,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
     add("--estimate", action="store_true", help="time the first nodes of seed 0, print the projected cost, and stop")
     add("--output", default=None, help="table folder (default kdenv/tables/<task>, or $KDENV_BENCHMARKS_DIR/<task>)")
+    add("--dev-examples", default="all", metavar="N|all",
+        help="score leaves on a fixed subsample of N GLUE dev examples (drawn with --dev-seed), or on all of them "
+             "(default all); dev is for analysis only, no reward reads it, and scoring is most of a seed's time")
+    add("--dev-leaves", type=float, default=1.0, metavar="SHARE",
+        help="share of leaves scored on dev, chosen by a hash of seed and schedule (default 1: every leaf; 0: none)")
+    add("--dev-seed", type=int, default=0, help="seed of the dev subsample (default 0)")
     add("--threads", type=int, default=None,
         help="torch threads of an in-process build (default: torch's default); with --ray: --cpus-per-job")
     add_common_arguments(add)
@@ -105,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # Records are exact for one torch thread count: the Ray tasks' CPUs, or this process's threads.
         threads = int(runner.num_cpus) if runner.ray else args.threads or torch.get_num_threads()
-        setup = TreeSetup(data_config, distill_config, env_config, threads)
+        dev = DevScoring(None if args.dev_examples.strip().lower() == "all" else parse_count(args.dev_examples),
+                         args.dev_leaves, args.dev_seed)
+        setup = TreeSetup(data_config, distill_config, env_config, threads, dev)
         job = None if args.job is None else parse_job(args.job, setup)
         if args.job_depth < 0:
             raise ConfigError(f"--job-depth must be >= 0, not {args.job_depth}")
@@ -147,19 +162,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def estimate(setup: TreeSetup, environment, seeds: list[int]) -> int:
-    """Times one phase of every action and one dev evaluation (writing no records) and projects
-    the whole build from them."""
-    builder = TreeBuilder(environment.env, setup.work_dir())
+    """Times one phase of every action and one dev scoring (writing no records) and projects the
+    whole build from them, split into phases and dev scoring."""
+    builder = TreeBuilder(environment.env, setup.work_dir(), dev_scoring=setup.dev)
     cost = builder.time_nodes(seeds[0])
     names = subset_names(list(setup.env.knowledge))
     per_action = ", ".join(f"{name} {seconds:.1f}" for name, seconds in zip(names, cost["phase_seconds"]))
+    phases = tree_size(builder.num_actions, builder.phases)
+    phase_seconds = float(sum(cost["phase_seconds"]) / len(cost["phase_seconds"])) * phases
+    dev_seconds = cost["dev_seconds"] * cost["scored_leaves"]
     per_seed = cost["seed_seconds"]
     print(f"one phase ({setup.env.updates_per_phase} updates + reward-split evaluation), s: {per_action}; "
-          f"dev evaluation of a leaf: {cost['dev_seconds']:.1f} s")
-    print(f"{tree_size(builder.num_actions, builder.phases)} phases and {builder.num_actions ** builder.phases} leaves "
-          f"per seed -> ~{per_seed / 60:.0f} min per seed, ~{per_seed * len(seeds) / 3600:.1f} h for {len(seeds)} "
-          f"seeds on {environment.distillation.runtime.describe()} with {setup.threads} torch thread(s), if nothing "
-          "else runs (two builds side by side on one thread each measured ~1.5x slower apiece)")
+          f"dev scoring of a leaf ({setup.dev.describe(len(environment.distillation.data['dev']))}): "
+          f"{cost['dev_seconds']:.1f} s")
+    print(f"per seed: {phases} phases ~{phase_seconds / 60:.0f} min + {cost['scored_leaves']:.0f} dev-scored leaves "
+          f"~{dev_seconds / 60:.0f} min = ~{per_seed / 60:.0f} min; ~{per_seed * len(seeds) / 3600:.1f} h for "
+          f"{len(seeds)} seeds on {environment.distillation.runtime.describe()} with {setup.threads} torch thread(s), "
+          "if nothing else runs (bench/tree_cost.py measures one process x 2 threads against 2 x 1)")
     return 0
 
 

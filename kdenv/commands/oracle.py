@@ -69,7 +69,8 @@ def schedule_text(schedule, names) -> str:
 def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: dict | None) -> str:
     names = action_names(table)
     lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
-             f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", ""]
+             f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", "",
+             f"Dev figures cover {dev_coverage(table)}; rewards and returns never read dev.", ""]
     lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
                  f"{rho_text(correlation['pooled'])}; per seed " +
                  ", ".join(f"{seed}: {rho_text(value, seed in correlation['constant'])}"
@@ -117,6 +118,12 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
                       for seed, schedule, value in zip(result["seeds"], result["oracle"]["schedules"],
                                                        result["oracle"]["per_seed"])) + "."]
     return "\n".join(lines) + "\n"
+
+
+def dev_coverage(table: Table) -> str:
+    """What a table's GLUE dev figures were computed on (its build's recorded choice)."""
+    recorded = table.manifest.get("dev_scoring")
+    return recorded["described"] if recorded else "every leaf on the whole dev split (built before the choice was recorded)"
 
 
 def one_hot(schedule: list[int], table: Table) -> np.ndarray:

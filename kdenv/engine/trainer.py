@@ -246,13 +246,16 @@ class StudentTrainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, split: str = "reward") -> dict[str, float]:
-        """Task metrics, hard-label loss and teacher–student agreement on ``split``."""
-        data = self.data[split]
+    def evaluate(self, split: str = "reward", indices: np.ndarray | None = None) -> dict[str, float]:
+        """Task metrics, hard-label loss and teacher–student agreement on ``split`` (on its examples
+        ``indices`` only, if given: a fixed subsample)."""
+        data = self.data[split] if indices is None else self.data[split].subset(indices)
         outputs = predict(self.student, data, self.data.pad_token_id, self.runtime, self.config.eval_batch_size)
         result = task_metrics(self.task, outputs, data.labels)
         result["loss"] = float(task_loss(self.task, torch.from_numpy(outputs), torch.from_numpy(data.labels)))
         teacher_logits = self.eval_teacher_logits.get(split)
+        if teacher_logits is not None and indices is not None:
+            teacher_logits = teacher_logits[np.asarray(indices)]
         if teacher_logits is not None:
             if self.task.is_regression:
                 result["agreement"] = float(np.corrcoef(outputs[:, 0], teacher_logits[:, 0])[0, 1])
