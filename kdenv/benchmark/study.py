@@ -53,7 +53,9 @@ def play(model, env: KnowledgeSelectionTableEnv, wrapped, seed: int) -> tuple[fl
     """The deterministic policy's return (before scaling) and subset sequence on one seed, played
     through the wrapper it was trained with (RecurrentPPO's MultiDiscrete)."""
     steps = list(rollout(wrapped, model, options={"table_seed": seed}))
-    return sum(reward / env.reward_scale for _, reward, _ in steps), list(steps[-1][2]["history"])
+    # The task reward alone (an exploration bonus is for training, not a score); a crash's penalty as returned.
+    return (sum(info.get("task_reward", reward) / env.reward_scale for _, reward, info in steps),
+            list(steps[-1][2]["history"]))
 
 
 class TableStudy:
@@ -62,8 +64,9 @@ class TableStudy:
     seeds: what one could pick without learning)."""
 
     def __init__(self, table: Table, algorithm: Algorithm, train_seeds: list[int], test_seeds: list[int],
-                 reward: str, reward_scale: float, episodes: int):
+                 reward: str, reward_scale: float, episodes: int, exploration_bonus: float = 0.0):
         self.table, self.algorithm, self.reward, self.reward_scale = table, algorithm, reward, reward_scale
+        self.exploration_bonus = exploration_bonus  # in training only; scores never include it
         self.train_seeds, self.test_seeds, self.episodes = train_seeds, test_seeds, episodes
         self.sequences, self.returns = all_returns(table, reward)  # [seeds, sequences]
         self.row = {seed: row for row, seed in enumerate(table.seeds)}
@@ -72,10 +75,15 @@ class TableStudy:
         constants = constant_columns(table, self.sequences)
         self.best_constant = max(constants, key=lambda i: self.returns[train_rows, i].mean())
 
-    def make_env(self, seeds):
+    def make_env(self, seeds, exploration_bonus: float = 0.0):
         env = KnowledgeSelectionTableEnv(self.table, seeds=seeds, reward=self.reward, reward_scale=self.reward_scale,
-                                         action_space=self.algorithm.action_space)
+                                         action_space=self.algorithm.action_space, exploration_bonus=exploration_bonus)
         return env, (MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env)
+
+    def returns_on(self, model, seeds: list[int]) -> dict[int, float]:
+        """The deterministic policy's return (task reward, before scaling) on each of ``seeds``."""
+        env, wrapped = self.make_env(seeds)
+        return {seed: play(model, env, wrapped, seed)[0] for seed in seeds}
 
     def check(self, hyperparams: Hyperparams) -> None:
         """Refuses hyperparameters the algorithm cannot be built with, before anything is written."""
@@ -85,7 +93,7 @@ class TableStudy:
     def fit(self, hyperparams: dict[str, Any], agent_seed: int, run_dir: Path | None = None, progress: bool = False):
         """One agent trained for ``episodes`` episodes on the train seeds; (model, seconds)."""
         settings = Hyperparams.from_dict(hyperparams)
-        _, agent_env = self.make_env(self.train_seeds)
+        _, agent_env = self.make_env(self.train_seeds, self.exploration_bonus)
         start = time.perf_counter()
         model = self.algorithm.build(settings.policy, agent_env, seed=agent_seed, verbose=0,
                                      tensorboard_log=str(run_dir) if run_dir else None, **copy.deepcopy(settings.kwargs))

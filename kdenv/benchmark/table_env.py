@@ -28,8 +28,12 @@ class KnowledgeSelectionTableEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, table: Table, seeds: list[int] | None = None, reward: str = "metric_gain",
-                 reward_scale: float = 10.0, action_space: str = "discrete"):
+                 reward_scale: float = 10.0, action_space: str = "discrete", exploration_bonus: float = 0.0):
         super().__init__()
+        if not exploration_bonus >= 0:
+            raise ValueError(f"exploration_bonus must be >= 0, not {exploration_bonus!r}")
+        self.exploration_bonus = float(exploration_bonus)
+        self._action_counts: dict[int, int] = {}
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; registered: {', '.join(REWARDS)}")
         if action_space not in ACTION_SPACES:
@@ -78,11 +82,15 @@ class KnowledgeSelectionTableEnv(gym.Env):
                 False, {"crash": node.get("crash", ""), "status": node["status"], "history": self._history}
         reward = node["rewards"][self.reward] * self.reward_scale
         self._done = bool(node["terminal"])
-        info = {"metric": node["metric"], "loss": node["loss"], "task_reward": reward, "exploration_bonus": 0.0,
+        bonus = 0.0
+        if self.exploration_bonus:  # as the live env: beta / sqrt(n) for the n-th use of an action
+            self._action_counts[index] = self._action_counts.get(index, 0) + 1
+            bonus = self.exploration_bonus / self._action_counts[index] ** 0.5
+        info = {"metric": node["metric"], "loss": node["loss"], "task_reward": reward, "exploration_bonus": bonus,
                 "action_weights": dict(node["weights"]), "status": "ok", "history": self._history}
         if self._done and "dev" in node:
             info["dev"] = node["dev"]
-        return self._observations[self.table_seed][self._history].copy(), float(reward), self._done, False, info
+        return self._observations[self.table_seed][self._history].copy(), float(reward + bonus), self._done, False, info
 
     def action_index(self, action) -> int:
         """The subset index of an action of this env's space (Box weights round at 0.5), checked

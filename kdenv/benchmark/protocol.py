@@ -1,0 +1,191 @@
+"""The evaluation protocol of the schedule tables: k-fold cross-validation over episode seeds,
+scores against the exact optimum, and bootstrap 95% confidence intervals.
+
+Every seed of a table is held out once: the seeds are dealt into ``k`` folds (seed i goes to fold
+i mod k), and a policy is chosen or trained on the other folds and scored on the held-out one.
+Whatever is chosen (the best constant, the best open-loop schedule, an agent's hyperparameters)
+is chosen on the train folds only. Per held-out seed and agent seed a policy gets:
+
+- **regret**: the seed's oracle return minus the policy's;
+- **normalised regret**: regret divided by the headroom of that seed over the best constant chosen
+  on the train folds: 0 at the oracle, 1 at that constant (undefined, and left out, where the
+  constant is already optimal);
+- **gain** over that constant (its return on the held-out seed), and the **probability of
+  improvement**: the share of (held-out seed, agent seed) pairs where the policy's return beats the
+  constant's, ties counting one half.
+
+Intervals are percentile bootstrap 95% intervals from a two-level (hierarchical) bootstrap:
+resample held-out seeds with replacement, then agent seeds within each drawn seed. The
+instances (seeds) are the main source of uncertainty here, so they are resampled, not held fixed
+as a stratified bootstrap over runs within each instance would (rliable's); policies without agent
+seeds resample seeds alone. The interquartile mean (IQM: the mean of the middle 50% of values,
+pooled over seeds and agent seeds) and the mean are reported, with the number of seeds and agent
+seeds behind each. Plain numpy: rliable caps ``arch`` below 8 and brings statsmodels and seaborn
+for these few lines, and scipy's bootstrap resamples samples independently, with no two-level
+scheme.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, policy_schedule
+from kdenv.benchmark.table import Table
+
+CONFIDENCE = 0.95
+RESAMPLES = 5000
+
+
+def folds(seeds: list[int], k: int) -> list[list[int]]:
+    """The seeds dealt into ``k`` folds (seed i of the sorted list goes to fold i mod k)."""
+    seeds = sorted(seeds)
+    if not 2 <= k <= len(seeds):
+        raise ValueError(f"k-fold over {len(seeds)} seeds needs 2 <= k <= {len(seeds)}, not {k}")
+    return [seeds[i::k] for i in range(k)]
+
+
+def iqm(values) -> float:
+    """The interquartile mean: the mean of the middle 50% (scipy's 25%-trimmed mean)."""
+    return float(stats.trim_mean(np.asarray(values, dtype=np.float64).ravel(), 0.25))
+
+
+def _row_iqm(values: np.ndarray) -> np.ndarray:
+    """The IQM of each row, NaNs left out (as scipy's trim_mean on each row's valid values)."""
+    ordered = np.sort(values, axis=1)  # NaNs last
+    counts = (~np.isnan(values)).sum(axis=1)
+    low = (0.25 * counts).astype(np.int64)
+    high = counts - low
+    sums = np.concatenate([np.zeros((len(values), 1)), np.nancumsum(ordered, axis=1)], axis=1)
+    rows = np.arange(len(values))
+    return (sums[rows, high] - sums[rows, low]) / np.maximum(high - low, 1)
+
+
+def bootstrap_interval(per_seed: list[np.ndarray], statistic: str = "mean", resamples: int = RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of ``statistic`` ("mean" or "iqm", of the pooled values) under the
+    two-level bootstrap: held-out seeds resampled, then the agent seeds' values within each drawn
+    seed. Vectorised: every resample at once."""
+    groups = [np.asarray(values, dtype=np.float64).ravel() for values in per_seed]
+    groups = [values[~np.isnan(values)] for values in groups]
+    groups = [values for values in groups if len(values)]
+    if not groups:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    sizes = np.array([len(values) for values in groups])
+    width = int(sizes.max())
+    padded = np.full((len(groups), width), np.nan)
+    for row, values in enumerate(groups):
+        padded[row, : len(values)] = values
+    chosen = rng.integers(len(groups), size=(resamples, len(groups)))
+    counts = sizes[chosen]
+    within = (rng.random((resamples, len(groups), width)) * counts[..., None]).astype(np.int64)
+    draws = padded[chosen[..., None], within]
+    draws = np.where(np.arange(width)[None, None, :] < counts[..., None], draws, np.nan).reshape(resamples, -1)
+    values = np.nanmean(draws, axis=1) if statistic == "mean" else _row_iqm(draws)
+    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
+    return float(low), float(high)
+
+
+def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
+    """Mean and IQM of the pooled values with their bootstrap intervals, and how many values."""
+    groups = [np.asarray(values, dtype=np.float64).ravel() for values in per_seed]
+    pooled = np.concatenate(groups) if groups else np.zeros(0)
+    pooled = pooled[~np.isnan(pooled)]
+    if not len(pooled):
+        return {"mean": None, "mean_ci": None, "iqm": None, "iqm_ci": None, "n": 0}
+    return {"mean": float(pooled.mean()), "mean_ci": bootstrap_interval(groups, "mean"),
+            "iqm": iqm(pooled), "iqm_ci": bootstrap_interval(groups, "iqm"), "n": int(len(pooled))}
+
+
+def improvement(per_seed_gains: list[np.ndarray]) -> dict[str, Any]:
+    """P(policy beats the best constant): wins count 1, ties 1/2, with its bootstrap interval."""
+    scores = [np.where(np.isclose(g, 0.0, atol=1e-12), 0.5, (np.asarray(g) > 0).astype(float)) for g in per_seed_gains]
+    pooled = np.concatenate([s.ravel() for s in scores])
+    return {"value": float(pooled.mean()), "ci": bootstrap_interval(scores, "mean"), "n": int(len(pooled))}
+
+
+@dataclass
+class FoldView:
+    """What the train folds of one split choose, and what every seed of the table can get."""
+
+    table: Table
+    reward: str
+    sequences: list[tuple[int, ...]] = field(init=False)
+    returns: np.ndarray = field(init=False)  # [seeds, sequences]
+
+    def __post_init__(self) -> None:
+        self.sequences, self.returns = all_returns(self.table, self.reward)
+        self.row = {seed: row for row, seed in enumerate(self.table.seeds)}
+        self.constants = constant_columns(self.table, self.sequences)
+
+    def best_constant(self, train: list[int]) -> int:
+        rows = [self.row[s] for s in train]
+        return max(self.constants, key=lambda column: self.returns[rows, column].mean())
+
+    def best_open_loop(self, train: list[int]) -> int:
+        return int(self.returns[[self.row[s] for s in train]].mean(axis=0).argmax())
+
+    def oracle(self, seed: int) -> float:
+        return float(self.returns[self.row[seed]].max())
+
+    def value(self, seed: int, column: int) -> float:
+        return float(self.returns[self.row[seed], column])
+
+
+def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
+                 returns: dict[int, np.ndarray]) -> dict[str, Any]:
+    """Scores of one policy from its returns on each held-out seed (an array over agent seeds, or
+    one value), each seed judged against the best constant of the split that held it out."""
+    regrets, normalised, gains = [], [], []
+    for train, test in splits:
+        constant = view.best_constant(train)
+        for seed in test:
+            values = np.atleast_1d(np.asarray(returns[seed], dtype=np.float64))
+            oracle, base = view.oracle(seed), view.value(seed, constant)
+            regrets.append(oracle - values)
+            headroom = oracle - base
+            normalised.append((oracle - values) / headroom if headroom > 1e-12 else np.full(values.shape, np.nan))
+            gains.append(values - base)
+    return {"return": summarise([np.atleast_1d(returns[s]) for _, test in splits for s in test]),
+            "regret": summarise(regrets), "normalised_regret": summarise(normalised), "gain": summarise(gains),
+            "improvement": improvement(gains), "seeds": sum(len(test) for _, test in splits),
+            "agent_seeds": int(max(np.atleast_1d(r).size for r in returns.values()))}
+
+
+def baseline_returns(view: FoldView, splits: list[tuple[list[int], list[int]]], names: list[str]) -> dict[str, dict]:
+    """Each seed's return under the baselines that need no training: the oracle, the closed-loop
+    bound of a seed-blind policy and the best open-loop schedule and best constant (chosen on the
+    train folds), the random schedule (the exact mean over all schedules: Random-Hard), every
+    constant, and the named fixed policies (kd, gkd, ...)."""
+    table, seeds = view.table, view.table.seeds
+    rows: dict[str, dict[int, float]] = {"oracle": {s: view.oracle(s) for s in seeds},
+                                          "random schedule (exact mean)": {
+                                              s: float(view.returns[view.row[s]].mean()) for s in seeds}}
+    rows["closed-loop bound"], rows["best open-loop (train folds)"], rows["best constant (train folds)"] = {}, {}, {}
+    for train, test in splits:
+        loop = closed_loop(table, view.sequences, view.returns, [view.row[s] for s in test])
+        rows["closed-loop bound"].update(dict(zip(test, loop["per_seed"])))
+        open_loop, constant = view.best_open_loop(train), view.best_constant(train)
+        for seed in test:
+            rows["best open-loop (train folds)"][seed] = view.value(seed, open_loop)
+            rows["best constant (train folds)"][seed] = view.value(seed, constant)
+    names_of = action_names(table)
+    for action, column in enumerate(view.constants):
+        rows[f"constant {names_of[action]}"] = {s: view.value(s, column) for s in seeds}
+    position = {sequence: column for column, sequence in enumerate(view.sequences)}
+    for name in names:
+        per_seed = {}
+        for seed in seeds:
+            column = position.get(tuple(policy_schedule(table, name, seed)))
+            per_seed[seed] = view.value(seed, column) if column is not None else float("nan")
+        rows[name] = per_seed
+    return rows
+
+
+def fold_splits(seeds: list[int], k: int) -> list[tuple[list[int], list[int]]]:
+    """(train seeds, held-out seeds) of each fold."""
+    return [([s for s in seeds if s not in fold], fold) for fold in folds(seeds, k)]

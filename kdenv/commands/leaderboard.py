@@ -1,0 +1,276 @@
+"""The leaderboard of knowledge schedules on the shipped tables, with bootstrap 95% intervals.
+
+    python agents/leaderboard.py                       # docs/leaderboard.{md,json,png} from tables + results (minutes)
+    python agents/leaderboard.py --retrain --dry-run   # what retraining every agent row would cost
+    python agents/leaderboard.py --retrain             # retrain the agent rows, then write the leaderboard
+
+The protocol (kdenv/benchmark/protocol.py): k-fold over each table's seeds, every seed held out
+once; whatever a row chooses (the best constant, the best open-loop schedule, an agent's training)
+it chooses on the train folds. Rows: the oracle, the closed-loop bound of a seed-blind policy, the
+best open-loop schedule and best constant (train folds), the random schedule (the exact mean over
+all schedules: the knowledge-selection paper's Random-Hard), every constant, kd and gkd (and the
+other named fixed policies), and the agents: A2C, PPO and DQN with the shipped default
+hyperparameters, and A2C in the knowledge-selection paper's setting as closely as a table allows
+(actor-critic, the loss-decrease reward, a count-based exploration bonus). Columns per table:
+return, regret, normalised regret (0 at the oracle, 1 at the best constant), gain over the best
+constant, probability of improving on it; mean or IQM with two-level bootstrap 95% intervals, and
+how many held-out seeds and agent seeds stand behind each.
+
+Agent rows come from small result files (one per table and agent configuration, in
+docs/leaderboard/results/: every held-out seed's return for every agent seed), written by
+--retrain and committed, so that the leaderboard is rebuilt in minutes without training. A result
+file is used only for the table it was trained on (its seed files' checksums are recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdenv.benchmark.oracle import named_policies
+from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, score_policy
+from kdenv.benchmark.study import TableStudy
+from kdenv.benchmark.table import Table, TableError, available_tables, resolve_table
+from kdenv.cli import fail, run_main
+from kdenv.config import ConfigError
+from kdenv.decision.algorithms import get_algorithm, load_hyperparams
+from kdenv.io import atomic_write
+
+# id -> (row name, algorithm, reward the agent trains on, exploration bonus)
+AGENTS = {
+    "a2c": ("A2C", "a2c", "metric_gain", 0.0),
+    "ppo": ("PPO", "ppo", "metric_gain", 0.0),
+    "dqn": ("DQN", "dqn", "metric_gain", 0.0),
+    "a2c-paper": ("A2C, paper setting (loss_decrease reward, exploration bonus 0.1)", "a2c", "loss_decrease", 0.1),
+}
+NAMED = ["kd", "gkd", "all", "none"]
+REPORT_REWARD = "metric_gain"  # every row is scored on the table's own metric gain
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--tables", default=None, metavar="A,B",
+        help="tables to rank on (names or folders; default: the shipped CPU tables and the H100 U=8 table)")
+    add("--k", type=int, default=4, help="folds over each table's seeds (default 4; every seed held out once)")
+    add("--retrain", action="store_true", help="train the agent rows afresh (resumable), then write the leaderboard")
+    add("--dry-run", action="store_true", help="with --retrain: print the projected cost and stop")
+    add("--agents", default=",".join(AGENTS), help=f"agent rows to retrain, comma list of {', '.join(AGENTS)} "
+        "(default: all)")
+    add("--agent-seeds", type=int, default=5, help="agent seeds per fold (default 5)")
+    add("--episodes", type=int, default=3000,
+        help="training episodes per agent (default 3000: tables x folds x agent seeds x agents is many agents)")
+    add("--results-dir", default="docs/leaderboard/results", help="where agent result files live (committed)")
+    add("--output", default="docs/leaderboard", help="leaderboard files: <output>.md, .json, .png")
+    add("--no-progress", action="store_true", help="hide progress output")
+    args = parser.parse_args(argv)
+    if args.k < 2 or args.agent_seeds < 1 or args.episodes < 1:
+        parser.error("--k must be >= 2, --agent-seeds and --episodes >= 1")
+    return args
+
+
+def default_tables() -> list[str]:
+    shipped = available_tables()
+    return [name for name in shipped if resolve_table(name).manifest.get("device", "cpu").startswith("cpu")] + \
+        [name for name in ("stsb_h100_u8",) if name in shipped]
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")[:60]
+
+
+def result_path(results_dir: Path, table_name: str, agent: str) -> Path:
+    return results_dir / table_name / f"{slug(agent)}.json"
+
+
+def load_result(path: Path, table: Table, k: int) -> dict[str, Any] | None:
+    """A committed agent result for this very table (same seed files) and folds, or None."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as error:
+        raise TableError(f"{path} is damaged ({error}); restore it (git checkout) or retrain (--retrain)") from None
+    if result.get("table_files") != table.manifest["files"] or result.get("k") != k:
+        return None
+    return result
+
+
+def retrain(table_name: str, table: Table, agent: str, args, results_dir: Path) -> dict[str, Any]:
+    """Trains one agent row on one table, fold by fold, agent seed by agent seed; the result file
+    is rewritten after each agent, so a killed run resumes where it stopped."""
+    _, algo, reward, bonus = AGENTS[agent]
+    algorithm = get_algorithm(algo)
+    hyperparams = load_hyperparams(algo).as_dict()
+    path = result_path(results_dir, table_name, agent)
+    config = {"algo": algo, "reward": reward, "exploration_bonus": bonus, "episodes": args.episodes,
+              "hyperparams": hyperparams, "agent_seeds": list(range(args.agent_seeds))}
+    result = load_result(path, table, args.k)
+    if result is None or result.get("config") != config:
+        result = {"table": table_name, "table_files": table.manifest["files"], "k": args.k, "config": config,
+                  "returns": {}, "train_seconds": 0.0}
+    for train, test in fold_splits(table.seeds, args.k):
+        study = TableStudy(table, algorithm, train, test, reward, 10.0, args.episodes, exploration_bonus=bonus)
+        for agent_seed in range(args.agent_seeds):
+            if all(len(result["returns"].get(str(seed), [])) > agent_seed for seed in test):
+                continue
+            model, seconds = study.fit(hyperparams, agent_seed)
+            for seed, value in study.returns_on(model, test).items():
+                result["returns"].setdefault(str(seed), []).append(value)
+            result["train_seconds"] += seconds
+            with atomic_write(path) as handle:
+                json.dump(result, handle, indent=2)
+            if not args.no_progress:
+                print(f"  {table_name} / {agent}: held-out {test}, agent seed {agent_seed}: "
+                      f"{', '.join(f'{v:+.4f}' for v in study.returns_on(model, test).values())} ({seconds:.0f} s)")
+    return result
+
+
+def projected_cost(tables: list[str], agents: list[str], args) -> float:
+    """Seconds to retrain every agent row: each algorithm timed on 200 episodes here, scaled."""
+    seconds = 0.0
+    probe = resolve_table(tables[0])
+    for agent in agents:
+        _, algo, reward, bonus = AGENTS[agent]
+        study = TableStudy(probe, get_algorithm(algo), probe.seeds[1:], probe.seeds[:1], reward, 10.0, 200,
+                           exploration_bonus=bonus)
+        _, probe_seconds = study.fit(load_hyperparams(algo).as_dict(), 0)
+        per_agent = probe_seconds * args.episodes / 200
+        for name in tables:
+            seeds = len(resolve_table(name).seeds)
+            seconds += per_agent * min(args.k, seeds) * args.agent_seeds * resolve_table(name).phases / probe.phases
+    return seconds
+
+
+def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
+    if summary.get(key) is None:
+        return "n/a"
+    low, high = summary[f"{key}_ci"]
+    return f"{summary[key]:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def leaderboard(tables: list[str], args, results_dir: Path) -> dict[str, Any]:
+    board: dict[str, Any] = {"k": args.k, "reward": REPORT_REWARD, "tables": {}}
+    for name in tables:
+        table = resolve_table(name)
+        view = FoldView(table, REPORT_REWARD)
+        k = min(args.k, len(table.seeds))
+        splits = fold_splits(table.seeds, k)
+        rows = {row: score_policy(view, splits, {s: v for s, v in per_seed.items()})
+                for row, per_seed in baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED]).items()}
+        for agent, (row, *_) in AGENTS.items():
+            result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
+            if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
+                continue
+            returns = {seed: np.array(result["returns"][str(seed)]) for seed in table.seeds}
+            scores = score_policy(view, splits, returns)
+            scores["config"] = result["config"]
+            rows[row] = scores
+        board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
+                                 "updates_per_phase": table.manifest["env"]["updates_per_phase"],
+                                 "knowledge": table.knowledge, "rows": rows}
+    return board
+
+
+def write_markdown(board: dict[str, Any], path: Path) -> None:
+    lines = ["# Leaderboard: knowledge schedules on the shipped tables", "",
+             "Made by `python agents/leaderboard.py` from the shipped tables and the agent result files in "
+             "[leaderboard/results/](leaderboard/results/). Protocol: k-fold over each table's seeds (every seed "
+             "held out once; anything chosen is chosen on the train folds); returns in reward-split metric gain "
+             "before scaling. Intervals: two-level bootstrap 95% (held-out seeds resampled, then agent seeds "
+             "within each). Normalised regret: 0 at the oracle, 1 at the best constant chosen on the train "
+             "folds (seeds where that constant is already optimal are left out); P(improve): the share of "
+             "(held-out seed, agent seed) pairs beating that constant, ties counting one half. n: held-out seeds "
+             "x agent seeds.", ""]
+    for name, entry in board["tables"].items():
+        lines += [f"## {name}: {len(entry['seeds'])} seeds, {entry['k']} folds, P = {entry['phases']} phases x "
+                  f"U = {entry['updates_per_phase']} updates, knowledge {entry['knowledge']}", "",
+                  "| policy | return (mean) | regret (mean) | normalised regret (IQM) | gain over best constant "
+                  "(mean) | P(improve) | n |", "|---|---|---|---|---|---|---|"]
+        ordered = sorted(entry["rows"].items(), key=lambda item: -(item[1]["return"]["mean"] or -1e9))
+        for row, scores in ordered:
+            improvement = scores["improvement"]
+            lines.append(f"| {row} | {ci_text(scores['return'])} | {ci_text(scores['regret'])} | "
+                         f"{ci_text(scores['normalised_regret'], 'iqm', 2)} | {ci_text(scores['gain'])} | "
+                         f"{improvement['value']:.2f} [{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
+                         f"{scores['seeds']} x {scores['agent_seeds']} |")
+        missing = [row for row, *_ in AGENTS.values() if row not in entry["rows"]]
+        if missing:
+            lines += ["", f"Not yet trained on this table: {', '.join(missing)} (`python agents/leaderboard.py "
+                      f"--retrain --tables {name}`)."]
+        lines.append("")
+    with atomic_write(path) as handle:
+        handle.write("\n".join(lines))
+
+
+def write_figure(board: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(board["tables"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 5), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        rows = [(row, s["gain"]) for row, s in board["tables"][name]["rows"].items() if s["gain"]["mean"] is not None]
+        rows.sort(key=lambda item: item[1]["mean"])
+        for y, (_row, gain) in enumerate(rows):
+            low, high = gain["mean_ci"]
+            axis.errorbar(gain["mean"], y, xerr=[[gain["mean"] - low], [high - gain["mean"]]], fmt="o", capsize=3)
+        axis.set_yticks(range(len(rows)), [row[:38] for row, _ in rows], fontsize=7)
+        axis.axvline(0.0, color="grey", lw=0.8)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("gain over the best constant (mean, 95% CI)", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+@run_main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else default_tables()
+        for name in tables:
+            resolve_table(name)
+        agents = [a.strip().lower() for a in args.agents.split(",") if a.strip()]
+        unknown = [a for a in agents if a not in AGENTS]
+        if unknown or not agents:
+            raise ConfigError(f"--agents {args.agents!r}: choose among {', '.join(AGENTS)}")
+    except (TableError, ConfigError, ValueError) as error:
+        return fail(error)
+    results_dir = Path(args.results_dir)
+    if args.retrain:
+        import torch
+
+        torch.set_num_threads(1)
+        cost = projected_cost(tables, agents, args)
+        count = sum(min(args.k, len(resolve_table(t).seeds)) for t in tables) * args.agent_seeds * len(agents)
+        print(f"retraining {count} agents ({len(tables)} tables x folds x {args.agent_seeds} agent seeds x "
+              f"{len(agents)} agent rows, {args.episodes} episodes each): projected {cost / 3600:.1f} h on one thread")
+        if args.dry_run:
+            return 0
+        start = time.perf_counter()
+        for name in tables:
+            for agent in agents:
+                retrain(Path(name).name, resolve_table(name), agent, args, results_dir)
+        print(f"retrained in {(time.perf_counter() - start) / 60:.1f} min")
+    board = leaderboard(tables, args, results_dir)
+    output = Path(args.output)
+    write_markdown(board, output.with_suffix(".md"))
+    with atomic_write(output.with_suffix(".json")) as handle:
+        json.dump(board, handle, indent=2)
+    write_figure(board, output.with_suffix(".png"))
+    print(f"leaderboard written to {output.with_suffix('.md')} (and .json, .png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The table protocol: k-fold over seeds, scores against the oracle and the train folds' best
+constant, and two-level bootstrap intervals; known answers on synthetic tables."""
+
+import numpy as np
+import pytest
+
+from kdenv.benchmark.protocol import (
+    FoldView,
+    baseline_returns,
+    bootstrap_interval,
+    fold_splits,
+    folds,
+    improvement,
+    iqm,
+    score_policy,
+    summarise,
+)
+from tests.test_benchmark import synthetic_table
+
+# Four seeds. Constant "logits" (1, 1) is best on average; seed 3 prefers (0, 1).
+RETURNS = {
+    0: {(0, 0): 0.0, (0, 1): 0.1, (1, 0): 0.1, (1, 1): 0.3},
+    1: {(0, 0): 0.0, (0, 1): 0.2, (1, 0): 0.0, (1, 1): 0.2},
+    2: {(0, 0): 0.1, (0, 1): 0.0, (1, 0): 0.2, (1, 1): 0.25},
+    3: {(0, 0): 0.0, (0, 1): 0.4, (1, 0): 0.0, (1, 1): 0.1},
+}
+
+
+@pytest.fixture
+def view(tmp_path):
+    return FoldView(synthetic_table(tmp_path, RETURNS), "metric_gain")
+
+
+def test_every_seed_is_held_out_exactly_once():
+    assert folds(list(range(16)), 4) == [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]]
+    splits = fold_splits([0, 1, 2, 3], 4)
+    assert sorted(s for _, test in splits for s in test) == [0, 1, 2, 3]
+    assert all(not set(train) & set(test) for train, test in splits)
+    with pytest.raises(ValueError, match="2 <= k <= 4"):
+        folds([0, 1, 2, 3], 5)
+
+
+def test_the_best_constant_is_chosen_on_the_train_folds_only(view):
+    # Held out 3: the train seeds 0-2 choose (1, 1); a policy playing (0, 1) on seed 3 gets 0.4.
+    column = view.best_constant([0, 1, 2])
+    assert view.sequences[column] == (1, 1) and view.value(3, column) == pytest.approx(0.1)
+    scores = score_policy(view, [([0, 1, 2], [3])], {3: np.array([0.4, 0.1])})
+    assert scores["regret"]["mean"] == pytest.approx((0.0 + 0.3) / 2)
+    assert scores["normalised_regret"]["mean"] == pytest.approx((0.0 + 1.0) / 2)  # 0 at the oracle, 1 at the constant
+    assert scores["gain"]["mean"] == pytest.approx((0.3 + 0.0) / 2)
+    assert scores["improvement"]["value"] == pytest.approx((1 + 0.5) / 2)  # a tie counts one half
+    assert scores["seeds"] == 1 and scores["agent_seeds"] == 2
+
+
+def test_baselines_are_exact(view):
+    rows = baseline_returns(view, fold_splits([0, 1, 2, 3], 4), ["all", "none"])
+    assert rows["oracle"] == {0: 0.3, 1: 0.2, 2: 0.25, 3: 0.4}
+    assert rows["random schedule (exact mean)"][3] == pytest.approx((0.0 + 0.4 + 0.0 + 0.1) / 4)
+    assert rows["all"] == rows["constant logits"] and rows["none"] == rows["constant -"]
+    assert rows["best constant (train folds)"][3] == pytest.approx(0.1)  # chosen without seed 3
+
+
+def test_intervals_cover_the_estimate_narrow_with_more_data_and_count_seeds_and_agents():
+    rng = np.random.default_rng(0)
+    few = [rng.normal(1.0, 1.0, 2) for _ in range(3)]
+    many = [rng.normal(1.0, 1.0, 10) for _ in range(30)]
+    low, high = bootstrap_interval(few, "mean")
+    assert low < np.mean(np.concatenate(few)) < high
+    width_many = np.subtract(*bootstrap_interval(many, "mean")[::-1])
+    assert width_many < high - low
+    summary = summarise(many)
+    assert summary["n"] == 300 and summary["iqm_ci"][0] < summary["iqm"] < summary["iqm_ci"][1]
+    # Seeds are resampled, not held fixed: between-seed spread widens the interval even when
+    # every agent seed agrees within its seed.
+    spread = [np.full(5, value) for value in (0.0, 1.0, 2.0, 3.0)]
+    low, high = bootstrap_interval(spread, "mean")
+    assert high - low > 1.0
+
+
+def test_the_vectorised_iqm_is_scipys_trimmed_mean_row_by_row():
+    from scipy import stats
+
+    from kdenv.benchmark.protocol import _row_iqm
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(50, 13))
+    values[rng.random(values.shape) < 0.2] = np.nan
+    expected = [stats.trim_mean(row[~np.isnan(row)], 0.25) for row in values]
+    assert _row_iqm(values) == pytest.approx(expected)
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert iqm([0, 1, 2, 3, 4, 5, 6, 100]) == pytest.approx(np.mean([2, 3, 4, 5]))
+    assert improvement([np.array([0.1, -0.1, 0.0, 0.0])])["value"] == pytest.approx(0.5)
+
+
+def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys):
+    import json
+
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "2", "--episodes", "30", "--agents", "a2c",
+            "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress"]
+    assert command("leaderboard").main([*args, "--retrain", "--dry-run"]) == 0
+    assert "projected" in capsys.readouterr().out and not (tmp_path / "results").exists()
+    assert command("leaderboard").main([*args, "--retrain"]) == 0
+    result = json.loads((tmp_path / "results" / "table" / "a2c.json").read_text())
+    assert sorted(result["returns"]) == ["0", "1", "2", "3"] and all(len(v) == 2 for v in result["returns"].values())
+    board = json.loads((tmp_path / "board.json").read_text())
+    rows = board["tables"][str(tmp_path / "table")]["rows"]
+    assert {"oracle", "best constant (train folds)", "random schedule (exact mean)", "kd", "A2C"} <= set(rows)
+    assert rows["oracle"]["regret"]["mean"] == 0.0 and rows["A2C"]["seeds"] == 4 and rows["A2C"]["agent_seeds"] == 2
+    text = (tmp_path / "board.md").read_text()
+    assert "| A2C |" in text and "Not yet trained on this table: PPO" in text
+    assert (tmp_path / "board.png").stat().st_size > 1000
+    # A rerun trains nothing new: every (held-out seed, agent seed) is in the result file.
+    before = (tmp_path / "results" / "table" / "a2c.json").read_text()
+    assert command("leaderboard").main([*args, "--retrain"]) == 0
+    assert (tmp_path / "results" / "table" / "a2c.json").read_text() == before
