@@ -212,3 +212,20 @@ def test_validation_checks_the_teacher_and_the_numerics_before_any_preparation(b
         check_before_replay(edit(lambda m: m["seed_provenance"]["0"].update(numerics=other_cpu)))
     with pytest.raises(TableError, match="built with teacher 0+, this machine's wnli teacher"):
         check_before_replay(edit(lambda m: m["teacher"].update(fingerprint="0" * 20)))
+
+
+def test_a_statistical_replay_measures_how_far_the_live_trainer_is_from_the_table(built):  # noqa: F811
+    from kdenv.benchmark.table import Table
+    from kdenv.benchmark.validate import statistical_replay
+
+    table = Table.load(built["table"])
+    found = statistical_replay(table, 0, built["environment"], schedules=6)
+    assert len(found["schedules"]) == 6
+    assert found["max_abs_difference"] == 0.0  # same teacher, numerics and software: the same numbers
+    for played in found["schedules"]:
+        assert played["live"] == played["table"]
+    # A table that disagrees with the live trainer (here: one leaf's reward moved) is measured as such.
+    first = found["schedules"][0]["schedule"]
+    table.nodes[0][tuple(first)]["rewards"]["metric_gain"] += 0.01
+    moved = statistical_replay(table, 0, built["environment"], schedules=6)
+    assert moved["max_abs_difference"] == pytest.approx(0.01)

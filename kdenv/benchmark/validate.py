@@ -112,3 +112,36 @@ def validate(table: Table, schedule: list[int], seed: int, environment: Environm
         if terminated:
             break
     return result
+
+
+def statistical_replay(table: Table, seed: int, environment: EnvironmentSetup, schedules: int = 16,
+                       rng_seed: int = 0, reward: str = "metric_gain") -> dict[str, Any]:
+    """Where an exact replay is impossible (another CPU in native numerics, other software, a
+    rebuilt teacher): ``schedules`` random schedules of ``seed`` played on the live trainer, and
+    how far their returns (``reward``, before scaling) are from the table's: the largest absolute
+    difference and Spearman's rank correlation over the schedules (1: the table ranks them as the
+    live trainer does)."""
+    from scipy.stats import spearmanr
+
+    from kdenv.benchmark.oracle import episode_return
+
+    if seed not in table.nodes:
+        raise TableError(f"seed {seed} is not in the table (it has {table.seeds})")
+    rng = np.random.default_rng(rng_seed)
+    env = environment.env
+    scale = env.config.reward_scale
+    played = []
+    for _ in range(schedules):
+        schedule = [int(a) for a in rng.integers(table.num_actions, size=table.phases)]
+        env.reset(seed=seed)
+        live = 0.0
+        for action in schedule:
+            _, _, terminated, _, info = env.step(action)
+            live += info["task_reward"] / scale if info["status"] == "ok" else -1.0
+            if terminated:
+                break
+        played.append({"schedule": schedule, "live": live, "table": episode_return(table, seed, tuple(schedule), reward)})
+    live, tabled = np.array([p["live"] for p in played]), np.array([p["table"] for p in played])
+    rho = spearmanr(live, tabled).statistic if len(set(live)) > 1 and len(set(tabled)) > 1 else float("nan")
+    return {"seed": seed, "schedules": played, "max_abs_difference": float(np.abs(live - tabled).max()),
+            "rank_correlation": float(rho), "reward": reward}

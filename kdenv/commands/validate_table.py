@@ -16,7 +16,7 @@ import sys
 from kdenv.benchmark.oracle import solve
 from kdenv.benchmark.table import TableError, resolve_table
 from kdenv.benchmark.tree import parse_prefix
-from kdenv.benchmark.validate import check_before_replay, check_teacher, table_setup, validate
+from kdenv.benchmark.validate import check_before_replay, check_teacher, statistical_replay, table_setup, validate
 from kdenv.cli import add_common_arguments, fail, run_main
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
@@ -29,6 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a shipped table's name (stsb, mrpc, stsb_h100_u8, ...: kdenv/tables/) or a table folder")
     parser.add_argument("--seed", type=int, default=None, help="replay on this seed only (default: every seed)")
     parser.add_argument("--schedule", default=None, help="subset indices, e.g. 7,0,3 (default: each seed's oracle schedule)")
+    parser.add_argument("--statistical", type=int, default=0, metavar="N",
+                        help="where an exact replay is impossible (another CPU in native numerics, other software, "
+                             "a rebuilt teacher): play N random schedules per seed live and report the largest "
+                             "difference and the rank correlation of their returns with the table's (default 0: "
+                             "exact replay)")
     add_common_arguments(parser.add_argument)
     return parser.parse_args(argv)
 
@@ -42,8 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         seeds = table.seeds if args.seed is None else [args.seed]
         oracle = dict(zip(table.seeds, solve(table, "metric_gain")["oracle"]["schedules"]))
         schedules = {seed: list(parse_prefix(args.schedule)) if args.schedule else oracle[seed] for seed in seeds}
-        check_before_replay(table, args.device)  # the teacher and the numerics, before minutes of preparation
+        if args.statistical < 0:
+            raise ValueError(f"--statistical must be >= 0, not {args.statistical}")
+        if not args.statistical:
+            check_before_replay(table, args.device)  # the teacher and the numerics, before minutes of preparation
         environment = table_setup(table, args.data_dir, args.device).build_env(progress=not args.no_progress)
+        if args.statistical:
+            for seed in seeds:
+                found = statistical_replay(table, seed, environment, args.statistical)
+                print(f"seed {seed}: {args.statistical} random schedules live vs table: largest |difference| "
+                      f"{found['max_abs_difference']:.5f}, rank correlation {found['rank_correlation']:+.3f}")
+            return 0
         check_teacher(table, environment)
         results = [validate(table, schedules[seed], seed, environment) for seed in seeds]
     except (TableError, DataError, ModelError, ValueError, OSError, KeyError) as error:
