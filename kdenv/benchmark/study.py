@@ -27,8 +27,9 @@ import numpy as np
 import yaml
 
 from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, mean_std
-from kdenv.benchmark.table import Table, TableError
+from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+from kdenv.cli import parse_seeds
 from kdenv.config import ConfigError, save_run_config
 from kdenv.decision.algorithms import Algorithm, Hyperparams, SavedAgent, save_agent
 from kdenv.decision.callbacks import ScheduleCallback
@@ -47,6 +48,14 @@ def split_seeds(table: Table, train: list[int] | None, test: list[int] | None) -
     if not train_seeds or not test_seeds or set(train_seeds) & set(test_seeds):
         raise ConfigError(f"train seeds {train_seeds} and test seeds {test_seeds} must be non-empty and disjoint")
     return train_seeds, test_seeds
+
+
+def table_and_split(table_name: str, train: str | None, test: str | None) -> tuple[Table, list[int], list[int]]:
+    """The table a ``--table`` value names and its ``--train-seeds`` / ``--test-seeds`` (seed-list
+    syntax, defaults as :func:`split_seeds`), checked: what every table program starts from."""
+    table = resolve_table(table_name)
+    return (table, *split_seeds(table, train and parse_seeds(train, "--train-seeds"),
+                                test and parse_seeds(test, "--test-seeds")))
 
 
 def play(model, env: KnowledgeSelectionTableEnv, wrapped, seed: int) -> tuple[float, list[int]]:

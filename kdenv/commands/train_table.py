@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from kdenv.benchmark.study import TableStudy, split_seeds
-from kdenv.benchmark.table import TableError, resolve_table
-from kdenv.cli import fail, parse_seeds, run_main
+from kdenv.benchmark.study import TableStudy, table_and_split
+from kdenv.benchmark.table import TableError
+from kdenv.cli import fail, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.algorithms import ALGORITHMS, get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Check everything before anything is written.
     try:
         algorithm = get_algorithm(args.algo)
-        table = resolve_table(args.table)
-        train_seeds, test_seeds = split_seeds(
-            table, args.train_seeds and parse_seeds(args.train_seeds, "--train-seeds"),
-            args.test_seeds and parse_seeds(args.test_seeds, "--test-seeds"))
+        table, train_seeds, test_seeds = table_and_split(args.table, args.train_seeds, args.test_seeds)
         if args.episodes < 1 or args.agent_seeds < 1:
             raise ConfigError("--episodes and --agent-seeds must be >= 1")
         if args.reward_scale <= 0:

@@ -30,9 +30,9 @@ import numpy as np
 import yaml
 
 from kdenv.benchmark.oracle import mean_std
-from kdenv.benchmark.study import TableStudy, fmt_stats, split_seeds, write_report
-from kdenv.benchmark.table import TableError, resolve_table
-from kdenv.cli import fail, parse_seeds, run_main
+from kdenv.benchmark.study import TableStudy, fmt_stats, table_and_split, write_report
+from kdenv.benchmark.table import TableError
+from kdenv.cli import fail, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         algorithm = get_algorithm(args.algo)
-        table = resolve_table(args.table)
-        train_seeds, test_seeds = split_seeds(
-            table, args.train_seeds and parse_seeds(args.train_seeds, "--train-seeds"),
-            args.test_seeds and parse_seeds(args.test_seeds, "--test-seeds"))
+        table, train_seeds, test_seeds = table_and_split(args.table, args.train_seeds, args.test_seeds)
         if args.reward_scale <= 0:
             raise ConfigError(f"--reward-scale must be > 0, not {args.reward_scale}")
         defaults = load_hyperparams(algorithm.name)
