@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+import kdenv  # noqa: F401  (before torch: the numerics pins must be set first)
+
 SIDE_BY_SIDE = """
 import json, sys, time, kdenv, torch
 sys.argv = ["tree_cost"]
@@ -92,7 +94,6 @@ def main() -> None:
 
     import torch
 
-    import kdenv  # noqa: F401
     from kdenv import numerics
     from kdenv.benchmark.build import TreeSetup
     from kdenv.benchmark.tree import DevScoring, tree_size
@@ -133,6 +134,7 @@ def main() -> None:
     update_s, reward_s = float(np.mean(updates)) * nodes, float(np.mean(rewards)) * nodes
     dev_s = timings["the build's dev"] * leaves
     total = update_s + reward_s + dev_s
+    numerics.require_portable("a table's cost measurement")
     print(f"{args.task}, P = {args.phases}, U = {args.updates_per_phase}, K = {len(env.knowledge)}: {nodes} phases, "
           f"{leaves:.0f} dev-scored leaves ({dev.describe(len(dev_split))}); {args.threads} thread(s); numerics "
           f"{numerics.requested_mode()} ({numerics.describe()['aten_cpu_capability']}); {numerics.cpu_model()}")
