@@ -118,3 +118,28 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     before = (tmp_path / "results" / "table" / "a2c.json").read_text()
     assert command("leaderboard").main([*args, "--retrain"]) == 0
     assert (tmp_path / "results" / "table" / "a2c.json").read_text() == before
+
+
+def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
+    import json
+
+    from kdenv.benchmark.table import write_manifest
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "rte", RETURNS)
+    other = synthetic_table(tmp_path / "mrpc", {seed: {h: v / 2 for h, v in r.items()} for seed, r in RETURNS.items()})
+    manifest = dict(other.manifest, task="mrpc")
+    write_manifest(tmp_path / "mrpc", {k: v for k, v in manifest.items() if k not in ("files", "format")})
+    args = ["--tables", f"{tmp_path / 'rte'},{tmp_path / 'mrpc'}", "--k", "2", "--agent-seeds", "2", "--episodes", "30",
+            "--agents", "a2c", "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"),
+            "--no-progress", "--retrain"]
+    assert command("leaderboard").main(args) == 0
+    board = json.loads((tmp_path / "board.json").read_text())
+    pair = f"{tmp_path / 'rte'} -> {tmp_path / 'mrpc'}"
+    rows = board["cross"][pair]
+    assert rows["A2C"]["seeds"] == 4 and rows["A2C"]["agent_seeds"] == 2
+    assert rows["oracle of the target table"]["regret"]["mean"] == 0.0
+    # The constant chosen on rte is (1, 1); on mrpc it returns half of rte's values.
+    assert rows["best constant chosen on rte"]["return"]["mean"] == pytest.approx(
+        np.mean([RETURNS[s][(1, 1)] / 2 for s in range(4)]))
+    assert "Across tasks: trained on every seed of" in (tmp_path / "board.md").read_text()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import named_policies
-from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, score_policy
+from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, improvement, score_policy, summarise
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, available_tables, resolve_table
 from kdenv.cli import fail, run_main
@@ -132,6 +132,71 @@ def retrain(table_name: str, table: Table, agent: str, args, results_dir: Path) 
     return result
 
 
+def compatible(a: Table, b: Table) -> bool:
+    """Whether an agent trained on table ``a`` can act on table ``b``: the same knowledge on offer
+    and the same number of phases (so the same spaces); the tasks or horizons may differ."""
+    return a.knowledge == b.knowledge and a.phases == b.phases and a is not b
+
+
+def retrain_cross(name_a: str, a: Table, name_b: str, b: Table, agent: str, args, results_dir: Path) -> dict:
+    """Agents trained on all of table a's seeds, played on every seed of table b (another task or
+    horizon); stored in a's result file under ``cross``."""
+    from kdenv.benchmark.study import play
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from kdenv.decision.wrappers import MultiDiscreteOnOff
+
+    _, algo, reward, bonus = AGENTS[agent]
+    algorithm = get_algorithm(algo)
+    hyperparams = load_hyperparams(algo).as_dict()
+    path = result_path(results_dir, name_a, agent)
+    result = load_result(path, a, args.k)
+    if result is None:
+        raise TableError(f"train the {agent} row on {name_a} first (its result file {path} is missing or stale)")
+    cross = result.setdefault("cross", {}).setdefault(name_b, {"table_files": b.manifest["files"], "returns": {}})
+    if cross["table_files"] != b.manifest["files"]:
+        cross.update(table_files=b.manifest["files"], returns={})
+    # Every seed of a to train on: b is what is held out.
+    study = TableStudy(a, algorithm, list(a.seeds), [], reward, 10.0, args.episodes, exploration_bonus=bonus)
+    env = KnowledgeSelectionTableEnv(b, reward=REPORT_REWARD, action_space=algorithm.action_space)
+    wrapped = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
+    for agent_seed in range(args.agent_seeds):
+        if all(len(cross["returns"].get(str(seed), [])) > agent_seed for seed in b.seeds):
+            continue
+        model, _ = study.fit(hyperparams, agent_seed)
+        for seed in b.seeds:
+            cross["returns"].setdefault(str(seed), []).append(play(model, env, wrapped, seed)[0])
+        with atomic_write(path) as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+def cross_rows(name_a: str, a: Table, name_b: str, b: Table, results_dir: Path, k: int) -> dict[str, Any]:
+    """Agents of table a played on table b, scored on b against b's oracle and the constant and
+    open-loop schedules chosen on a (what one would pick without ever seeing b)."""
+    view_a, view_b = FoldView(a, REPORT_REWARD), FoldView(b, REPORT_REWARD)
+    constant, open_loop = view_a.best_constant(a.seeds), view_a.best_open_loop(a.seeds)
+    position = {sequence: column for column, sequence in enumerate(view_b.sequences)}
+    chosen_constant = position[view_a.sequences[constant]]
+    chosen_open_loop = position[view_a.sequences[open_loop]]
+
+    def scored(returns):  # against the constant chosen on a
+        regrets = [view_b.oracle(s) - np.atleast_1d(returns[s]) for s in b.seeds]
+        gains = [np.atleast_1d(returns[s]) - view_b.value(s, chosen_constant) for s in b.seeds]
+        return {"return": summarise([np.atleast_1d(returns[s]) for s in b.seeds]), "regret": summarise(regrets),
+                "gain": summarise(gains), "improvement": improvement(gains), "seeds": len(b.seeds),
+                "agent_seeds": int(max(np.atleast_1d(r).size for r in returns.values()))}
+
+    rows = {"oracle of the target table": scored({s: view_b.oracle(s) for s in b.seeds}),
+            f"best constant chosen on {name_a}": scored({s: view_b.value(s, chosen_constant) for s in b.seeds}),
+            f"best open-loop chosen on {name_a}": scored({s: view_b.value(s, chosen_open_loop) for s in b.seeds})}
+    for agent, (row, *_) in AGENTS.items():
+        result = load_result(result_path(results_dir, name_a, agent), a, k)
+        cross = (result or {}).get("cross", {}).get(name_b)
+        if cross and cross["table_files"] == b.manifest["files"] and all(str(s) in cross["returns"] for s in b.seeds):
+            rows[row] = scored({s: np.array(cross["returns"][str(s)]) for s in b.seeds})
+    return rows
+
+
 def projected_cost(tables: list[str], agents: list[str], args) -> float:
     """Seconds to retrain every agent row: each algorithm timed on 200 episodes here, scaled."""
     seconds = 0.0
@@ -145,7 +210,15 @@ def projected_cost(tables: list[str], agents: list[str], args) -> float:
         for name in tables:
             seeds = len(resolve_table(name).seeds)
             seconds += per_agent * min(args.k, seeds) * args.agent_seeds * resolve_table(name).phases / probe.phases
+        seconds += per_agent * args.agent_seeds * len(cross_pairs(tables))
     return seconds
+
+
+def cross_pairs(tables: list[str]) -> list[tuple[str, str]]:
+    """(source, target) tables of the across-tasks column: compatible spaces, another task."""
+    loaded = {name: resolve_table(name) for name in tables}
+    return [(a, b) for a in tables for b in tables
+            if compatible(loaded[a], loaded[b]) and loaded[a].task != loaded[b].task]
 
 
 def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
@@ -175,6 +248,11 @@ def leaderboard(tables: list[str], args, results_dir: Path) -> dict[str, Any]:
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows}
+    board["cross"] = {}
+    for name_a, name_b in cross_pairs(tables):
+        a, b = resolve_table(name_a), resolve_table(name_b)
+        board["cross"][f"{name_a} -> {name_b}"] = cross_rows(Path(name_a).name, a, Path(name_b).name, b, results_dir,
+                                                            min(args.k, len(a.seeds)))
     return board
 
 
@@ -204,6 +282,19 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
         if missing:
             lines += ["", f"Not yet trained on this table: {', '.join(missing)} (`python agents/leaderboard.py "
                       f"--retrain --tables {name}`)."]
+        lines.append("")
+    for pair, rows in board.get("cross", {}).items():
+        source, target = pair.split(" -> ")
+        lines += [f"## Across tasks: trained on every seed of {source}, played on every seed of {target}", "",
+                  f"Scored on {target} against its oracle and against the constant chosen on {source} (what one "
+                  f"would pick without seeing {target}).", "",
+                  "| policy | return (mean) | regret (mean) | gain over that constant (mean) | P(improve) | n |",
+                  "|---|---|---|---|---|---|"]
+        for row, scores in sorted(rows.items(), key=lambda item: -(item[1]["return"]["mean"] or -1e9)):
+            improvement = scores["improvement"]
+            lines.append(f"| {row} | {ci_text(scores['return'])} | {ci_text(scores['regret'])} | "
+                         f"{ci_text(scores['gain'])} | {improvement['value']:.2f} [{improvement['ci'][0]:.2f}, "
+                         f"{improvement['ci'][1]:.2f}] | {scores['seeds']} x {scores['agent_seeds']} |")
         lines.append("")
     with atomic_write(path) as handle:
         handle.write("\n".join(lines))
@@ -261,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in tables:
             for agent in agents:
                 retrain(Path(name).name, resolve_table(name), agent, args, results_dir)
+        for name_a, name_b in cross_pairs(tables):  # across tasks: every seed of one table, played on another's
+            for agent in agents:
+                retrain_cross(Path(name_a).name, resolve_table(name_a), Path(name_b).name, resolve_table(name_b), agent,
+                              args, results_dir)
         print(f"retrained in {(time.perf_counter() - start) / 60:.1f} min")
     board = leaderboard(tables, args, results_dir)
     output = Path(args.output)
