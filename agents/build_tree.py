@@ -2,7 +2,7 @@
 initial student on the real trainer, for several episode seeds.
 
     python agents/build_tree.py --task stsb --seeds 0-3 --phases 3 --updates-per-phase 4
-    python agents/build_tree.py --task stsb --seeds 0-3 --estimate      # time a few nodes, print the cost
+    python agents/build_tree.py --task stsb --seeds 0-3 --estimate      # the projected cost, split, before building
 
 The program is kdenv.commands.build_tree (installed as `kdenv-build-tree`); `--help` lists every flag.
 """

@@ -2,7 +2,7 @@
 initial student on the real trainer, for several episode seeds.
 
     python agents/build_tree.py --task stsb --seeds 0-3 --phases 3 --updates-per-phase 4
-    python agents/build_tree.py --task stsb --seeds 0-3 --estimate      # time a few nodes, print the cost
+    python agents/build_tree.py --task stsb --seeds 0-3 --estimate      # the projected cost, split, before building
 
 With K offered types there are 2^K subsets per phase: for K = 3 and P = 3 phases, 8 + 64 + 512 =
 584 phases per seed. Each child restores its parent's snapshot, so siblings share batches and
@@ -78,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seeds", default="0-3", help="episode seeds, one tree each: 0-3 or 0,2,5 (default 0-3)")
     add("--job-depth", type=int, default=1, help="jobs are the subtrees below prefixes of this many actions (default 1)")
     add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
-    add("--estimate", action="store_true", help="time the first nodes of seed 0, print the projected cost, and stop")
+    add("--estimate", action="store_true",
+        help="time one phase of every action and one dev scoring from seed 0's initial student (writing nothing), "
+             "print the projected cost of the build split into phases and dev scoring, and stop")
     add("--output", default=None, help="table folder (default kdenv/tables/<task>, or $KDENV_BENCHMARKS_DIR/<task>)")
     add("--dev-examples", default="all", metavar="N|all",
         help="score leaves on a fixed subsample of N GLUE dev examples (drawn with --dev-seed), or on all of them "
