@@ -143,3 +143,8 @@ def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
     assert rows["best constant chosen on rte"]["return"]["mean"] == pytest.approx(
         np.mean([RETURNS[s][(1, 1)] / 2 for s in range(4)]))
     assert "Across tasks: trained on every seed of" in (tmp_path / "board.md").read_text()
+
+
+def test_returns_above_the_oracle_are_refused_as_a_unit_mix_up(view):
+    with pytest.raises(ValueError, match="beats the oracle.*not in metric_gain"):
+        score_policy(view, [([0, 1, 2], [3])], {3: np.array([0.9])})

@@ -146,6 +146,9 @@ def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
         for seed in test:
             values = np.atleast_1d(np.asarray(returns[seed], dtype=np.float64))
             oracle, base = view.oracle(seed), view.value(seed, constant)
+            if np.nanmax(values) > oracle + 1e-9:
+                raise ValueError(f"a return of {np.nanmax(values):+.4f} on seed {seed} beats the oracle's {oracle:+.4f}: "
+                                 f"these returns are not in {view.reward} (scored in another reward?)")
             regrets.append(oracle - values)
             headroom = oracle - base
             normalised.append((oracle - values) / headroom if headroom > 1e-12 else np.full(values.shape, np.nan))

@@ -89,9 +89,12 @@ class TableStudy:
                                          action_space=self.algorithm.action_space, exploration_bonus=exploration_bonus)
         return env, (MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env)
 
-    def returns_on(self, model, seeds: list[int]) -> dict[int, float]:
-        """The deterministic policy's return (task reward, before scaling) on each of ``seeds``."""
-        env, wrapped = self.make_env(seeds)
+    def returns_on(self, model, seeds: list[int], reward: str | None = None) -> dict[int, float]:
+        """The deterministic policy's return on each of ``seeds``, before scaling, in ``reward``
+        (default: the reward it trained on; a leaderboard scores every row in one reward)."""
+        env = KnowledgeSelectionTableEnv(self.table, seeds=seeds, reward=reward or self.reward,
+                                         reward_scale=self.reward_scale, action_space=self.algorithm.action_space)
+        wrapped = MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env
         return {seed: play(model, env, wrapped, seed)[0] for seed in seeds}
 
     def check(self, hyperparams: Hyperparams) -> None:

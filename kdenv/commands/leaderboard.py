@@ -109,7 +109,7 @@ def retrain(table_name: str, table: Table, agent: str, args, results_dir: Path) 
     algorithm = get_algorithm(algo)
     hyperparams = load_hyperparams(algo).as_dict()
     path = result_path(results_dir, table_name, agent)
-    config = {"algo": algo, "reward": reward, "exploration_bonus": bonus, "episodes": args.episodes,
+    config = {"algo": algo, "reward": reward, "scored_in": REPORT_REWARD, "exploration_bonus": bonus, "episodes": args.episodes,
               "hyperparams": hyperparams, "agent_seeds": list(range(args.agent_seeds))}
     result = load_result(path, table, args.k)
     if result is None or result.get("config") != config:
@@ -121,14 +121,15 @@ def retrain(table_name: str, table: Table, agent: str, args, results_dir: Path) 
             if all(len(result["returns"].get(str(seed), [])) > agent_seed for seed in test):
                 continue
             model, seconds = study.fit(hyperparams, agent_seed)
-            for seed, value in study.returns_on(model, test).items():
+            scored = study.returns_on(model, test, REPORT_REWARD)  # every row in the same units
+            for seed, value in scored.items():
                 result["returns"].setdefault(str(seed), []).append(value)
             result["train_seconds"] += seconds
             with atomic_write(path) as handle:
                 json.dump(result, handle, indent=2)
             if not args.no_progress:
                 print(f"  {table_name} / {agent}: held-out {test}, agent seed {agent_seed}: "
-                      f"{', '.join(f'{v:+.4f}' for v in study.returns_on(model, test).values())} ({seconds:.0f} s)")
+                      f"{', '.join(f'{v:+.4f}' for v in scored.values())} ({seconds:.0f} s)")
     return result
 
 
