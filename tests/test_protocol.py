@@ -115,6 +115,9 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     assert "| A2C |" in text and "Not yet trained on this table: PPO" in text
     assert (tmp_path / "board.png").stat().st_size > 1000
     # A rerun trains nothing new: every (held-out seed, agent seed) is in the result file.
+    capsys.readouterr()
+    assert command("leaderboard").main([*args, "--retrain", "--dry-run"]) == 0
+    assert "0 agents still to train" in capsys.readouterr().out
     before = (tmp_path / "results" / "table" / "a2c.json").read_text()
     assert command("leaderboard").main([*args, "--retrain"]) == 0
     assert (tmp_path / "results" / "table" / "a2c.json").read_text() == before

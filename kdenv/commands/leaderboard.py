@@ -198,20 +198,40 @@ def cross_rows(name_a: str, a: Table, name_b: str, b: Table, results_dir: Path, 
     return rows
 
 
-def projected_cost(tables: list[str], agents: list[str], args) -> float:
-    """Seconds to retrain every agent row: each algorithm timed on 200 episodes here, scaled."""
+def agents_to_train(tables: list[str], agents: list[str], args, results_dir: Path) -> dict[str, int]:
+    """How many agents of each row --retrain would still train (finished ones in the result files are
+    reused): the k-fold agents of every table, and the across-tasks ones."""
+    counts = dict.fromkeys(agents, 0)
+    for name in tables:
+        table = resolve_table(name)
+        k = min(args.k, len(table.seeds))
+        for agent in agents:
+            result = load_result(result_path(results_dir, Path(name).name, agent), table, k) or {"returns": {}}
+            for _, test in fold_splits(table.seeds, k):
+                done = min(len(result["returns"].get(str(seed), [])) for seed in test)
+                counts[agent] += max(args.agent_seeds - done, 0)
+    for name_a, name_b in cross_pairs(tables):
+        a, b = resolve_table(name_a), resolve_table(name_b)
+        for agent in agents:
+            result = load_result(result_path(results_dir, Path(name_a).name, agent), a, min(args.k, len(a.seeds)))
+            cross = ((result or {}).get("cross", {}).get(Path(name_b).name) or {}).get("returns", {})
+            done = min((len(cross.get(str(seed), [])) for seed in b.seeds), default=0)
+            counts[agent] += max(args.agent_seeds - done, 0)
+    return counts
+
+
+def projected_cost(counts: dict[str, int], tables: list[str], args) -> float:
+    """Seconds to train ``counts`` agents of each row: each algorithm timed on 200 episodes here, scaled."""
     seconds = 0.0
     probe = resolve_table(tables[0])
-    for agent in agents:
+    for agent, count in counts.items():
+        if not count:
+            continue
         _, algo, reward, bonus = AGENTS[agent]
         study = TableStudy(probe, get_algorithm(algo), probe.seeds[1:], probe.seeds[:1], reward, 10.0, 200,
                            exploration_bonus=bonus)
         _, probe_seconds = study.fit(load_hyperparams(algo).as_dict(), 0)
-        per_agent = probe_seconds * args.episodes / 200
-        for name in tables:
-            seeds = len(resolve_table(name).seeds)
-            seconds += per_agent * min(args.k, seeds) * args.agent_seeds * resolve_table(name).phases / probe.phases
-        seconds += per_agent * args.agent_seeds * len(cross_pairs(tables))
+        seconds += probe_seconds * args.episodes / 200 * count
     return seconds
 
 
@@ -343,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        cost = projected_cost(tables, agents, args)
-        count = sum(min(args.k, len(resolve_table(t).seeds)) for t in tables) * args.agent_seeds * len(agents)
-        print(f"retraining {count} agents ({len(tables)} tables x folds x {args.agent_seeds} agent seeds x "
-              f"{len(agents)} agent rows, {args.episodes} episodes each): projected {cost / 3600:.1f} h on one thread")
+        counts = agents_to_train(tables, agents, args, results_dir)
+        cost = projected_cost(counts, tables, args)
+        print(f"retraining: {sum(counts.values())} agents still to train ({', '.join(f'{a} {n}' for a, n in counts.items())}; "
+              f"{len(tables)} tables x {args.k} folds x {args.agent_seeds} agent seeds per row, plus the across-tasks "
+              f"pairs; {args.episodes} episodes each; finished agents in {results_dir} are reused): projected "
+              f"{cost / 3600:.2f} h on one thread")
         if args.dry_run:
             return 0
         start = time.perf_counter()
