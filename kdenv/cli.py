@@ -143,7 +143,7 @@ def run_main(main: Callable[..., int]) -> Callable[..., int]:
     program's finished work stays where a rerun of the same command finds it."""
     import functools
 
-    from kdenv.io import DISK_ERRNOS
+    from kdenv.io import DISK_ERRNOS, disk_error
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:
@@ -152,7 +152,6 @@ def run_main(main: Callable[..., int]) -> Callable[..., int]:
         except OSError as error:
             if error.errno not in DISK_ERRNOS:
                 raise
-            return fail(error if error.filename is None else f"cannot write {error.filename} ({error.strerror}); free "
-                        "space or choose another folder, then rerun the same command (finished work is kept)")
+            return fail(error if error.filename is None else disk_error(error, error.filename))
 
     return guarded

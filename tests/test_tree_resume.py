@@ -229,3 +229,27 @@ def test_a_statistical_replay_measures_how_far_the_live_trainer_is_from_the_tabl
     table.nodes[0][tuple(first)]["rewards"]["metric_gain"] += 0.01
     moved = statistical_replay(table, 0, built["environment"], schedules=6)
     assert moved["max_abs_difference"] == pytest.approx(0.01)
+
+
+def test_rewriting_a_seed_already_in_the_table_keeps_the_other_seeds_and_their_provenance(built, tmp_path, monkeypatch):  # noqa: F811
+    """A seed rebuilt elsewhere (so its file's bytes differ: other wall times) replaces its old
+    file; the seeds kept keep their provenance, read before any file was written."""
+    import kdenv.benchmark.build as build
+    from kdenv.benchmark.build import write_table
+    from kdenv.benchmark.table import Table
+
+    setup, environment = built["setup"], built["environment"]
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    out = tmp_path / "table"
+    write_table(setup, environment, [0, 1], out)
+    before = Table.load(out).manifest["seed_provenance"]["0"]
+    original = build.collect_seed
+
+    def rebuilt_elsewhere(work_dir, seed, num_actions, phases):
+        return [{**record, "wall_time_s": record.get("wall_time_s", 0.0) + 1.0}
+                for record in original(work_dir, seed, num_actions, phases)]
+
+    monkeypatch.setattr(build, "collect_seed", rebuilt_elsewhere)
+    write_table(setup, environment, [1], out)
+    table = Table.load(out)
+    assert table.seeds == [0, 1] and table.manifest["seed_provenance"]["0"] == before

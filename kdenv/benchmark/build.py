@@ -21,6 +21,7 @@ from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_recor
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
 from kdenv.engine.teacher_cache import split_fingerprint
+from kdenv.io import atomic_write
 from kdenv.jobs import JobRunner
 from kdenv.paths import runs_dir
 
@@ -164,24 +165,26 @@ def node_seconds(record: dict[str, Any]) -> float:
     return record.get("wall_time_s", 0.0) + record.get("dev_wall_time_s", 0.0)
 
 
-def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[list[int], float]:
+def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[list[int], float, dict[str, Any]]:
     """Seeds of a table already in ``out`` that this write keeps: those not rebuilt now, when the
     earlier build had the same setup, teacher and software (the shipped seeds of a table being
     extended, perhaps on another machine whose runs/ folder does not hold their records).
-    Returns them and their build time (their nodes' measured times: a seed rebuilt now is counted
-    from its records, not again from the old total); refuses a table of another setup it would only
-    partly replace."""
+    Returns them, their build time (their nodes' measured times: a seed rebuilt now is counted
+    from its records, not again from the old total) and their provenance; refuses a table of another
+    setup it would only partly replace."""
     if not (out / "manifest.json").is_file():
-        return [], 0.0
+        return [], 0.0, {}
     old = Table.load(out)
     others = [seed for seed in old.seeds if seed not in seeds]
     if not others:
-        return [], 0.0
+        return [], 0.0, {}
     differences = setup_differences(old.manifest, manifest)
     if differences:
         raise TableError(f"{out} holds seeds {others} of a table built differently ({', '.join(differences)}); "
                          f"rebuild those seeds too (--seeds covering {old.seeds}) or write elsewhere (--output)")
-    return others, float(sum(node_seconds(record) for seed in others for record in old.nodes[seed].values()))
+    provenance = {str(seed): old.manifest.get("seed_provenance", {}).get(str(seed), seed_provenance(old.manifest))
+                  for seed in others}
+    return others, float(sum(node_seconds(record) for seed in others for record in old.nodes[seed].values())), provenance
 
 
 def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int]) -> dict[str, Any]:
@@ -234,17 +237,14 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
     comes before any file is written."""
     out = Path(out)
     manifest = table_manifest(setup, environment, seeds)
-    kept, kept_seconds = kept_seeds(out, manifest, list(seeds))
+    kept, kept_seconds, kept_provenance = kept_seeds(out, manifest, list(seeds))
     records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
     build_seconds = sum(node_seconds(r) for seed_records in records.values() for r in seed_records)
     for seed, seed_records in records.items():
         write_seed(out, seed, seed_records)
     manifest["seeds"] = sorted([*seeds, *kept])
     manifest["build_seconds"] = round(build_seconds + kept_seconds, 1)
-    old = Table.load(out).manifest if kept else {}
-    manifest["seed_provenance"] = {
-        **{str(seed): old.get("seed_provenance", {}).get(str(seed), seed_provenance(old)) for seed in kept},
-        **{str(seed): seed_provenance(manifest) for seed in seeds}}
+    manifest["seed_provenance"] = {**kept_provenance, **{str(seed): seed_provenance(manifest) for seed in seeds}}
     return write_manifest(out, manifest)
 
 
@@ -255,8 +255,6 @@ def check_work_provenance(setup: TreeSetup, environment: EnvironmentSetup) -> No
     """A build resumed on another machine continues exactly or stops before computing anything:
     the work folder records the numerics, software and teacher its records were computed with,
     and a process that cannot reproduce them is refused with what to do."""
-    from kdenv.io import atomic_write
-
     record = {"numerics": numerics_key(numerics.describe()), "software": {k: v for k, v in environment_record().items()
                                                                          if k in SAME_SOFTWARE},
               "teacher": environment.distillation.teacher_fingerprint, "threads": setup.threads}

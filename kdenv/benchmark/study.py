@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, mean_std
+from kdenv.benchmark.oracle import action_names, closed_loop, mean_std
+from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.cli import parse_seeds
@@ -77,24 +78,21 @@ class TableStudy:
         self.table, self.algorithm, self.reward, self.reward_scale = table, algorithm, reward, reward_scale
         self.exploration_bonus = exploration_bonus  # in training only; scores never include it
         self.train_seeds, self.test_seeds, self.episodes = train_seeds, test_seeds, episodes
-        self.sequences, self.returns = all_returns(table, reward)  # [seeds, sequences]
-        self.row = {seed: row for row, seed in enumerate(table.seeds)}
-        train_rows = [self.row[s] for s in train_seeds]
-        self.open_loop = int(self.returns[train_rows].mean(axis=0).argmax())
-        constants = constant_columns(table, self.sequences)
-        self.best_constant = max(constants, key=lambda i: self.returns[train_rows, i].mean())
+        view = FoldView(table, reward)  # every schedule's return on every seed, and the choices on train seeds
+        self.sequences, self.returns, self.row = view.sequences, view.returns, view.row  # [seeds, sequences]
+        self.open_loop = view.best_open_loop(train_seeds)
+        self.best_constant = view.best_constant(train_seeds)
 
-    def make_env(self, seeds, exploration_bonus: float = 0.0):
-        env = KnowledgeSelectionTableEnv(self.table, seeds=seeds, reward=self.reward, reward_scale=self.reward_scale,
-                                         action_space=self.algorithm.action_space, exploration_bonus=exploration_bonus)
+    def make_env(self, seeds, exploration_bonus: float = 0.0, reward: str | None = None):
+        env = KnowledgeSelectionTableEnv(self.table, seeds=seeds, reward=reward or self.reward,
+                                         reward_scale=self.reward_scale, action_space=self.algorithm.action_space,
+                                         exploration_bonus=exploration_bonus)
         return env, (MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env)
 
     def returns_on(self, model, seeds: list[int], reward: str | None = None) -> dict[int, float]:
         """The deterministic policy's return on each of ``seeds``, before scaling, in ``reward``
         (default: the reward it trained on; a leaderboard scores every row in one reward)."""
-        env = KnowledgeSelectionTableEnv(self.table, seeds=seeds, reward=reward or self.reward,
-                                         reward_scale=self.reward_scale, action_space=self.algorithm.action_space)
-        wrapped = MultiDiscreteOnOff(env) if self.algorithm.wrap_multidiscrete else env
+        env, wrapped = self.make_env(seeds, reward=reward)
         return {seed: play(model, env, wrapped, seed)[0] for seed in seeds}
 
     def check(self, hyperparams: Hyperparams) -> None:

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,11 @@ def write_seed(directory: Path, seed: int, records: list[dict[str, Any]]) -> Pat
     with atomic_write(path, "wb") as handle:
         handle.write(buffer.getvalue())
     return path
+
+
+def history_key(history: Iterable[int]) -> str:
+    """A node's key, its action history as text: ``"3,1"`` (the root: ``""``)."""
+    return ",".join(str(int(a)) for a in history)
 
 
 def subtree_size(num_actions: int, depth: int) -> int:
@@ -179,7 +185,7 @@ class Table:
             file = directory / seed_file(seed)
             try:
                 with gzip.open(file, "rt") as handle:
-                    records = {history_text(record["history"]): record for record in map(json.loads, handle)}
+                    records = {history_key(record["history"]): record for record in map(json.loads, handle)}
             except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
                 raise TableError(f"{file} cannot be read as a table's seed file ({type(error).__name__}: {error}); "
                                  "restore it from the repository (git checkout) or rebuild the table") from None
@@ -222,6 +228,3 @@ class Table:
             raise TableError(f"{path} is inconsistent: {problems[0]}; restore the table from the repository "
                              "(git checkout) or rebuild it")
 
-
-def history_text(history) -> str:
-    return ",".join(str(a) for a in history)

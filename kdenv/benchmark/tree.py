@@ -25,16 +25,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdenv.benchmark.table import subtree_size, tree_problems, tree_size  # noqa: F401  (tree_size: re-exported)
+from kdenv.benchmark.table import history_key, subtree_size, tree_problems, tree_size  # noqa: F401  (re-exported)
 from kdenv.decision.env import KnowledgeDistillationEnv
 from kdenv.decision.rewards import REWARDS, RewardInput
 
 RECORD_FORMAT = 1
 VOLATILE = ("wall_time_s", "dev_wall_time_s")  # measured, not computed: never compared
-
-
-def history_key(history: Iterable[int]) -> str:
-    return ",".join(str(int(a)) for a in history)
 
 
 def parse_prefix(text: str) -> tuple[int, ...]:

@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
-from kdenv.benchmark.build import TreeSetup
+from kdenv import numerics
+from kdenv.benchmark.build import TreeSetup, numerics_key, replay_promise
+from kdenv.benchmark.oracle import episode_return
 from kdenv.benchmark.table import Table, TableError
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict
 from kdenv.decision.factory import EnvironmentSetup
+from kdenv.engine.teacher import teacher_metadata
 
 
 @dataclass
@@ -45,10 +49,6 @@ def check_before_replay(table: Table, device: str = "cpu") -> None:
     """What can be checked before the expensive preparation (data, caches, student): this
     machine's saved teacher must be the table's (by the fingerprint recorded when it was saved),
     and on the CPU this process's numerics must be those the table's seeds were built in."""
-    from kdenv import numerics
-    from kdenv.benchmark.build import numerics_key, replay_promise
-    from kdenv.engine.teacher import teacher_metadata
-
     saved = teacher_metadata(table.task)
     recorded = table.manifest["teacher"]["fingerprint"]
     if saved is not None and saved.get("fingerprint") not in (None, recorded):
@@ -121,10 +121,6 @@ def statistical_replay(table: Table, seed: int, environment: EnvironmentSetup, s
     how far their returns (``reward``, before scaling) are from the table's: the largest absolute
     difference and Spearman's rank correlation over the schedules (1: the table ranks them as the
     live trainer does)."""
-    from scipy.stats import spearmanr
-
-    from kdenv.benchmark.oracle import episode_return
-
     if seed not in table.nodes:
         raise TableError(f"seed {seed} is not in the table (it has {table.seeds})")
     rng = np.random.default_rng(rng_seed)

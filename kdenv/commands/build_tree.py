@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             check_work_provenance(setup, environment)
         print(f"numerics: {replay_promise(numerics.describe())}")
         if job is None and not args.estimate:  # a table will be written: may it keep the seeds already there?
-            kept, _ = kept_seeds(output, table_manifest(setup, environment, seeds), seeds)
+            kept, _, _ = kept_seeds(output, table_manifest(setup, environment, seeds), seeds)
             if kept:
                 print(f"{output} already holds seeds {kept} of this setup: the table will keep them")
     except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError,

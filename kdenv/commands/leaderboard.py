@@ -75,12 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def default_tables() -> list[str]:
+def default_tables() -> dict[str, Table]:
     """The shipped CPU tables and the H100 U=8 table that have the seeds a k-fold needs (a table
-    still being built may ship with fewer)."""
-    shipped = [name for name in available_tables() if len(resolve_table(name).seeds) >= 2]
-    return [name for name in shipped if resolve_table(name).manifest.get("device", "cpu").startswith("cpu")] + \
-        [name for name in ("stsb_h100_u8",) if name in shipped]
+    still being built may ship with fewer), by name, each loaded once."""
+    shipped = {name: table for name in available_tables() if len((table := resolve_table(name)).seeds) >= 2}
+    chosen = [name for name, table in shipped.items() if table.manifest.get("device", "cpu").startswith("cpu")]
+    return {name: shipped[name] for name in [*chosen, *(n for n in ("stsb_h100_u8",) if n in shipped)]}
 
 
 def slug(name: str) -> str:
@@ -200,12 +200,11 @@ def cross_rows(name_a: str, a: Table, name_b: str, b: Table, results_dir: Path, 
     return rows
 
 
-def agents_to_train(tables: list[str], agents: list[str], args, results_dir: Path) -> dict[str, int]:
+def agents_to_train(tables: dict[str, Table], agents: list[str], args, results_dir: Path) -> dict[str, int]:
     """How many agents of each row --retrain would still train (finished ones in the result files are
     reused): the k-fold agents of every table, and the across-tasks ones."""
     counts = dict.fromkeys(agents, 0)
-    for name in tables:
-        table = resolve_table(name)
+    for name, table in tables.items():
         k = min(args.k, len(table.seeds))
         for agent in agents:
             result = load_result(result_path(results_dir, Path(name).name, agent), table, k) or {"returns": {}}
@@ -213,7 +212,7 @@ def agents_to_train(tables: list[str], agents: list[str], args, results_dir: Pat
                 done = min(len(result["returns"].get(str(seed), [])) for seed in test)
                 counts[agent] += max(args.agent_seeds - done, 0)
     for name_a, name_b in cross_pairs(tables):
-        a, b = resolve_table(name_a), resolve_table(name_b)
+        a, b = tables[name_a], tables[name_b]
         for agent in agents:
             result = load_result(result_path(results_dir, Path(name_a).name, agent), a, min(args.k, len(a.seeds)))
             cross = ((result or {}).get("cross", {}).get(Path(name_b).name) or {}).get("returns", {})
@@ -222,10 +221,10 @@ def agents_to_train(tables: list[str], agents: list[str], args, results_dir: Pat
     return counts
 
 
-def projected_cost(counts: dict[str, int], tables: list[str], args) -> float:
-    """Seconds to train ``counts`` agents of each row: each algorithm timed on 200 episodes here, scaled."""
+def projected_cost(counts: dict[str, int], probe: Table, args) -> float:
+    """Seconds to train ``counts`` agents of each row: each algorithm timed on 200 episodes of the
+    ``probe`` table here, scaled."""
     seconds = 0.0
-    probe = resolve_table(tables[0])
     for agent, count in counts.items():
         if not count:
             continue
@@ -237,11 +236,10 @@ def projected_cost(counts: dict[str, int], tables: list[str], args) -> float:
     return seconds
 
 
-def cross_pairs(tables: list[str]) -> list[tuple[str, str]]:
+def cross_pairs(tables: dict[str, Table]) -> list[tuple[str, str]]:
     """(source, target) tables of the across-tasks column: compatible spaces, another task."""
-    loaded = {name: resolve_table(name) for name in tables}
     return [(a, b) for a in tables for b in tables
-            if compatible(loaded[a], loaded[b]) and loaded[a].task != loaded[b].task]
+            if compatible(tables[a], tables[b]) and tables[a].task != tables[b].task]
 
 
 def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
@@ -251,14 +249,13 @@ def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
     return f"{summary[key]:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def leaderboard(tables: list[str], args, results_dir: Path) -> dict[str, Any]:
+def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, Any]:
     board: dict[str, Any] = {"k": args.k, "reward": REPORT_REWARD, "tables": {}}
-    for name in tables:
-        table = resolve_table(name)
+    for name, table in tables.items():
         view = FoldView(table, REPORT_REWARD)
         k = min(args.k, len(table.seeds))
         splits = fold_splits(table.seeds, k)
-        rows = {row: score_policy(view, splits, {s: v for s, v in per_seed.items()})
+        rows = {row: score_policy(view, splits, per_seed)
                 for row, per_seed in baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED]).items()}
         for agent, (row, *_) in AGENTS.items():
             result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
@@ -273,7 +270,7 @@ def leaderboard(tables: list[str], args, results_dir: Path) -> dict[str, Any]:
                                  "knowledge": table.knowledge, "rows": rows}
     board["cross"] = {}
     for name_a, name_b in cross_pairs(tables):
-        a, b = resolve_table(name_a), resolve_table(name_b)
+        a, b = tables[name_a], tables[name_b]
         board["cross"][f"{name_a} -> {name_b}"] = cross_rows(Path(name_a).name, a, Path(name_b).name, b, results_dir,
                                                             min(args.k, len(a.seeds)))
     return board
@@ -351,10 +348,13 @@ def write_figure(board: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else default_tables()
-        for name in tables:
-            if len(resolve_table(name).seeds) < 2:
-                raise ConfigError(f"table {name} has {len(resolve_table(name).seeds)} seed(s): a k-fold needs at least 2")
+        if args.tables:
+            tables = {name: resolve_table(name) for name in (t.strip() for t in args.tables.split(",")) if name}
+        else:
+            tables = default_tables()
+        for name, table in tables.items():
+            if len(table.seeds) < 2:
+                raise ConfigError(f"table {name} has {len(table.seeds)} seed(s): a k-fold needs at least 2")
         agents = [a.strip().lower() for a in args.agents.split(",") if a.strip()]
         unknown = [a for a in agents if a not in AGENTS]
         if unknown or not agents:
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         counts = agents_to_train(tables, agents, args, results_dir)
-        cost = projected_cost(counts, tables, args)
+        cost = projected_cost(counts, next(iter(tables.values())), args)
         print(f"retraining: {sum(counts.values())} agents still to train ({', '.join(f'{a} {n}' for a, n in counts.items())}; "
               f"{len(tables)} tables x {args.k} folds x {args.agent_seeds} agent seeds per row, plus the across-tasks "
               f"pairs; {args.episodes} episodes each; finished agents in {results_dir} are reused): projected "
@@ -375,13 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         start = time.perf_counter()
-        for name in tables:
+        for name, table in tables.items():
             for agent in agents:
-                retrain(Path(name).name, resolve_table(name), agent, args, results_dir)
+                retrain(Path(name).name, table, agent, args, results_dir)
         for name_a, name_b in cross_pairs(tables):  # across tasks: every seed of one table, played on another's
             for agent in agents:
-                retrain_cross(Path(name_a).name, resolve_table(name_a), Path(name_b).name, resolve_table(name_b), agent,
-                              args, results_dir)
+                retrain_cross(Path(name_a).name, tables[name_a], Path(name_b).name, tables[name_b], agent, args,
+                              results_dir)
         print(f"retrained in {(time.perf_counter() - start) / 60:.1f} min")
     board = leaderboard(tables, args, results_dir)
     output = Path(args.output)
