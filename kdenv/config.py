@@ -84,7 +84,8 @@ class DataConfig:
     reward_size: float | int = option(0.1, "held out of GLUE train for rewards and model selection: a fraction in "
                                            "(0, 1) or a whole count; must match the teacher's")
     max_reward_examples: int | None = option(None, "cap on the reward split (cheaper rewards); dev is never capped")
-    max_train_examples: int | None = option(None, "cap on the train split (quick runs)")
+    max_train_examples: int | None = option(None, "cap on the train split: a stratified subsample of this many, "
+                                                      "drawn with --split-seed (quick runs; a cheaper SST-2 teacher)")
     split_seed: int = option(0, "seed of the train/reward split; must match the teacher's")
     cache_tokenization: bool = option(True, "keep tokenised splits under runs/cache/tokenized", flag=False)
 

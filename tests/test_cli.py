@@ -36,6 +36,29 @@ def test_finetune_teacher_saves_a_reusable_teacher(tmp_path, glue_dir, tokenizer
     assert "already at" in capsys.readouterr().out
 
 
+def test_a_teacher_on_a_capped_train_split_keeps_the_reward_split_and_says_so(tmp_path, glue_dir, tokenizer,
+                                                                              tiny_bert_factory, private_runs_dir):
+    """SST-2's 67k examples make a full teacher cost hours here: --max-train-examples caps what the
+    teacher trains on, leaves the reward split (and so every student's) as it is, and every run
+    built on that teacher records the cap."""
+    from kdenv.config import DataConfig, DistillConfig
+    from kdenv.engine.distillation import prepare_distillation
+    from kdenv.engine.runtime import make_runtime
+
+    base = tmp_path / "tiny_base"
+    save_model(tiny_bert_factory(layers=2), tokenizer, base, {})
+    assert command("finetune_teacher").main(
+        ["--task", "wnli", "--data-dir", str(glue_dir), "--model", str(base), "--epochs", "1", "--max-steps", "2",
+         "--max-train-examples", "100", "--no-progress"]) == 0
+    metadata = json.loads((private_runs_dir / "teachers" / "wnli" / "kdenv.json").read_text())
+    assert metadata["split_sizes"] == {"train": 100, "reward": 64, "dev": 71}
+    assert metadata["data"]["max_train_examples"] == 100
+    setup = prepare_distillation(DataConfig(task="wnli", data_dir=str(glue_dir)), DistillConfig(student_layers=1),
+                                 ["logits"], make_runtime("cpu", "fp32"), progress=False)
+    assert len(setup.data["train"]) == 571 and len(setup.data["reward"]) == 64  # the student's split is whole
+    assert setup.teacher_record()["max_train_examples"] == 100
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_arguments(add, "hide the progress bar")
     add_config_arguments(parser, FinetuneConfig, "finetune", "fine-tuning")
     add_config_arguments(parser, DataConfig, "data", "data and splits (students must use the same split)",
-                         ("max_length", "reward_size", "split_seed"))
+                         ("max_length", "reward_size", "split_seed", "max_train_examples"))
     return parser.parse_args(argv)
 
 

@@ -73,9 +73,13 @@ class Distillation:
     def teacher_record(self) -> dict[str, Any]:
         """The teacher's identity, recorded beside every run that uses it."""
         metric = self.task.primary_metric
-        return {"fingerprint": self.teacher_fingerprint, "base_model": self.teacher_metadata.get("base_model"),
-                "directory": str(teacher_dir(self.task.name)), f"dev_{metric}": self.teacher_scores["dev"][metric],
-                "finetune": self.teacher_metadata.get("finetune")}
+        record = {"fingerprint": self.teacher_fingerprint, "base_model": self.teacher_metadata.get("base_model"),
+                  "directory": str(teacher_dir(self.task.name)), f"dev_{metric}": self.teacher_scores["dev"][metric],
+                  "finetune": self.teacher_metadata.get("finetune")}
+        cap = self.teacher_metadata.get("data", {}).get("max_train_examples")
+        if cap is not None:  # a teacher fine-tuned on a capped train split says so (absent: the whole split)
+            record["max_train_examples"] = cap
+        return record
 
     @torch.no_grad()
     def teacher_probe_cls(self, probe_size: int) -> np.ndarray:
