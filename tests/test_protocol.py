@@ -123,6 +123,46 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     assert (tmp_path / "results" / "table" / "a2c.json").read_text() == before
 
 
+def test_a_tuned_row_searches_inside_each_fold_and_never_sees_its_held_out_seeds(tmp_path, capsys, monkeypatch):
+    import json
+
+    from kdenv.benchmark import tuning
+    from tests.conftest import command
+
+    searched = []
+    real_tune = tuning.tune
+
+    def spy(study, defaults, algo, trials, trial_agents, **kwargs):
+        searched.append((list(study.train_seeds), list(study.test_seeds), trials, trial_agents))
+        return real_tune(study, defaults, algo, trials, trial_agents, **kwargs)
+
+    monkeypatch.setattr(tuning, "tune", spy)
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "1", "--episodes", "20", "--agents",
+            "a2c-tuned", "--tune-trials", "2", "--tune-agents", "1", "--results-dir", str(tmp_path / "results"),
+            "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]
+    assert command("leaderboard").main([*args, "--dry-run"]) == 0
+    # 2 folds x (1 final agent + 2 trials x 1 agent)
+    assert "6 agents still to train (a2c-tuned 6" in capsys.readouterr().out
+    assert command("leaderboard").main(args) == 0
+    folds = [(sorted(train), sorted(test)) for train, test in fold_splits(list(range(4)), 2)]
+    assert [(sorted(train), sorted(test)) for train, test, *_ in searched] == folds
+    assert all(not set(train) & set(test) for train, test, *_ in searched)
+    assert all(trials == 2 and agents == 1 for *_, trials, agents in searched)
+    result = json.loads((tmp_path / "results" / "table" / "a2c_tuned.json").read_text())
+    assert sorted(result["tuned"]) == sorted(",".join(map(str, test)) for _, test in folds)
+    assert result["config"]["tuning"]["trials"] == 2
+    for fold in result["tuned"].values():
+        assert fold["trials"] == 2 and "learning_rate" in fold["params"]
+        assert fold["hyperparams"]["learning_rate"] == fold["params"]["learning_rate"]
+    rows = json.loads((tmp_path / "board.json").read_text())["tables"][str(tmp_path / "table")]["rows"]
+    assert rows["A2C, tuned in each fold"]["seeds"] == 4 and "tuned" in rows["A2C, tuned in each fold"]
+    # A rerun neither searches nor trains again.
+    searched.clear()
+    assert command("leaderboard").main(args) == 0
+    assert searched == []
+
+
 def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
     import json
 

@@ -10,8 +10,10 @@ it chooses on the train folds. Rows: the oracle, the closed-loop bound of a seed
 best open-loop schedule and best constant (train folds), the random schedule (the exact mean over
 all schedules: the knowledge-selection paper's Random-Hard), every constant, kd and gkd (and the
 other named fixed policies), and the agents: A2C, PPO and DQN with the shipped default
-hyperparameters, and A2C in the knowledge-selection paper's setting as closely as a table allows
-(actor-critic, the loss-decrease reward, a count-based exploration bonus). Columns per table:
+hyperparameters; the same three tuned inside each fold (an Optuna search of --tune-trials trials
+on the fold's train seeds only, kdenv/benchmark/tuning.py; the held-out seeds never steer it);
+and A2C in the knowledge-selection paper's setting as closely as a table allows (actor-critic,
+the loss-decrease reward, a count-based exploration bonus). Columns per table:
 return, regret, normalised regret (0 at the oracle, 1 at the best constant), gain over the best
 constant, probability of improving on it; mean or IQM with two-level bootstrap 95% intervals, and
 how many held-out seeds and agent seeds stand behind each.
@@ -28,11 +30,13 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kdenv.benchmark import tuning
 from kdenv.benchmark.oracle import named_policies
 from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, improvement, score_policy, summarise
 from kdenv.benchmark.study import TableStudy
@@ -42,13 +46,31 @@ from kdenv.config import ConfigError
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.io import atomic_write
 
-# id -> (row name, algorithm, reward the agent trains on, exploration bonus)
+
+@dataclass(frozen=True)
+class AgentRow:
+    """One agent row: its name on the board, the algorithm, the reward it trains on, the
+    exploration bonus, and whether its hyperparameters are tuned (inside each fold's train seeds)
+    or the shipped defaults."""
+
+    row: str
+    algo: str
+    reward: str = "metric_gain"
+    bonus: float = 0.0
+    tuned: bool = False
+
+
 AGENTS = {
-    "a2c": ("A2C", "a2c", "metric_gain", 0.0),
-    "ppo": ("PPO", "ppo", "metric_gain", 0.0),
-    "dqn": ("DQN", "dqn", "metric_gain", 0.0),
-    "a2c-paper": ("A2C, paper setting (loss_decrease reward, exploration bonus 0.1)", "a2c", "loss_decrease", 0.1),
+    "a2c": AgentRow("A2C", "a2c"),
+    "ppo": AgentRow("PPO", "ppo"),
+    "dqn": AgentRow("DQN", "dqn"),
+    "a2c-tuned": AgentRow("A2C, tuned in each fold", "a2c", tuned=True),
+    "ppo-tuned": AgentRow("PPO, tuned in each fold", "ppo", tuned=True),
+    "dqn-tuned": AgentRow("DQN, tuned in each fold", "dqn", tuned=True),
+    "a2c-paper": AgentRow("A2C, paper setting (loss_decrease reward, exploration bonus 0.1)", "a2c", "loss_decrease",
+                          0.1),
 }
+ALL_SEEDS = "all"  # the tuning key of agents trained on every seed of a table (the across-tasks column)
 NAMED = ["kd", "gkd", "all", "none"]
 REPORT_REWARD = "metric_gain"  # every row is scored on the table's own metric gain
 
@@ -66,12 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--agent-seeds", type=int, default=5, help="agent seeds per fold (default 5)")
     add("--episodes", type=int, default=3000,
         help="training episodes per agent (default 3000: tables x folds x agent seeds x agents is many agents)")
+    add("--tune-trials", type=int, default=12,
+        help="tuned rows: Optuna trials per fold, each on the fold's train seeds only (default 12)")
+    add("--tune-agents", type=int, default=2,
+        help="tuned rows: agents per trial, of --episodes episodes each; their mean train-seed return is the "
+             "objective (default 2)")
     add("--results-dir", default="docs/leaderboard/results", help="where agent result files live (committed)")
     add("--output", default="docs/leaderboard", help="leaderboard files: <output>.md, .json, .png")
     add("--no-progress", action="store_true", help="hide progress output")
     args = parser.parse_args(argv)
-    if args.k < 2 or args.agent_seeds < 1 or args.episodes < 1:
-        parser.error("--k must be >= 2, --agent-seeds and --episodes >= 1")
+    if args.k < 2 or min(args.agent_seeds, args.episodes, args.tune_trials, args.tune_agents) < 1:
+        parser.error("--k must be >= 2; --agent-seeds, --episodes, --tune-trials and --tune-agents >= 1")
     return args
 
 
@@ -104,24 +131,59 @@ def load_result(path: Path, table: Table, k: int) -> dict[str, Any] | None:
     return result
 
 
+def row_config(agent: str, args) -> dict[str, Any]:
+    """What decides an agent row's results (a result file holding another config is retrained)."""
+    spec = AGENTS[agent]
+    config = {"algo": spec.algo, "reward": spec.reward, "scored_in": REPORT_REWARD, "exploration_bonus": spec.bonus,
+              "episodes": args.episodes, "hyperparams": load_hyperparams(spec.algo).as_dict(),
+              "agent_seeds": list(range(args.agent_seeds))}
+    if spec.tuned:  # the defaults above are the centre of the search; each fold's choice is in result["tuned"]
+        config["tuning"] = {"trials": args.tune_trials, "trial_agents": args.tune_agents,
+                            "trial_episodes": args.episodes, "search_space": f"kdenv/benchmark/tuning.py:{spec.algo}",
+                            "objective": "mean return of the trial's agents on the fold's train seeds"}
+    return config
+
+
+def fold_hyperparams(result: dict[str, Any], key: str, study: TableStudy, agent: str, args, path: Path) -> dict:
+    """The hyperparameters the row's agents train with on one fold (``key``: its held-out seeds, or
+    ALL_SEEDS): the defaults, or for a tuned row the best of a search on ``study``'s train seeds
+    only, run once and kept in the result file."""
+    config = result["config"]
+    if "tuning" not in config:
+        return config["hyperparams"]
+    chosen = result.setdefault("tuned", {})
+    if key not in chosen:
+        tuning_config = config["tuning"]
+        quiet = (lambda _: None) if args.no_progress else (lambda line: print(f"  {line}"))
+        params, record = tuning.tune(study, config["hyperparams"], config["algo"], tuning_config["trials"],
+                                     tuning_config["trial_agents"], seed=0, log=quiet)
+        chosen[key] = {**record, "hyperparams": params}
+        with atomic_write(path) as handle:
+            json.dump(result, handle, indent=2)
+        quiet(f"{agent}, fold {key}: best trial {record['best_trial']} of {record['trials']}, train-seed return "
+              f"{record['train_return']:+.4f}")
+    return chosen[key]["hyperparams"]
+
+
 def retrain(table_name: str, table: Table, agent: str, args, results_dir: Path) -> dict[str, Any]:
-    """Trains one agent row on one table, fold by fold, agent seed by agent seed; the result file
-    is rewritten after each agent, so a killed run resumes where it stopped."""
-    _, algo, reward, bonus = AGENTS[agent]
-    algorithm = get_algorithm(algo)
-    hyperparams = load_hyperparams(algo).as_dict()
+    """Trains one agent row on one table, fold by fold, agent seed by agent seed (a tuned row first
+    searches its hyperparameters on the fold's train seeds); the result file is rewritten after each
+    agent and each search, so a killed run resumes where it stopped."""
+    spec = AGENTS[agent]
+    algorithm = get_algorithm(spec.algo)
     path = result_path(results_dir, table_name, agent)
-    config = {"algo": algo, "reward": reward, "scored_in": REPORT_REWARD, "exploration_bonus": bonus, "episodes": args.episodes,
-              "hyperparams": hyperparams, "agent_seeds": list(range(args.agent_seeds))}
+    config = row_config(agent, args)
     result = load_result(path, table, args.k)
     if result is None or result.get("config") != config:
         result = {"table": table_name, "table_files": table.manifest["files"], "k": args.k, "config": config,
                   "returns": {}, "train_seconds": 0.0}
     for train, test in fold_splits(table.seeds, args.k):
-        study = TableStudy(table, algorithm, train, test, reward, 10.0, args.episodes, exploration_bonus=bonus)
+        study = TableStudy(table, algorithm, train, test, spec.reward, 10.0, args.episodes,
+                           exploration_bonus=spec.bonus)
         for agent_seed in range(args.agent_seeds):
             if all(len(result["returns"].get(str(seed), [])) > agent_seed for seed in test):
                 continue
+            hyperparams = fold_hyperparams(result, ",".join(map(str, test)), study, agent, args, path)
             model, seconds = study.fit(hyperparams, agent_seed)
             scored = study.returns_on(model, test, REPORT_REWARD)  # every row in the same units
             for seed, value in scored.items():
@@ -148,24 +210,23 @@ def retrain_cross(name_a: str, a: Table, name_b: str, b: Table, agent: str, args
     from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
     from kdenv.decision.wrappers import MultiDiscreteOnOff
 
-    _, algo, reward, bonus = AGENTS[agent]
-    algorithm = get_algorithm(algo)
-    hyperparams = load_hyperparams(algo).as_dict()
+    spec = AGENTS[agent]
+    algorithm = get_algorithm(spec.algo)
     path = result_path(results_dir, name_a, agent)
     result = load_result(path, a, args.k)
-    if result is None:
+    if result is None or result.get("config") != row_config(agent, args):
         raise TableError(f"train the {agent} row on {name_a} first (its result file {path} is missing or stale)")
     cross = result.setdefault("cross", {}).setdefault(name_b, {"table_files": b.manifest["files"], "returns": {}})
     if cross["table_files"] != b.manifest["files"]:
         cross.update(table_files=b.manifest["files"], returns={})
     # Every seed of a to train on: b is what is held out.
-    study = TableStudy(a, algorithm, list(a.seeds), [], reward, 10.0, args.episodes, exploration_bonus=bonus)
+    study = TableStudy(a, algorithm, list(a.seeds), [], spec.reward, 10.0, args.episodes, exploration_bonus=spec.bonus)
     env = KnowledgeSelectionTableEnv(b, reward=REPORT_REWARD, action_space=algorithm.action_space)
     wrapped = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
     for agent_seed in range(args.agent_seeds):
         if all(len(cross["returns"].get(str(seed), [])) > agent_seed for seed in b.seeds):
             continue
-        model, _ = study.fit(hyperparams, agent_seed)
+        model, _ = study.fit(fold_hyperparams(result, ALL_SEEDS, study, agent, args, path), agent_seed)
         for seed in b.seeds:
             cross["returns"].setdefault(str(seed), []).append(play(model, env, wrapped, seed)[0])
         with atomic_write(path) as handle:
@@ -192,47 +253,57 @@ def cross_rows(name_a: str, a: Table, name_b: str, b: Table, results_dir: Path, 
     rows = {"oracle of the target table": scored({s: view_b.oracle(s) for s in b.seeds}),
             f"best constant chosen on {name_a}": scored({s: view_b.value(s, chosen_constant) for s in b.seeds}),
             f"best open-loop chosen on {name_a}": scored({s: view_b.value(s, chosen_open_loop) for s in b.seeds})}
-    for agent, (row, *_) in AGENTS.items():
+    for agent, spec in AGENTS.items():
         result = load_result(result_path(results_dir, name_a, agent), a, k)
         cross = (result or {}).get("cross", {}).get(name_b)
         if cross and cross["table_files"] == b.manifest["files"] and all(str(s) in cross["returns"] for s in b.seeds):
-            rows[row] = scored({s: np.array(cross["returns"][str(s)]) for s in b.seeds})
+            rows[spec.row] = scored({s: np.array(cross["returns"][str(s)]) for s in b.seeds})
     return rows
 
 
 def agents_to_train(tables: dict[str, Table], agents: list[str], args, results_dir: Path) -> dict[str, int]:
-    """How many agents of each row --retrain would still train (finished ones in the result files are
-    reused): the k-fold agents of every table, and the across-tasks ones."""
+    """How many agents of each row --retrain would still train, tuning trials' agents included
+    (finished agents and searches in result files of the same config are reused): the k-fold agents
+    of every table, and the across-tasks ones."""
     counts = dict.fromkeys(agents, 0)
+
+    def current(name: str, table: Table, agent: str) -> dict[str, Any]:
+        result = load_result(result_path(results_dir, Path(name).name, agent), table, min(args.k, len(table.seeds)))
+        return result if result and result.get("config") == row_config(agent, args) else {"returns": {}}
+
+    def add(agent: str, result: dict[str, Any], key: str, still: int) -> None:
+        counts[agent] += still
+        if still and AGENTS[agent].tuned and key not in result.get("tuned", {}):
+            counts[agent] += args.tune_trials * args.tune_agents
+
     for name, table in tables.items():
-        k = min(args.k, len(table.seeds))
         for agent in agents:
-            result = load_result(result_path(results_dir, Path(name).name, agent), table, k) or {"returns": {}}
-            for _, test in fold_splits(table.seeds, k):
+            result = current(name, table, agent)
+            for _, test in fold_splits(table.seeds, min(args.k, len(table.seeds))):
                 done = min(len(result["returns"].get(str(seed), [])) for seed in test)
-                counts[agent] += max(args.agent_seeds - done, 0)
+                add(agent, result, ",".join(map(str, test)), max(args.agent_seeds - done, 0))
     for name_a, name_b in cross_pairs(tables):
-        a, b = tables[name_a], tables[name_b]
         for agent in agents:
-            result = load_result(result_path(results_dir, Path(name_a).name, agent), a, min(args.k, len(a.seeds)))
-            cross = ((result or {}).get("cross", {}).get(Path(name_b).name) or {}).get("returns", {})
-            done = min((len(cross.get(str(seed), [])) for seed in b.seeds), default=0)
-            counts[agent] += max(args.agent_seeds - done, 0)
+            result = current(name_a, tables[name_a], agent)
+            cross = (result.get("cross", {}).get(Path(name_b).name) or {}).get("returns", {})
+            done = min((len(cross.get(str(seed), [])) for seed in tables[name_b].seeds), default=0)
+            add(agent, result, ALL_SEEDS, max(args.agent_seeds - done, 0))
     return counts
 
 
 def projected_cost(counts: dict[str, int], probe: Table, args) -> float:
     """Seconds to train ``counts`` agents of each row: each algorithm timed on 200 episodes of the
-    ``probe`` table here, scaled."""
-    seconds = 0.0
+    ``probe`` table here, scaled (a tuned row's trials are timed with the defaults)."""
+    seconds, timed = 0.0, {}
     for agent, count in counts.items():
         if not count:
             continue
-        _, algo, reward, bonus = AGENTS[agent]
-        study = TableStudy(probe, get_algorithm(algo), probe.seeds[1:], probe.seeds[:1], reward, 10.0, 200,
-                           exploration_bonus=bonus)
-        _, probe_seconds = study.fit(load_hyperparams(algo).as_dict(), 0)
-        seconds += probe_seconds * args.episodes / 200 * count
+        spec = AGENTS[agent]
+        if (spec.algo, spec.reward, spec.bonus) not in timed:
+            study = TableStudy(probe, get_algorithm(spec.algo), probe.seeds[1:], probe.seeds[:1], spec.reward, 10.0,
+                               200, exploration_bonus=spec.bonus)
+            timed[spec.algo, spec.reward, spec.bonus] = study.fit(load_hyperparams(spec.algo).as_dict(), 0)[1]
+        seconds += timed[spec.algo, spec.reward, spec.bonus] * args.episodes / 200 * count
     return seconds
 
 
@@ -257,14 +328,16 @@ def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, 
         splits = fold_splits(table.seeds, k)
         rows = {row: score_policy(view, splits, per_seed)
                 for row, per_seed in baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED]).items()}
-        for agent, (row, *_) in AGENTS.items():
+        for agent, spec in AGENTS.items():
             result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
             if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
                 continue
             returns = {seed: np.array(result["returns"][str(seed)]) for seed in table.seeds}
             scores = score_policy(view, splits, returns)
             scores["config"] = result["config"]
-            rows[row] = scores
+            if "tuned" in result:  # each fold's search: its best trial and hyperparameters
+                scores["tuned"] = result["tuned"]
+            rows[spec.row] = scores
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows}
@@ -298,7 +371,7 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
                          f"{ci_text(scores['normalised_regret'], 'iqm', 2)} | {ci_text(scores['gain'])} | "
                          f"{improvement['value']:.2f} [{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
                          f"{scores['seeds']} x {scores['agent_seeds']} |")
-        missing = [row for row, *_ in AGENTS.values() if row not in entry["rows"]]
+        missing = [spec.row for spec in AGENTS.values() if spec.row not in entry["rows"]]
         if missing:
             lines += ["", f"Not yet trained on this table: {', '.join(missing)} (`python agents/leaderboard.py "
                       f"--retrain --tables {name}`)."]

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from kdenv.benchmark import tuning
 from kdenv.benchmark.oracle import mean_std
 from kdenv.benchmark.study import TableStudy, fmt_stats, table_and_split, write_report
 from kdenv.benchmark.table import TableError
@@ -39,47 +39,10 @@ from kdenv.decision.rewards import REWARDS
 from kdenv.io import atomic_write, check_writable
 from kdenv.paths import runs_dir
 
-NETS = {"small": [32], "medium": [64, 64], "large": [128, 128]}
-
-
-def _common(trial) -> dict[str, Any]:
-    return {"learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
-            "gamma": trial.suggest_categorical("gamma", [0.9, 0.99, 1.0]),
-            "policy_kwargs": {"net_arch": NETS[trial.suggest_categorical("net", list(NETS))]}}
-
-
-def sample_a2c(trial) -> dict[str, Any]:
-    return {**_common(trial), "n_steps": trial.suggest_categorical("n_steps", [3, 6, 12, 24]),
-            "ent_coef": trial.suggest_float("ent_coef", 1e-5, 0.1, log=True),
-            "gae_lambda": trial.suggest_categorical("gae_lambda", [0.9, 0.95, 1.0]),
-            "normalize_advantage": trial.suggest_categorical("normalize_advantage", [False, True])}
-
-
-def sample_ppo(trial) -> dict[str, Any]:
-    return {**_common(trial), "n_steps": trial.suggest_categorical("n_steps", [24, 48, 96, 192]),
-            "batch_size": trial.suggest_categorical("batch_size", [8, 24]),
-            "n_epochs": trial.suggest_categorical("n_epochs", [4, 10]),
-            "ent_coef": trial.suggest_float("ent_coef", 1e-5, 0.1, log=True),
-            "clip_range": trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3]),
-            "gae_lambda": trial.suggest_categorical("gae_lambda", [0.9, 0.95, 1.0])}
-
-
-def sample_dqn(trial) -> dict[str, Any]:
-    return {**_common(trial), "buffer_size": trial.suggest_categorical("buffer_size", [3000, 30000]),
-            "learning_starts": trial.suggest_categorical("learning_starts", [100, 1000]),
-            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
-            "target_update_interval": trial.suggest_categorical("target_update_interval", [100, 1000]),
-            "train_freq": trial.suggest_categorical("train_freq", [1, 3]),
-            "exploration_fraction": trial.suggest_float("exploration_fraction", 0.05, 0.5),
-            "exploration_final_eps": trial.suggest_categorical("exploration_final_eps", [0.01, 0.05, 0.1])}
-
-
-SEARCH_SPACES = {"a2c": sample_a2c, "ppo": sample_ppo, "dqn": sample_dqn}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", required=True, choices=sorted(SEARCH_SPACES), help="RL algorithm to tune")
+    parser.add_argument("--algo", required=True, choices=sorted(tuning.SEARCH_SPACES), help="RL algorithm to tune")
     parser.add_argument("--table", required=True, metavar="NAME|PATH",
                         help="a shipped table's name (stsb, mrpc, stsb_h100_u8, ...: kdenv/tables/) or a table folder")
     parser.add_argument("--train-seeds", default=None, metavar="SEEDS",
@@ -104,40 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def tune(study_runner: TableStudy, defaults: dict[str, Any], args, run_dir: Path) -> dict[str, Any]:
-    """The Optuna study on the train seeds; returns the best trial's full hyperparameters."""
+    """The Optuna study on the train seeds, kept in run_dir/study.db (a rerun adds trials), and its
+    trials.csv; returns the best trial's full hyperparameters."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sample = SEARCH_SPACES[args.algo]
-    trial_seeds = [10_000 + index for index in range(args.trial_agents)]  # never the final agents' seeds
-
-    def objective(trial) -> float:
-        params = {**defaults, **sample(trial)}
-        scores = [study_runner.score(study_runner.fit(params, seed)[0], study_runner.train_seeds)
-                  for seed in trial_seeds]
-        trial.set_user_attr("regret", float(np.mean([s["regret"] for s in scores])))
-        return float(np.mean([s["test_return"] for s in scores]))
-
     storage = f"sqlite:///{run_dir / 'study.db'}"
-    study = optuna.create_study(study_name="tune", storage=storage, load_if_exists=True, direction="maximize")
-    # A trial left RUNNING by a killed run never finishes: mark it failed (the sampler skips it).
-    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
-        print(f"trial {stale.number} was cut short by an earlier run: marked failed, not counted")
-    # Seeded by --seed and by how many trials the study already holds, so that a rerun adding
-    # trials continues the search instead of repeating the first run's trials exactly.
-    study.sampler = optuna.samplers.TPESampler(seed=args.seed + 100_003 * len(study.trials))
-    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-    if done < args.trials:
-        print(f"tuning {args.algo}: {args.trials - done} trials ({done} done), {args.trial_agents} agents x "
-              f"{args.trial_episodes} episodes each, on train seeds {study_runner.train_seeds}")
-        study.optimize(objective, n_trials=args.trials - done, show_progress_bar=not args.no_progress)
-    frame = study.trials_dataframe()
+    tuned, record = tuning.tune(study_runner, defaults, args.algo, args.trials, args.trial_agents, seed=args.seed,
+                                storage=storage, progress=not args.no_progress)
+    frame = optuna.load_study(study_name="tune", storage=storage).trials_dataframe()
     with atomic_write(run_dir / "trials.csv") as handle:
         frame.to_csv(handle, index=False)
-    best = study.best_trial
-    print(f"best trial {best.number}: train-seed return {best.value:+.4f}, regret {best.user_attrs['regret']:.4f}")
-    return {**defaults, **sample(optuna.trial.FixedTrial(best.params))}
+    print(f"best trial {record['best_trial']}: train-seed return {record['train_return']:+.4f}, "
+          f"regret {record['train_regret']:.4f}")
+    return tuned
 
 
 def compare(default: dict[str, Any], tuned: dict[str, Any], algo: str) -> tuple[dict[str, Any], str]:
