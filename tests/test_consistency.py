@@ -55,14 +55,16 @@ def test_token_saliency_of_identical_models_is_identical_and_ignores_padding():
 
 
 def test_paired_difference_removes_the_seed_effect_shared_by_two_policies():
-    from kdenv.engine.evaluation import paired_difference
+    from kdenv.benchmark.protocol import paired_difference
 
     # Seed 1 is a bad seed for both policies; the agent is ahead by 0.01, 0.02, 0.03.
     reference = {0: 0.80, 1: 0.70, 2: 0.78}
     agent = {0: 0.81, 1: 0.72, 2: 0.81, 5: 0.0}  # a seed the reference lacks is ignored
-    mean, std = paired_difference(agent, reference)
-    assert mean == pytest.approx(0.02)
-    assert std == pytest.approx(0.01)  # sample std of (0.01, 0.02, 0.03), far below either policy's own spread
-    assert paired_difference({3: 0.5}, {3: 0.25}) == (0.25, 0.0)
+    paired = paired_difference(agent, reference)
+    assert paired["mean"] == pytest.approx(0.02) and paired["n"] == 3
+    assert paired["std"] == pytest.approx(0.01)  # sample std of (0.01, 0.02, 0.03), far below either policy's own
+    low, high = paired["ci"]  # the bootstrap over seeds: within the observed differences, around the mean
+    assert 0.01 - 1e-12 <= low < 0.02 < high <= 0.03 + 1e-12
+    assert paired_difference({3: 0.5, 4: float("nan")}, {3: 0.25, 4: 0.1})["mean"] == 0.25  # undefined seeds left out
     with pytest.raises(ValueError, match="no seed in common"):
         paired_difference({0: 0.5}, {1: 0.5})

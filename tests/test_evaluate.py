@@ -39,15 +39,16 @@ def test_saved_agent_reproduces_its_recorded_schedule(tiny_teacher, glue_dir, tm
 def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, tmp_path, monkeypatch):
     agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")
     evaluate = command("evaluate")
-    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"kd,agent:{agent_path}", "--seeds", "2",
-            *TINY, "--no-progress"]
+    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"kd,only-hidden+gradient,agent:{agent_path}",
+            "--baseline", "kd", "--seeds", "2", *TINY, "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval1")]) == 0
     out = tmp_path / "eval1"
     for name in ("results.md", "results.csv", "runs.json", "metric_by_policy.png"):
         assert (out / name).is_file(), name
     assert list(out.glob("schedule_agent-a2c*.png")) and list(out.glob("events.out.tfevents.*"))
     runs = json.loads((out / "runs.json").read_text())
-    assert sorted((r["policy"].split("@")[0], r["seed"]) for r in runs) == [("agent:a2c", 0), ("agent:a2c", 1), ("kd", 0), ("kd", 1)]
+    assert sorted((r["policy"].split("@")[0], r["seed"]) for r in runs) == [
+        ("agent:a2c", 0), ("agent:a2c", 1), ("kd", 0), ("kd", 1), ("only-hidden+gradient", 0), ("only-hidden+gradient", 1)]
     for run in runs:
         assert 0.0 <= run["label_loyalty"] <= 1.0 and 0.0 <= run["probability_loyalty"] <= 1.0
         assert -1.0 <= run["saliency_loyalty"] <= 1.0
@@ -57,18 +58,27 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     assert "| kd |" in table and "±" in table and "python agents/evaluate.py" in table
     kd = [r["dev"]["accuracy"] for r in runs if r["policy"] == "kd"]
     assert f"{np.mean(kd):.4f}" in table
-    agent_mean = np.mean([r["dev"]["accuracy"] for r in agent_runs])
     agent_by_seed = {r["seed"]: r["dev"]["accuracy"] for r in agent_runs}
     kd_by_seed = {r["seed"]: r["dev"]["accuracy"] for r in runs if r["policy"] == "kd"}
     differences = [agent_by_seed[seed] - kd_by_seed[seed] for seed in (0, 1)]
     agent_row = next(line for line in table.splitlines() if line.startswith("| agent:"))
-    # The gain over the only baseline, paired by seed.
-    assert agent_row.rstrip(" |").endswith(f"{np.mean(differences):+.4f} ± {np.std(differences, ddof=1):.4f}")
+    # The difference from the baseline, paired by seed, with its interval over the two seeds.
+    assert f"| {np.mean(differences):+.4f} [{min(differences):+.4f}, {max(differences):+.4f}] (n=2) |" in agent_row
+    assert "Baseline: kd, named in advance" in table
     with open(out / "results.csv", newline="") as handle:
         rows = {row["policy"]: row for row in csv.DictReader(handle)}
-    assert rows["kd"]["gain_vs_best_baseline"] == ""
-    assert float(rows[agent_runs[0]["policy"]]["gain_vs_best_baseline"]) == pytest.approx(agent_mean - np.mean(kd))
-    assert float(rows[agent_runs[0]["policy"]]["gain_std"]) == pytest.approx(np.std(differences, ddof=1))
+    assert rows["kd"]["dev_gain"] == "" and rows[agent_runs[0]["policy"]]["baseline"] == "kd"
+    assert float(rows[agent_runs[0]["policy"]]["dev_gain"]) == pytest.approx(np.mean(differences))
+    # The reward split: the final metric each run recorded, paired the same way.
+    reward = {(r["policy"], r["seed"]): r["reward_split"]["final"] for r in runs}
+    constant = [reward["only-hidden+gradient", seed] - reward["kd", seed] for seed in (0, 1)]
+    assert float(rows["only-hidden+gradient"]["reward_split_gain"]) == pytest.approx(np.mean(constant))
+    assert all(r["reward_split"]["metric"] == "accuracy" for r in runs)
+    paired = json.loads((out / "paired.json").read_text())
+    assert paired["baseline"] == "kd" and paired["baseline_named"] and set(paired["comparisons"]) == {
+        "only-hidden+gradient", agent_runs[0]["policy"]}
+    # A constant subset: the same two types on in every phase.
+    assert all(r["schedule"] == [[0.0, 1.0, 1.0]] * 2 for r in runs if r["policy"] == "only-hidden+gradient")
 
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was recomputed")

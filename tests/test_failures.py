@@ -271,6 +271,8 @@ def test_evaluate_prints_clear_errors(glue_dir, tmp_path, capsys):
         (["--policies", f"agent:{tmp_path / 'missing.zip'}"], "does not exist; pass the agent.zip"),
         (["--policies", "kd,telepathy"], "unknown policy 'telepathy'"),
         (["--policies", "only-attention"], "'attention' is not offered"),
+        (["--policies", "only-hidden+hidden"], "name the types to keep on once each"),
+        (["--policies", "kd", "--baseline", "gkd"], "--baseline 'gkd' is not one of --policies"),
         (["--seeds", "0"], "--seeds must be >= 1"),
         (["--first-seed", "-1"], "--first-seed must be >= 0"),
     ]

@@ -101,6 +101,22 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
             "iqm": iqm(pooled), "iqm_ci": bootstrap_interval(groups, "iqm"), "n": int(len(pooled))}
 
 
+def paired_difference(scores: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
+    """``scores[seed] - reference[seed]`` over the seeds both hold: mean, bootstrap 95% interval
+    (seeds resampled), sample std and the number of seeds.
+
+    Seeds fix data order and dropout, so two policies run on one seed share much of their luck;
+    differencing per seed removes that shared part, which the spread of each policy alone does
+    not. Seeds where either value is undefined (NaN) are left out."""
+    seeds = [seed for seed in sorted(set(scores) & set(reference))
+             if not (np.isnan(scores[seed]) or np.isnan(reference[seed]))]
+    if not seeds:
+        raise ValueError("no seed in common: a paired difference needs both policies run on the same seeds")
+    differences = np.array([scores[seed] - reference[seed] for seed in seeds], dtype=np.float64)
+    return {"mean": float(differences.mean()), "ci": bootstrap_interval([[d] for d in differences], "mean"),
+            "std": float(differences.std(ddof=1)) if len(seeds) > 1 else 0.0, "n": len(seeds)}
+
+
 def improvement(per_seed_gains: list[np.ndarray]) -> dict[str, Any]:
     """P(policy beats the best constant): wins count 1, ties 1/2, with its bootstrap interval."""
     scores = [np.where(np.isclose(g, 0.0, atol=1e-12), 0.5, (np.asarray(g) > 0).astype(float)) for g in per_seed_gains]

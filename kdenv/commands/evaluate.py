@@ -6,14 +6,19 @@ dev, with teacher–student consistency metrics.
         --policies kd,gkd,gkd-cls,pkd,all,none,random-hard,random-soft,agent:runs/rte/a2c_default/agent.zip
 
 Policies: fixed ones (all, none, random-hard, random-soft, linear-increase, linear-decrease,
-only-<type>, and the recipes kd, pkd, gkd, gkd-cls) and agent:<path to agent.zip> (trained by
-agents/train.py; the agent may come from another task: it needs only the same knowledge set).
+only-<type>[+<type>...] (a constant subset, e.g. only-hidden+gradient), and the recipes kd, pkd,
+gkd, gkd-cls) and agent:<path to agent.zip> (trained by agents/train.py or agents/train_table.py;
+the agent may come from another task: it needs only the same knowledge set).
 Each fixed policy gets an environment offering the types it needs (recipes: their own types;
 others: --knowledge); agents get the knowledge set they were trained with.
 
+Every policy is compared with one baseline (--baseline; default the best non-agent policy on dev)
+seed by seed: the paired difference of the dev metric and of the reward-split metric, with its
+bootstrap 95% interval over the seeds.
+
 Writes runs/eval/<task>/<time>/: results.md and results.csv (mean ± std over seeds of the dev
 metric, teacher score, student/teacher ratio, label / probability / saliency loyalty, wall time
-per run), metric_by_policy.png, schedule_<agent>.png (mean learned schedule over seeds),
+per run, the paired differences), metric_by_policy.png, schedule_<agent>.png (mean learned schedule over seeds),
 runs.json and TensorBoard events. Finished runs are kept under runs/eval/<task>/cache/ and reused
 when the same policy, seed and configuration come again, so a killed evaluation resumes.
 """
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdenv.benchmark.protocol import paired_difference
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields, run_main
 from kdenv.config import (
     BUDGETS,
@@ -51,7 +57,6 @@ from kdenv.decision.runs import EvaluationJob, release, run_evaluation_job
 from kdenv.decision.schedules import heatmap_png, png_array
 from kdenv.engine.data import DataError, load_raw_splits
 from kdenv.engine.distillation import ensure_teacher, prepare_distillation
-from kdenv.engine.evaluation import paired_difference
 from kdenv.engine.knowledge import KnowledgeError
 from kdenv.engine.models import ModelError
 from kdenv.engine.recipes import RECIPES
@@ -79,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="first episode seed (default 0); e.g. 4 to judge a table agent on seeds its table never held")
     add("--preset", choices=list(BUDGETS), default="cpu",
         help="run budget (the same definitions as agents/train.py); flags below override it")
+    add("--baseline", default=None, metavar="POLICY",
+        help="the policy every other is compared with seed by seed (paired differences with bootstrap 95%% "
+             "intervals); one of --policies (default: the non-agent policy with the best mean dev metric, which "
+             "is chosen on these very seeds: name it in advance for a fair test)")
     add("--output-dir", default=None, help="default runs/eval/<task>/<time>")
     add("--unsafe-load-agents", action="store_true",
         help="also unpickle what kdenv cannot rebuild from an agent zip. Unpickling runs any code the file holds: use "
@@ -186,6 +195,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError("--policies is empty; name at least one policy (e.g. kd,gkd,all)")
     plans = plan_policies(names, budget_fields, budget_config.knowledge, args.unsafe_load_agents)
+    if args.baseline is not None and args.baseline not in [plan["label"] for plan in plans] + names:
+        raise ConfigError(f"--baseline {args.baseline!r} is not one of --policies ({', '.join(names)}); add it there")
+    if args.baseline is not None:  # an agent is compared under its label
+        args.baseline = next(plan["label"] for plan in plans if args.baseline in (plan["name"], plan["label"]))
     out = Path(args.output_dir) if args.output_dir else runs_dir() / "eval" / task.name / time.strftime("%Y%m%d-%H%M%S")
     cache = runs_dir() / "eval" / task.name / "cache"
     check_writable(out)
@@ -238,6 +251,17 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def interval_text(paired: dict[str, Any] | None) -> str:
+    if not paired:
+        return ""
+    low, high = paired["ci"]
+    return f"{paired['mean']:+.4f} [{low:+.4f}, {high:+.4f}] (n={paired['n']})"
+
+
+def interval_fields(paired: dict[str, Any] | None) -> list[float | None]:
+    return [paired["mean"], *paired["ci"]] if paired else [None, None, None]
+
+
 def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict[str, Any]) -> None:
     import matplotlib
 
@@ -251,13 +275,18 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
     policies = list(dict.fromkeys(run["policy"] for run in runs))
     distill_seconds = np.mean([r["wall_time_s"] for r in runs]) if runs else float("nan")
     rows, csv_rows = [], [["policy", "seeds", f"{metric}_mean", f"{metric}_std", "teacher", "ratio", "label_loyalty",
-                           "probability_loyalty", "saliency_loyalty", "wall_time_s", "agent_cost_in_runs",
-                           "gain_vs_best_baseline", "gain_std"]]
+                           "probability_loyalty", "saliency_loyalty", "wall_time_s", "agent_cost_in_runs", "baseline",
+                           "dev_gain", "dev_gain_ci_low", "dev_gain_ci_high", "reward_split_gain",
+                           "reward_split_gain_ci_low", "reward_split_gain_ci_high", "paired_seeds"]]
     writer = SummaryWriter(str(out))
     by_seed = {policy: {r["seed"]: r["dev"][metric] for r in runs if r["policy"] == policy} for policy in policies}
+    # The reward split's final metric (runs cached before it was recorded have none: NaN, left out).
+    reward_by_seed = {policy: {r["seed"]: r.get("reward_split", {}).get("final", float("nan"))
+                               for r in runs if r["policy"] == policy} for policy in policies}
     baseline_means = {policy: float(np.mean(list(by_seed[policy].values())))
                       for policy in policies if not policy.startswith("agent:")}
-    best_baseline = max(baseline_means, key=baseline_means.get) if baseline_means else None
+    best_baseline = args.baseline or (max(baseline_means, key=baseline_means.get) if baseline_means else None)
+    comparisons = {}
     means, stds = [], []
     for index, policy in enumerate(policies):
         group = [r for r in runs if r["policy"] == policy]
@@ -269,16 +298,25 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
         wall = float(np.mean([r["wall_time_s"] for r in group]))
         cost = group[0].get("agent_training_s")
         cost_runs = cost / distill_seconds if cost else None
-        # What the agent's training bought: its score minus the best non-agent policy's, seed by seed.
-        gain, gain_std = (paired_difference(by_seed[policy], by_seed[best_baseline])
-                          if policy.startswith("agent:") and best_baseline else (None, None))
+        # Against the baseline, seed by seed, on dev and on the reward split (bootstrap 95% intervals).
+        paired = {}
+        if best_baseline and policy != best_baseline and best_baseline in by_seed:
+            paired["dev"] = paired_difference(by_seed[policy], by_seed[best_baseline])
+            try:
+                paired["reward_split"] = paired_difference(reward_by_seed[policy], reward_by_seed[best_baseline])
+            except ValueError:  # no defined reward-split value in common (old cached runs)
+                pass
+            comparisons[policy] = paired
         shown = {k: "n/a" if np.isnan(v) else f"{v:.3f}" for k, v in loyalty.items()}  # n/a: regression has no distribution
         rows.append(f"| {policy} | {mean:.4f} ± {std:.4f} | {mean / teacher:.3f} | {shown['label_loyalty']} | "
                     f"{shown['probability_loyalty']} | {shown['saliency_loyalty']} | {wall:.0f} | "
-                    f"{'' if cost_runs is None else f'{cost_runs:.1f}'} | "
-                    f"{'' if gain is None else f'{gain:+.4f} ± {gain_std:.4f}'} |")
+                    f"{'' if cost_runs is None else f'{cost_runs:.1f}'} | {interval_text(paired.get('dev'))} | "
+                    f"{interval_text(paired.get('reward_split'))} |")
         csv_rows.append([policy, len(group), mean, std, teacher, mean / teacher, loyalty["label_loyalty"],
-                         loyalty["probability_loyalty"], loyalty["saliency_loyalty"], wall, cost_runs, gain, gain_std])
+                         loyalty["probability_loyalty"], loyalty["saliency_loyalty"], wall, cost_runs,
+                         best_baseline if paired else None,
+                         *interval_fields(paired.get("dev")), *interval_fields(paired.get("reward_split")),
+                         paired["dev"]["n"] if paired else None])
         writer.add_scalar(f"dev_{metric}/mean", mean, index)
         for r in group:
             writer.add_scalar(f"dev_{metric}/{policy}", r["dev"][metric], r["seed"])
@@ -290,15 +328,19 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
             writer.add_image(f"schedule/{policy}", png_array(png), 0, dataformats="HWC")
     seeds = f"seeds {args.first_seed}-{args.first_seed + args.seeds - 1}" if args.seeds > 1 else f"seed {args.first_seed}"
     header = (f"| policy | dev {metric} (mean ± std, {seeds}) | / teacher | label loyalty | probability loyalty | "
-              f"saliency loyalty | s per run | agent training (× one run) | gain vs best baseline (paired) |\n"
-              f"|---|---|---|---|---|---|---|---|---|")
+              f"saliency loyalty | s per run | agent training (× one run) | dev {metric} − baseline (paired, 95% CI) | "
+              f"reward-split {metric} − baseline (paired, 95% CI) |\n"
+              f"|---|---|---|---|---|---|---|---|---|---|")
     command = "python agents/evaluate.py " + " ".join(sys.argv[1:])
     table = (f"Task {task.name}; teacher dev {metric} {teacher:.4f}; budget {budget['phases']} phases × "
              f"{budget['updates_per_phase']} updates; command: `{command}`\n\n{header}\n" + "\n".join(rows) + "\n")
     if best_baseline:
-        table += (f"\nAgent training: wall time divided by the mean of one distillation run here ({distill_seconds:.1f} s). "
-                  f"Gain: agent minus the best non-agent policy ({best_baseline}, {baseline_means[best_baseline]:.4f}), "
-                  f"mean ± std of the per-seed differences.\n")
+        chosen = ("named in advance (--baseline)" if args.baseline else
+                  "the best non-agent policy on these very seeds (name one with --baseline for a fair test)")
+        table += (f"\nBaseline: {best_baseline}, {chosen}. Each difference is the policy minus the baseline seed by "
+                  f"seed (the same data order and dropout), mean and percentile bootstrap 95% interval over the seeds; "
+                  f"n = seeds. Agent training: wall time divided by the mean of one distillation run here "
+                  f"({distill_seconds:.1f} s).\n")
     print(table)
     with atomic_write(out / "results.md") as handle:
         handle.write(table)
@@ -306,6 +348,9 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
         csv.writer(handle).writerows(csv_rows)
     with atomic_write(out / "runs.json") as handle:
         json.dump(runs, handle, indent=2)
+    with atomic_write(out / "paired.json") as handle:
+        json.dump({"baseline": best_baseline, "baseline_named": bool(args.baseline), "metric": metric,
+                   "comparisons": comparisons}, handle, indent=2)
     figure, axis = plt.subplots(figsize=(1.0 + 0.8 * len(policies), 3.5))
     axis.bar(range(len(policies)), means, yerr=stds, capsize=4, color="#4c72b0")
     axis.axhline(teacher, color="#c44e52", linestyle="--", label="teacher")

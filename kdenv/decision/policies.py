@@ -46,11 +46,16 @@ def _linear_decrease(phase, phases, rng, knowledge):
     return {name: 1.0 - _progress(phase, phases) for name in knowledge}
 
 
-def _single(kind: str) -> WeightFn:
+def _only(kinds: list[str]) -> WeightFn:
     def weights(phase, phases, rng, knowledge):
-        return {name: float(name == kind) for name in knowledge}
+        return {name: float(name in kinds) for name in knowledge}
 
     return weights
+
+
+def only_types(name: str) -> list[str]:
+    """The types an ``only-<a>[+<b>...]`` policy keeps on in every phase (a constant subset)."""
+    return [kind for kind in name.removeprefix("only-").split("+") if kind]
 
 
 def recipe_knowledge(name: str) -> list[str]:
@@ -83,9 +88,14 @@ BASE_POLICIES: dict[str, WeightFn] = {
 def check_policy(name: str, knowledge: list[str]) -> None:
     """Refuses, with the fix, a fixed policy that cannot run in an environment offering ``knowledge``."""
     if name.startswith("only-"):
-        kind = name.removeprefix("only-")
-        if kind not in knowledge:
-            raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with --knowledge")
+        kinds = only_types(name)
+        if not kinds or len(set(kinds)) != len(kinds):
+            raise ValueError(f"policy {name!r}: name the types to keep on once each, e.g. only-gradient or "
+                             f"only-hidden+gradient")
+        for kind in kinds:
+            if kind not in knowledge:
+                raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with "
+                                 f"--knowledge")
         return
     if name in RECIPES and RECIPES[name].training:
         raise ValueError(f"{name!r} sets its own training recipe (raw losses, learning rate, student), so it cannot be "
@@ -115,7 +125,7 @@ class FixedPolicy:
     def __post_init__(self):
         check_policy(self.name, self.env.knowledge)
         if self.name.startswith("only-"):
-            self._weights = _single(self.name.removeprefix("only-"))
+            self._weights = _only(only_types(self.name))
         else:
             self._weights = BASE_POLICIES[self.name]
         self.rng = np.random.default_rng(self.seed)

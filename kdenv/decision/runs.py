@@ -99,6 +99,9 @@ def run_evaluation_job(job: EvaluationJob) -> dict[str, Any]:
         "wall_time_s": record.wall_time_s, "dev": scores["metrics"], "label_loyalty": scores["label_loyalty"],
         "probability_loyalty": scores["probability_loyalty"], "saliency_loyalty": scores["saliency_loyalty"],
         "teacher_dev": scorer.teacher_metrics, "agent_training_s": agent_seconds, "config": job.key,
+        # The reward split's metric (what rewards are computed from) before and after the episode.
+        "reward_split": {"metric": env.episode.metric_name, "initial": env.episode.initial[env.episode.metric_name],
+                         "final": record.metrics[-1] if record.metrics else float("nan")},
     }
     with atomic_write(job.path) as handle:
         json.dump(result, handle, indent=2)

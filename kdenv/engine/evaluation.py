@@ -43,16 +43,3 @@ class DevScorer:
         student_saliency = token_saliency(student, self.data, self.task, self.pad_token_id, self.runtime)
         result["saliency_loyalty"] = saliency_loyalty(self.teacher_saliency, student_saliency)
         return result
-
-
-def paired_difference(scores: dict[int, float], reference: dict[int, float]) -> tuple[float, float]:
-    """Mean and sample std over seeds of ``scores[seed] - reference[seed]``.
-
-    Seeds fix data order and dropout, so two policies run on one seed share much of their
-    luck; differencing per seed removes that shared part, which the std of each policy alone
-    (the ± in the tables) does not. The std is 0 for a single common seed."""
-    seeds = sorted(set(scores) & set(reference))
-    if not seeds:
-        raise ValueError("no seed in common: a paired difference needs both policies run on the same seeds")
-    differences = np.array([scores[seed] - reference[seed] for seed in seeds])
-    return float(differences.mean()), float(differences.std(ddof=1)) if len(seeds) > 1 else 0.0
