@@ -92,6 +92,29 @@ def test_splits_capped_differently_keep_their_own_teacher_caches(tiny_teacher, g
     assert len([name for name in folders if name.startswith("reward-")]) == 2
 
 
+def test_a_run_start_hashes_the_teacher_weights_once(tiny_teacher, glue_dir, monkeypatch):
+    """load_teacher checks the weights against their recorded fingerprint and hands it on: the
+    caches and the run record use it instead of hashing every tensor again."""
+    import kdenv.engine.teacher as teacher_module
+    from kdenv.engine.teacher_cache import model_fingerprint
+
+    calls = []
+
+    def counted(model):
+        calls.append(1)
+        return model_fingerprint(model)
+
+    import kdenv.engine.distillation as distillation_module
+    import kdenv.engine.teacher_cache as cache_module
+
+    for module in (teacher_module, distillation_module, cache_module):
+        monkeypatch.setattr(module, "model_fingerprint", counted, raising=False)
+    data_config = DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32, max_reward_examples=16)
+    setup = prepare_distillation(data_config, DistillConfig(), ["logits"], RUNTIME, progress=False)
+    assert len(calls) == 1
+    assert setup.teacher_fingerprint == model_fingerprint(setup.teacher) == setup.teacher_metadata["fingerprint"]
+
+
 def test_snapshot_restore_repeats_training_exactly(teacher, data):
     trainer = make_trainer(teacher, data)
     weights = {"ce": 0.5, "logits": 1.0, "gradient": 1.0}

@@ -63,7 +63,6 @@ from kdenv.engine.recipes import RECIPES
 from kdenv.engine.runtime import make_runtime, quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
 from kdenv.engine.teacher import load_teacher
-from kdenv.engine.teacher_cache import model_fingerprint
 from kdenv.io import atomic_write, check_writable
 from kdenv.jobs import JobError, JobRunner, add_job_arguments
 from kdenv.paths import runs_dir
@@ -154,10 +153,10 @@ def run_identity(data_config: DataConfig, distill_config: DistillConfig, runtime
     contents and the software. Part of every cached run's key, so a re-fine-tuned teacher or
     changed data is never answered from the cache."""
     ensure_teacher(data_config, runtime, progress, base_model=distill_config.teacher_model)
-    teacher, _, _ = load_teacher(data_config.task)
+    _, _, loaded = load_teacher(data_config.task)
     raw = load_raw_splits(get_task(data_config.task), data_config.data_dir)
     software = environment_record()
-    return {"teacher": model_fingerprint(teacher), "data": {name: split.fingerprint() for name, split in raw.items()},
+    return {"teacher": loaded["fingerprint"], "data": {name: split.fingerprint() for name, split in raw.items()},
             "software": {k: software[k] for k in ("python", "torch", "transformers", "torch_threads")}}
 
 

@@ -33,7 +33,6 @@ from kdenv.engine.teacher_cache import (
     TeacherCache,
     TeacherSource,
     frozen,
-    model_fingerprint,
     split_fingerprint,
 )
 from kdenv.engine.trainer import StudentTrainer
@@ -155,7 +154,7 @@ def prepare_distillation(
     check_split_matches_teacher(data_config, metadata)
     needs_eager = any(KNOWLEDGE_TYPES[name].needs_eager_attention for name in knowledge_names)
     attention = "eager" if needs_eager else "sdpa"
-    teacher, tokenizer, _ = load_teacher(task.name, attn_implementation=attention)
+    teacher, tokenizer, loaded = load_teacher(task.name, attn_implementation=attention)
     teacher = frozen(teacher, runtime)
     data = load_task_data(data_config, tokenizer)
     seed_everything(config.seed)
@@ -171,7 +170,7 @@ def prepare_distillation(
     reports: dict[str, str] = {}
     budget = int(config.cache_memory_budget_gb * (1 << 30))
     eval_logits: dict[str, np.ndarray] = {}
-    fingerprint = model_fingerprint(teacher)
+    fingerprint = loaded["fingerprint"]  # load_teacher hashed (and checked) the weights already
     for split in [name for name in data.splits if name != "train"]:
         cache = TeacherCache.open(
             _cache_directory(task.name, split, data[split], {"logits"}, "float32"), teacher, task, data[split],

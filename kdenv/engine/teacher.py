@@ -71,12 +71,12 @@ def load_teacher(task: str, attn_implementation: str = "sdpa", directory: Path |
     except Exception as error:  # safetensors, json and OS errors all mean a damaged folder here
         raise ModelError(f"the teacher in {directory} cannot be loaded ({type(error).__name__}: {error}); fine-tune it "
                          f"again: python agents/finetune_teacher.py --task {spec.name} --force") from None
-    recorded = metadata.get("fingerprint")
-    if recorded is not None and model_fingerprint(model) != recorded:
+    recorded, actual = metadata.get("fingerprint"), model_fingerprint(model)  # hashed once per load
+    if recorded is not None and actual != recorded:
         raise ModelError(f"the teacher in {directory} is damaged or was replaced: its weights' fingerprint is "
-                         f"{model_fingerprint(model)}, not the {recorded} recorded when it was saved; fine-tune it "
+                         f"{actual}, not the {recorded} recorded when it was saved; fine-tune it "
                          f"again: python agents/finetune_teacher.py --task {spec.name} --force")
-    return model, tokenizer, metadata
+    return model, tokenizer, {**metadata, "fingerprint": actual}  # the fingerprint of the weights just loaded
 
 
 def finetune_teacher(
