@@ -453,6 +453,43 @@ def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, gl
     assert [sum(int(w >= 0.5) << i for i, w in enumerate(weights)) for weights in live] == on_table
 
 
+def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constant_chosen_on_the_table(
+        built, glue_dir, tmp_path, monkeypatch, capsys):
+    from kdenv.benchmark.protocol import FoldView
+    from tests.conftest import command
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    results, table = tmp_path / "results", Table.load(built["table"])
+    live = ["--table", str(built["table"]), "--row", "a2c", "--seeds", "2", "--agent-seeds", "2", "--k", "2",
+            "--results-dir", str(results), "--output-dir", str(tmp_path / "live"), "--data-dir", str(glue_dir),
+            "--no-progress"]
+    assert command("live_check").main(live) == 2  # the leaderboard row must exist first
+    assert "no finished leaderboard result for a2c" in capsys.readouterr().err
+    assert command("leaderboard").main(["--tables", str(built["table"]), "--k", "2", "--agent-seeds", "1",
+                                        "--episodes", "20", "--agents", "a2c", "--results-dir", str(results),
+                                        "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]) == 0
+    assert command("live_check").main([*live, "--first-seed", "1"]) == 2  # seed 1 is in the table
+    assert "are in the table" in capsys.readouterr().err
+    assert command("live_check").main(live) == 0
+    report = json.loads((tmp_path / "live" / "live_check.json").read_text())
+    view = FoldView(table, "metric_gain")
+    subset = view.sequences[view.best_constant(table.seeds)][0]
+    on = [name for bit, name in enumerate(table.knowledge) if (subset >> bit) & 1]
+    assert report["baseline"] == ("only-" + "+".join(on) if on else "none") and report["seeds"] == [2, 3]
+    runs = json.loads((tmp_path / "live" / "eval" / "runs.json").read_text())
+    assert sorted({run["seed"] for run in runs}) == [2, 3] and len(runs) == 2 * 3
+    # The table's own trainer: the live reward split starts where the table's root node does.
+    assert all(run["reward_split"]["initial"] == pytest.approx(table.nodes[0][()]["metric"]) for run in runs)
+    agents = sorted({run["policy"] for run in runs if run["policy"].startswith("agent:")})
+    assert len(agents) == 2
+    base = {run["seed"]: run["dev"]["accuracy"] for run in runs if run["policy"] == report["baseline"]}
+    differences = [run["dev"]["accuracy"] - base[run["seed"]] for run in runs if run["policy"] in agents]
+    dev = report["comparisons"]["A2C"]["dev"]
+    assert dev["mean"] == pytest.approx(np.mean(differences)) and (dev["seeds"], dev["agent_seeds"]) == (2, 2)
+    assert dev["mean_ci"][0] <= dev["mean"] <= dev["mean_ci"][1]
+    assert "| A2C | reward split |" in (tmp_path / "live" / "live_check.md").read_text()
+
+
 def test_a_table_is_extended_by_seeds_built_later_and_refuses_another_setup(built, tmp_path, monkeypatch):
     """Seeds built at another time (another machine, whose runs/ lacks the shipped seeds' records)
     join the table when the setup, teacher and software are the same; otherwise nothing is written."""

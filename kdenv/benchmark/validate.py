@@ -45,17 +45,35 @@ def table_setup(table: Table, data_dir: str | None = None, device: str = "cpu") 
     return TreeSetup(data, distill, from_dict(EnvConfig, manifest["env"]), threads)
 
 
+def rebuild_teacher(table: Table) -> str:
+    """The command that fine-tunes the table's teacher again, with the settings its manifest records."""
+    teacher = table.manifest["teacher"]
+    settings = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in (teacher.get("finetune") or {}).items()
+                        if name in ("epochs", "learning_rate", "batch_size", "seed") and value is not None)
+    if teacher.get("max_train_examples") is not None:
+        settings += f" --max-train-examples {teacher['max_train_examples']}"
+    return f"python agents/finetune_teacher.py --task {table.task} --force {settings}".rstrip()
+
+
+def check_saved_teacher(table: Table, required: bool = False) -> None:
+    """This machine's saved teacher must be the table's (by the fingerprint recorded when it was
+    saved); with ``required``, it must also exist (instead of being fine-tuned with defaults)."""
+    saved, recorded = teacher_metadata(table.task), table.manifest["teacher"]["fingerprint"]
+    rebuild = rebuild_teacher(table)
+    if saved is None and required:
+        raise TableError(f"no {table.task} teacher on this machine; the table was built with teacher {recorded}: "
+                         f"rebuild it ({rebuild}) and check that it gets that fingerprint")
+    if saved is not None and saved.get("fingerprint") not in (None, recorded):
+        raise TableError(f"the table was built with teacher {recorded}, this machine's {table.task} teacher is "
+                         f"{saved['fingerprint']}: a replay cannot match. Rebuild that teacher ({rebuild}) or build a "
+                         "table for this one")
+
+
 def check_before_replay(table: Table, device: str = "cpu") -> None:
     """What can be checked before the expensive preparation (data, caches, student): this
     machine's saved teacher must be the table's (by the fingerprint recorded when it was saved),
     and on the CPU this process's numerics must be those the table's seeds were built in."""
-    saved = teacher_metadata(table.task)
-    recorded = table.manifest["teacher"]["fingerprint"]
-    if saved is not None and saved.get("fingerprint") not in (None, recorded):
-        raise TableError(f"the table was built with teacher {recorded}, this machine's {table.task} teacher is "
-                         f"{saved['fingerprint']}: a replay cannot match. Rebuild that teacher (python "
-                         f"agents/finetune_teacher.py --task {table.task} --force with its recorded settings: "
-                         f"{table.manifest['teacher'].get('finetune')}) or build a table for this one")
+    check_saved_teacher(table)
     if device != "cpu" or str(table.manifest.get("device", "cpu")).startswith("cuda"):
         return
     mine = numerics.describe()
@@ -72,11 +90,9 @@ def check_before_replay(table: Table, device: str = "cpu") -> None:
 def check_teacher(table: Table, environment: EnvironmentSetup) -> None:
     recorded, live = table.manifest["teacher"]["fingerprint"], environment.distillation.teacher_fingerprint
     if recorded != live:
-        teacher = table.manifest["teacher"]
-        raise TableError(
-            f"the table was built with teacher {recorded}, this machine's {table.task} teacher is {live}: a replay "
-            f"cannot match. Rebuild that teacher (python agents/finetune_teacher.py --task {table.task} --force with "
-            f"its recorded settings: {teacher.get('finetune')}) or build a table for this one")
+        raise TableError(f"the table was built with teacher {recorded}, this machine's {table.task} teacher is {live}: "
+                         f"a replay cannot match. Rebuild that teacher ({rebuild_teacher(table)}) or build a table for "
+                         "this one")
 
 
 def validate(table: Table, schedule: list[int], seed: int, environment: EnvironmentSetup,
