@@ -137,11 +137,26 @@ def test_the_cost_estimate_times_every_action_once_and_writes_nothing(built, tmp
 def test_build_tree_estimate_prints_the_projected_cost(built, glue_dir, monkeypatch, capsys):
     from tests.conftest import command
 
+    import torch
+
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
-    assert command("build_tree").main(
-        ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0", "--knowledge", "logits,gradient", "--phases", "2",
-         "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--threads", "1",
-         "--estimate", "--no-progress"]) == 0
+    timed_with, time_nodes = [], TreeBuilder.time_nodes
+
+    def spy(self, seed):  # the estimate times what the build runs: --threads torch threads, not torch's default
+        timed_with.append(torch.get_num_threads())
+        return time_nodes(self, seed)
+
+    monkeypatch.setattr(TreeBuilder, "time_nodes", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert command("build_tree").main(
+            ["--task", "wnli", "--data-dir", str(glue_dir), "--seeds", "0", "--knowledge", "logits,gradient", "--phases",
+             "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--threads",
+             "1", "--estimate", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert timed_with == [1]
     out = capsys.readouterr().out
     assert "s: - " in out and "logits+gradient " in out and "per seed: 20 phases" in out and "16 dev-scored leaves" in out
     assert "every leaf on the whole dev split" in out

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         dev = DevScoring(None if args.dev_examples.strip().lower() == "all" else parse_count(args.dev_examples),
                          args.dev_leaves, args.dev_seed)
         setup = TreeSetup(data_config, distill_config, env_config, threads, dev)
+        if not runner.ray:  # the preparation and --estimate run with the build's threads, too: more would
+            torch.set_num_threads(threads)  # contend with other builds and time another setup than the build's
         job = None if args.job is None else parse_job(args.job, setup)
         if args.job_depth < 0:
             raise ConfigError(f"--job-depth must be >= 0, not {args.job_depth}")
