@@ -135,9 +135,9 @@ def test_the_cost_estimate_times_every_action_once_and_writes_nothing(built, tmp
 
 
 def test_build_tree_estimate_prints_the_projected_cost(built, glue_dir, monkeypatch, capsys):
-    from tests.conftest import command
-
     import torch
+
+    from tests.conftest import command
 
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
     timed_with, time_nodes = [], TreeBuilder.time_nodes
@@ -284,6 +284,9 @@ def test_oracle_known_answers(tmp_path):
     assert result["best_constant"]["return"]["mean"] == pytest.approx(0.20)
     assert result["headroom"]["mean"] == pytest.approx(((0.30 - 0.20) + (0.40 - 0.20)) / 2)
     assert result["headroom"]["std"] == pytest.approx(np.std([0.10, 0.20], ddof=1))
+    # Its bootstrap interval over the two seeds: between the two seeds' headrooms, and how many seeds.
+    assert 0.10 - 1e-9 <= result["headroom"]["ci"][0] < 0.15 < result["headroom"]["ci"][1] <= 0.20 + 1e-9
+    assert result["headroom"]["n"] == 2
     assert result["policies"]["all"]["per_seed"] == pytest.approx([0.20, 0.20])
     assert result["policies"]["none"]["per_seed"] == pytest.approx([0.10, 0.10])
     assert result["policies"]["linear-increase"]["schedule"] == [0, 1]

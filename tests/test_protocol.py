@@ -4,17 +4,8 @@ constant, and two-level bootstrap intervals; known answers on synthetic tables."
 import numpy as np
 import pytest
 
-from kdenv.benchmark.protocol import (
-    FoldView,
-    baseline_returns,
-    bootstrap_interval,
-    fold_splits,
-    folds,
-    improvement,
-    iqm,
-    score_policy,
-    summarise,
-)
+from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, folds, score_policy
+from kdenv.benchmark.stats import bootstrap_interval, improvement, iqm, summarise
 from tests.test_benchmark import synthetic_table
 
 # Four seeds. Constant "logits" (1, 1) is best on average; seed 3 prefers (0, 1).
@@ -80,7 +71,7 @@ def test_intervals_cover_the_estimate_narrow_with_more_data_and_count_seeds_and_
 def test_the_vectorised_iqm_is_scipys_trimmed_mean_row_by_row():
     from scipy import stats
 
-    from kdenv.benchmark.protocol import _row_iqm
+    from kdenv.benchmark.stats import _row_iqm
 
     rng = np.random.default_rng(1)
     values = rng.normal(size=(50, 13))

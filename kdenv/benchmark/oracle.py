@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from kdenv.benchmark.stats import bootstrap_interval
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.decision.policies import BASE_POLICIES, FixedPolicy
@@ -76,6 +77,13 @@ def named_policies(table: Table) -> list[str]:
 def mean_std(values) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def with_interval(values) -> dict[str, Any]:
+    """Mean and std over seeds, with the percentile bootstrap 95% interval of the mean (seeds
+    resampled) and the number of seeds: what a headroom claim needs."""
+    values = np.asarray(values, dtype=np.float64)
+    return {**mean_std(values), "ci": bootstrap_interval([[value] for value in values]), "n": int(len(values))}
 
 
 def dev_metric_name(table: Table) -> str | None:
@@ -181,10 +189,10 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
                           "dev": _dev_of(dev, [best_constant] * len(seeds))},
         "constants": {str(sequences[i][0]): mean_std(returns[:, i]) for i in constants},
         "policies": policies,
-        "headroom": mean_std(oracle - returns[:, best_constant]),
-        "open_loop_headroom": mean_std(returns[:, open_loop] - returns[:, best_constant]),
+        "headroom": with_interval(oracle - returns[:, best_constant]),
+        "open_loop_headroom": with_interval(returns[:, open_loop] - returns[:, best_constant]),
         "closed_loop": loop,
-        "closed_loop_headroom": mean_std(np.array(loop["per_seed"]) - returns[:, best_constant]),
+        "closed_loop_headroom": with_interval(np.array(loop["per_seed"]) - returns[:, best_constant]),
     }
 
 
@@ -202,7 +210,7 @@ def dev_headroom(table: Table) -> dict[str, Any] | None:
     return {"dev_metric": dev_metric_name(table),
             "oracle": {"value": mean_std(oracle), "schedules": [list(sequences[i]) for i in best]},
             "best_constant": {"schedule": list(sequences[best_constant]), "value": mean_std(dev[:, best_constant])},
-            "headroom": mean_std(oracle - dev[:, best_constant]),
+            "headroom": with_interval(oracle - dev[:, best_constant]),
             "spread": mean_std(np.nanmax(dev, axis=1) - np.nanmin(dev, axis=1))}
 
 

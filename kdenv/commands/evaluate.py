@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdenv.benchmark.protocol import paired_difference
+from kdenv.benchmark.stats import paired_difference
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields, run_main
 from kdenv.config import (
     BUDGETS,

@@ -38,7 +38,8 @@ import numpy as np
 
 from kdenv.benchmark import tuning
 from kdenv.benchmark.oracle import named_policies
-from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, improvement, score_policy, summarise
+from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, score_policy
+from kdenv.benchmark.stats import improvement, summarise
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, available_tables, resolve_table
 from kdenv.cli import fail, run_main

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from kdenv.benchmark.protocol import FoldView, improvement, summarise
+from kdenv.benchmark.protocol import FoldView
+from kdenv.benchmark.stats import improvement, summarise
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.validate import check_saved_teacher

@@ -10,7 +10,8 @@ For each reward variant, from the table alone (no model, no data):
     (every seed starts from the same student, so the first action is one choice for all seeds);
   - the best open-loop schedule: one fixed sequence, best on average over seeds;
   - the best constant action, and every named fixed policy (kd, gkd, all, none, only-*, ramps);
-  - the headroom: oracle minus best constant, mean ± std over seeds (and the open-loop headroom);
+  - the headroom: oracle minus best constant, mean with its bootstrap 95% interval over seeds
+    (and the closed-loop and open-loop headroom);
   - whether the reward measures what we care about: Spearman's rank correlation over leaves
     between the final reward-split metric and the GLUE dev metric;
   - each schedule's GLUE dev metric, and the headroom measured on dev itself (hindsight-best
@@ -27,6 +28,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fmt(stats: dict[str, float]) -> str:
     return f"{stats['mean']:+.4f} ± {stats['std']:.4f}"
+
+
+def fmt_ci(stats: dict[str, Any]) -> str:
+    """A mean with its bootstrap 95% interval over seeds (and the spread, and how many seeds)."""
+    low, high = stats["ci"]
+    return f"{stats['mean']:+.4f} [95% CI {low:+.4f}, {high:+.4f}] (std {stats['std']:.4f}, {stats['n']} seeds)"
 
 
 def rho_text(value: float | None, constant_reward: bool = True) -> str:
@@ -83,7 +91,7 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
         lines += ["", f"On GLUE dev itself (analysis only; {on_dev['dev_metric']} after the last phase): the "
                   f"hindsight-best schedule per seed reaches {fmt(on_dev['oracle']['value'])}, the constant best "
                   f"on dev on average ({schedule_text(on_dev['best_constant']['schedule'], names)}) "
-                  f"{fmt(on_dev['best_constant']['value'])}: dev headroom {fmt(on_dev['headroom'])}; best − worst "
+                  f"{fmt(on_dev['best_constant']['value'])}: dev headroom {fmt_ci(on_dev['headroom'])}; best − worst "
                   f"schedule per seed {fmt(on_dev['spread'])}."]
     dev_name = correlation["dev_metric"] or "metric"
 
@@ -106,9 +114,10 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
         for name, policy in result["policies"].items():
             lines.append(f"| {name} | {fmt(policy['return'])} | {dev_cell(policy)} | "
                          f"{schedule_text(policy['schedule'], names)} |")
-        lines += ["", f"Headroom (oracle − best constant): {fmt(result['headroom'])}; "
-                  f"closed loop − best constant: {fmt(result['closed_loop_headroom'])}; "
-                  f"open-loop − best constant: {fmt(result['open_loop_headroom'])}.", "",
+        lines += ["", f"Headroom (oracle − best constant): {fmt_ci(result['headroom'])}; "
+                  f"closed loop − best constant: {fmt_ci(result['closed_loop_headroom'])}; "
+                  f"open-loop − best constant: {fmt_ci(result['open_loop_headroom'])}. The best constant here is "
+                  "chosen on these same seeds (the leaderboard chooses it on train folds).", "",
                   "Closed-loop schedule per seed: " + "; ".join(
                       f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
                       for seed, schedule, value in zip(result["seeds"], result["closed_loop"]["schedules"],

@@ -1,0 +1,91 @@
+"""Confidence intervals for the benchmark's figures: the two-level percentile bootstrap (seeds,
+then agent seeds within each), the interquartile mean, the probability of improvement and paired
+differences. Used by the table protocol (``protocol.py``), the oracle report, the live check and
+``agents/evaluate.py``; the reasons for this scheme are in ``protocol.py``'s docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 5000
+
+
+def iqm(values) -> float:
+    """The interquartile mean: the mean of the middle 50% (scipy's 25%-trimmed mean)."""
+    return float(stats.trim_mean(np.asarray(values, dtype=np.float64).ravel(), 0.25))
+
+
+def _row_iqm(values: np.ndarray) -> np.ndarray:
+    """The IQM of each row, NaNs left out (as scipy's trim_mean on each row's valid values)."""
+    ordered = np.sort(values, axis=1)  # NaNs last
+    counts = (~np.isnan(values)).sum(axis=1)
+    low = (0.25 * counts).astype(np.int64)
+    high = counts - low
+    sums = np.concatenate([np.zeros((len(values), 1)), np.nancumsum(ordered, axis=1)], axis=1)
+    rows = np.arange(len(values))
+    return (sums[rows, high] - sums[rows, low]) / np.maximum(high - low, 1)
+
+
+def bootstrap_interval(per_seed: list[np.ndarray], statistic: str = "mean", resamples: int = RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of ``statistic`` ("mean" or "iqm", of the pooled values) under the
+    two-level bootstrap: held-out seeds resampled, then the agent seeds' values within each drawn
+    seed. Vectorised: every resample at once."""
+    groups = [np.asarray(values, dtype=np.float64).ravel() for values in per_seed]
+    groups = [values[~np.isnan(values)] for values in groups]
+    groups = [values for values in groups if len(values)]
+    if not groups:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    sizes = np.array([len(values) for values in groups])
+    width = int(sizes.max())
+    padded = np.full((len(groups), width), np.nan)
+    for row, values in enumerate(groups):
+        padded[row, : len(values)] = values
+    chosen = rng.integers(len(groups), size=(resamples, len(groups)))
+    counts = sizes[chosen]
+    within = (rng.random((resamples, len(groups), width)) * counts[..., None]).astype(np.int64)
+    draws = padded[chosen[..., None], within]
+    draws = np.where(np.arange(width)[None, None, :] < counts[..., None], draws, np.nan).reshape(resamples, -1)
+    values = np.nanmean(draws, axis=1) if statistic == "mean" else _row_iqm(draws)
+    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
+    return float(low), float(high)
+
+
+def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
+    """Mean and IQM of the pooled values with their bootstrap intervals, and how many values."""
+    groups = [np.asarray(values, dtype=np.float64).ravel() for values in per_seed]
+    pooled = np.concatenate(groups) if groups else np.zeros(0)
+    pooled = pooled[~np.isnan(pooled)]
+    if not len(pooled):
+        return {"mean": None, "mean_ci": None, "iqm": None, "iqm_ci": None, "n": 0}
+    return {"mean": float(pooled.mean()), "mean_ci": bootstrap_interval(groups, "mean"),
+            "iqm": iqm(pooled), "iqm_ci": bootstrap_interval(groups, "iqm"), "n": int(len(pooled))}
+
+
+def paired_difference(scores: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
+    """``scores[seed] - reference[seed]`` over the seeds both hold: mean, bootstrap 95% interval
+    (seeds resampled), sample std and the number of seeds.
+
+    Seeds fix data order and dropout, so two policies run on one seed share much of their luck;
+    differencing per seed removes that shared part, which the spread of each policy alone does
+    not. Seeds where either value is undefined (NaN) are left out."""
+    seeds = [seed for seed in sorted(set(scores) & set(reference))
+             if not (np.isnan(scores[seed]) or np.isnan(reference[seed]))]
+    if not seeds:
+        raise ValueError("no seed in common: a paired difference needs both policies run on the same seeds")
+    differences = np.array([scores[seed] - reference[seed] for seed in seeds], dtype=np.float64)
+    return {"mean": float(differences.mean()), "ci": bootstrap_interval([[d] for d in differences], "mean"),
+            "std": float(differences.std(ddof=1)) if len(seeds) > 1 else 0.0, "n": len(seeds)}
+
+
+def improvement(per_seed_gains: list[np.ndarray]) -> dict[str, Any]:
+    """P(policy beats the best constant): wins count 1, ties 1/2, with its bootstrap interval."""
+    scores = [np.where(np.isclose(g, 0.0, atol=1e-12), 0.5, (np.asarray(g) > 0).astype(float)) for g in per_seed_gains]
+    pooled = np.concatenate([s.ravel() for s in scores])
+    return {"value": float(pooled.mean()), "ci": bootstrap_interval(scores, "mean"), "n": int(len(pooled))}
