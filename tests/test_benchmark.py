@@ -430,6 +430,30 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     assert "Headroom (oracle − best constant)" in (out / "oracle.md").read_text()
 
 
+def test_finished_seeds_are_shipped_mid_build_without_computing(built, glue_dir, tmp_path, monkeypatch, capsys):
+    from kdenv.commands import build_tree
+    from tests.conftest import command
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--finished computed nodes")
+
+    monkeypatch.setattr(build_tree, "run_jobs", must_not_run)
+    common = ["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "logits,gradient", "--phases", "2",
+              "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--no-progress",
+              "--output", str(tmp_path / "table"), "--finished"]
+    assert command("build_tree").main([*common, "--seeds", "0-2"]) == 0  # seeds 0 and 1 are built, 2 is not
+    out = capsys.readouterr().out
+    assert "not finished, left out: 2 (no records" in out
+    table = Table.load(tmp_path / "table")
+    assert table.seeds == [0, 1] and table.nodes[1] == Table.load(built["table"]).nodes[1]
+    assert command("build_tree").main([*common, "--seeds", "5"]) == 1
+    assert "nothing written" in capsys.readouterr().out
+    assert command("build_tree").main([*common, "--seeds", "0", "--estimate"]) == 2
+    assert "does not go with --job or --estimate" in capsys.readouterr().err
+
+
 def test_build_refuses_bad_seeds(glue_dir, capsys):
     from tests.conftest import command
 

@@ -34,7 +34,7 @@ from kdenv.benchmark.build import (
     write_table,
 )
 from kdenv.benchmark.oracle import subset_names
-from kdenv.benchmark.tree import DevScoring, TreeBuilder, parse_prefix, tree_size
+from kdenv.benchmark.tree import DevScoring, TreeBuilder, collect_seed, parse_prefix, tree_size
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds, run_main
 from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
 from kdenv.engine.data import DataError
@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--estimate", action="store_true",
         help="time one phase of every action and one dev scoring from seed 0's initial student (writing nothing), "
              "print the projected cost of the build split into phases and dev scoring, and stop")
+    add("--finished", action="store_true",
+        help="compute nothing: write the table with those of --seeds whose trees are complete in the work folder "
+             "(a build still running elsewhere keeps going), and name the others; to ship finished seeds mid-build")
     add("--output", default=None, help="table folder (default kdenv/tables/<task>, or $KDENV_BENCHMARKS_DIR/<task>)")
     add("--dev-examples", default="all", metavar="N|all",
         help="score leaves on a fixed subsample of N GLUE dev examples (drawn with --dev-seed), or on all of them "
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if not runner.ray:  # the preparation and --estimate run with the build's threads, too: more would
             torch.set_num_threads(threads)  # contend with other builds and time another setup than the build's
         job = None if args.job is None else parse_job(args.job, setup)
+        if args.finished and (job is not None or args.estimate):
+            raise ConfigError("--finished writes the table from finished seeds: it does not go with --job or --estimate")
         if args.job_depth < 0:
             raise ConfigError(f"--job-depth must be >= 0, not {args.job_depth}")
         output = Path(args.output) if args.output else tables_dir() / task.name
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     if args.estimate:
         return estimate(setup, environment, seeds)
+    if args.finished:
+        return write_finished(setup, environment, seeds, output)
     start = time.perf_counter()
     jobs = [job] if job is not None else None
     try:
@@ -162,6 +169,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     manifest = write_table(setup, environment, seeds, output)
     print(f"table written to {output} ({manifest.name} + {len(seeds)} seed files)")
+    return 0
+
+
+def write_finished(setup: TreeSetup, environment, seeds: list[int], output: Path) -> int:
+    """Writes the table with the seeds whose trees are complete (computing nothing); the table
+    keeps the seeds it already holds of this setup."""
+    finished, unfinished = [], []
+    for seed in seeds:
+        try:
+            collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases)
+            finished.append(seed)
+        except ValueError as reason:  # no records yet, or an incomplete tree
+            unfinished.append(f"{seed} ({str(reason).split(';')[0].removeprefix(f'seed {seed}: ')})")
+    if unfinished:
+        print(f"not finished, left out: {', '.join(unfinished)}")
+    if not finished:
+        print(f"no seed of {seeds} is finished in {setup.work_dir()}: nothing written")
+        return 1
+    manifest = write_table(setup, environment, finished, output)
+    print(f"table written to {output} ({manifest.name} + the seed files of {finished} and any it already held)")
     return 0
 
 
