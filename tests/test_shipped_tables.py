@@ -41,7 +41,11 @@ def test_a_table_is_named_or_given_as_a_folder_and_an_unknown_name_lists_the_shi
     from kdenv.benchmark.table import TableError
 
     assert resolve_table(shipped_tables_dir() / "stsb").manifest == resolve_table("stsb").manifest
-    with pytest.raises(TableError, match="name one of mrpc, stsb"):
+    from kdenv.benchmark.table import available_tables
+
+    with pytest.raises(TableError, match="name one of mrpc, ") as refused:
         resolve_table("no_such_table")
+    assert {"mrpc", "stsb", "stsb_u8"} <= set(available_tables())
+    assert all(name in str(refused.value) for name in available_tables())
     with pytest.raises(TableError, match="no table at"):
         resolve_table(tmp_path)
