@@ -6,6 +6,7 @@ answers right, and replaying schedules on the live trainer reproduces the table 
 import gzip
 import json
 import os
+import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -445,7 +446,15 @@ def test_finished_seeds_are_shipped_mid_build_without_computing(built, glue_dir,
               "--output", str(tmp_path / "table"), "--finished"]
     assert command("build_tree").main([*common, "--seeds", "0-2"]) == 0  # seeds 0 and 1 are built, 2 is not
     out = capsys.readouterr().out
-    assert "not finished, left out: 2 (no records" in out
+    assert "not finished, left out: none part-built, [2] not started" in out
+    partial = built["setup"].work_dir() / "seed3"  # one job's records only: a part-built tree
+    partial.mkdir()
+    try:
+        shutil.copy(built["setup"].work_dir() / "seed0" / "prefix-0.jsonl", partial / "prefix-0.jsonl")
+        assert command("build_tree").main([*common, "--seeds", "0-3"]) == 0
+        assert "left out: [3] part-built, [2] not started" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(partial)
     table = Table.load(tmp_path / "table")
     assert table.seeds == [0, 1] and table.nodes[1] == Table.load(built["table"]).nodes[1]
     assert command("build_tree").main([*common, "--seeds", "5"]) == 1

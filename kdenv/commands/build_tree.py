@@ -175,15 +175,18 @@ def main(argv: list[str] | None = None) -> int:
 def write_finished(setup: TreeSetup, environment, seeds: list[int], output: Path) -> int:
     """Writes the table with the seeds whose trees are complete (computing nothing); the table
     keeps the seeds it already holds of this setup."""
-    finished, unfinished = [], []
+    finished, started, waiting = [], [], []
     for seed in seeds:
+        if not any((setup.work_dir() / f"seed{seed}").glob("prefix-*.jsonl")):
+            waiting.append(seed)
+            continue
         try:
             collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases)
             finished.append(seed)
-        except ValueError as reason:  # no records yet, or an incomplete tree
-            unfinished.append(f"{seed} ({str(reason).split(';')[0].removeprefix(f'seed {seed}: ')})")
-    if unfinished:
-        print(f"not finished, left out: {', '.join(unfinished)}")
+        except ValueError:  # an incomplete tree
+            started.append(seed)
+    if started or waiting:
+        print(f"not finished, left out: {started or 'none'} part-built, {waiting or 'none'} not started")
     if not finished:
         print(f"no seed of {seeds} is finished in {setup.work_dir()}: nothing written")
         return 1
