@@ -230,15 +230,17 @@ def replay_promise(numerics_record: dict[str, Any] | None) -> str:
     return f"native numerics on {numerics_record.get('cpu')}: replays exactly only there, with KDENV_NUMERICS=native"
 
 
-def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int], out: Path) -> Path:
-    """Collects each seed's records from the work folder and writes the table and its manifest
-    (the build time is the sum of every node's measured phase and dev-evaluation time). Seeds
-    already in ``out`` from a build of the same setup are kept (see ``kept_seeds``); the check
-    comes before any file is written."""
+def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int], out: Path,
+                records: dict[int, list[dict[str, Any]]] | None = None) -> Path:
+    """Collects each seed's records from the work folder (unless the caller collected them:
+    ``records``) and writes the table and its manifest (the build time is the sum of every node's
+    measured phase and dev-evaluation time). Seeds already in ``out`` from a build of the same setup
+    are kept (see ``kept_seeds``); the check comes before any file is written."""
     out = Path(out)
     manifest = table_manifest(setup, environment, seeds)
     kept, kept_seconds, kept_provenance = kept_seeds(out, manifest, list(seeds))
-    records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
+    if records is None:
+        records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
     build_seconds = sum(node_seconds(r) for seed_records in records.values() for r in seed_records)
     for seed, seed_records in records.items():
         write_seed(out, seed, seed_records)

@@ -175,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
 def write_finished(setup: TreeSetup, environment, seeds: list[int], output: Path) -> int:
     """Writes the table with the seeds whose trees are complete (computing nothing); the table
     keeps the seeds it already holds of this setup."""
-    finished, started, waiting = [], [], []
+    finished: dict[int, list] = {}  # seed -> its records, collected (and checked) once
+    started, waiting = [], []
     for seed in seeds:
         if not any((setup.work_dir() / f"seed{seed}").glob("prefix-*.jsonl")):
             waiting.append(seed)
             continue
         try:
-            collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases)
-            finished.append(seed)
+            finished[seed] = collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases)
         except ValueError:  # an incomplete tree
             started.append(seed)
     if started or waiting:
@@ -190,8 +190,9 @@ def write_finished(setup: TreeSetup, environment, seeds: list[int], output: Path
     if not finished:
         print(f"no seed of {seeds} is finished in {setup.work_dir()}: nothing written")
         return 1
-    manifest = write_table(setup, environment, finished, output)
-    print(f"table written to {output} ({manifest.name} + the seed files of {finished} and any it already held)")
+    manifest = write_table(setup, environment, list(finished), output, records=finished)
+    print(f"table written to {output} ({manifest.name} + the seed files of {list(finished)} and any it already "
+          "held)")
     return 0
 
 

@@ -194,10 +194,11 @@ def evaluate(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError("--policies is empty; name at least one policy (e.g. kd,gkd,all)")
     plans = plan_policies(names, budget_fields, budget_config.knowledge, args.unsafe_load_agents)
-    if args.baseline is not None and args.baseline not in [plan["label"] for plan in plans] + names:
-        raise ConfigError(f"--baseline {args.baseline!r} is not one of --policies ({', '.join(names)}); add it there")
-    if args.baseline is not None:  # an agent is compared under its label
-        args.baseline = next(plan["label"] for plan in plans if args.baseline in (plan["name"], plan["label"]))
+    if args.baseline is not None:  # one of --policies, compared under its label (an agent's: agent:<algo>@<folder>)
+        labels = [plan["label"] for plan in plans if args.baseline in (plan["name"], plan["label"])]
+        if not labels:
+            raise ConfigError(f"--baseline {args.baseline!r} is not one of --policies ({', '.join(names)}); add it there")
+        args.baseline = labels[0]
     out = Path(args.output_dir) if args.output_dir else runs_dir() / "eval" / task.name / time.strftime("%Y%m%d-%H%M%S")
     cache = runs_dir() / "eval" / task.name / "cache"
     check_writable(out)

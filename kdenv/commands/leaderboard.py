@@ -145,7 +145,8 @@ def row_config(agent: str, args) -> dict[str, Any]:
     return config
 
 
-def fold_hyperparams(result: dict[str, Any], key: str, study: TableStudy, agent: str, args, path: Path) -> dict:
+def fold_hyperparams(result: dict[str, Any], key: str, study: TableStudy, agent: str, path: Path,
+                     progress: bool = True) -> dict:
     """The hyperparameters the row's agents train with on one fold (``key``: its held-out seeds, or
     ALL_SEEDS): the defaults, or for a tuned row the best of a search on ``study``'s train seeds
     only, run once and kept in the result file."""
@@ -155,7 +156,7 @@ def fold_hyperparams(result: dict[str, Any], key: str, study: TableStudy, agent:
     chosen = result.setdefault("tuned", {})
     if key not in chosen:
         tuning_config = config["tuning"]
-        quiet = (lambda _: None) if args.no_progress else (lambda line: print(f"  {line}"))
+        quiet = (lambda line: print(f"  {line}")) if progress else (lambda _: None)
         params, record = tuning.tune(study, config["hyperparams"], config["algo"], tuning_config["trials"],
                                      tuning_config["trial_agents"], seed=0, log=quiet)
         chosen[key] = {**record, "hyperparams": params}
@@ -184,7 +185,7 @@ def retrain(table_name: str, table: Table, agent: str, args, results_dir: Path) 
         for agent_seed in range(args.agent_seeds):
             if all(len(result["returns"].get(str(seed), [])) > agent_seed for seed in test):
                 continue
-            hyperparams = fold_hyperparams(result, ",".join(map(str, test)), study, agent, args, path)
+            hyperparams = fold_hyperparams(result, ",".join(map(str, test)), study, agent, path, not args.no_progress)
             model, seconds = study.fit(hyperparams, agent_seed)
             scored = study.returns_on(model, test, REPORT_REWARD)  # every row in the same units
             for seed, value in scored.items():
@@ -227,7 +228,7 @@ def retrain_cross(name_a: str, a: Table, name_b: str, b: Table, agent: str, args
     for agent_seed in range(args.agent_seeds):
         if all(len(cross["returns"].get(str(seed), [])) > agent_seed for seed in b.seeds):
             continue
-        model, _ = study.fit(fold_hyperparams(result, ALL_SEEDS, study, agent, args, path), agent_seed)
+        model, _ = study.fit(fold_hyperparams(result, ALL_SEEDS, study, agent, path, not args.no_progress), agent_seed)
         for seed in b.seeds:
             cross["returns"].setdefault(str(seed), []).append(play(model, env, wrapped, seed)[0])
         with atomic_write(path) as handle:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.stats import improvement, summarise
 from kdenv.benchmark.study import TableStudy
@@ -42,7 +43,15 @@ from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.validate import check_saved_teacher
 from kdenv.cli import fail, run_main
 from kdenv.commands import evaluate as evaluate_command
-from kdenv.commands.leaderboard import AGENTS, ALL_SEEDS, REPORT_REWARD, fold_hyperparams, load_result, result_path
+from kdenv.commands.leaderboard import (
+    AGENTS,
+    ALL_SEEDS,
+    REPORT_REWARD,
+    ci_text,
+    fold_hyperparams,
+    load_result,
+    result_path,
+)
 from kdenv.config import ConfigError, save_run_config
 from kdenv.decision.algorithms import get_algorithm, save_agent
 from kdenv.engine.tasks import get_task
@@ -76,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def constant_policy(table: Table, subset: int) -> str:
     """The fixed policy (evaluate.py's name) that plays one subset of the table's knowledge in every phase."""
-    on = [name for bit, name in enumerate(table.knowledge) if (subset >> bit) & 1]
-    return "only-" + "+".join(on) if on else "none"
+    name = subset_names(table.knowledge)[subset]  # "-" for the empty subset, else "hidden+gradient", ...
+    return "none" if name == "-" else f"only-{name}"
 
 
 def table_flags(table: Table) -> list[str]:
@@ -103,8 +112,7 @@ def train_agents(table: Table, row: str, result: dict[str, Any], args, path: Pat
     spec, config = AGENTS[row], result["config"]
     study = TableStudy(table, get_algorithm(spec.algo), list(table.seeds), [], spec.reward, 10.0, config["episodes"],
                        exploration_bonus=spec.bonus)
-    leaderboard_args = argparse.Namespace(no_progress=args.no_progress)
-    hyperparams = fold_hyperparams(result, ALL_SEEDS, study, row, leaderboard_args, path)
+    hyperparams = fold_hyperparams(result, ALL_SEEDS, study, row, path, not args.no_progress)
     zips = []
     for seed in range(args.agent_seeds):  # one folder each: evaluate.py names an agent by its folder
         folder = out / "agents" / f"seed{seed}"
@@ -156,10 +164,9 @@ def report(table_name: str, row: str, baseline: str, agent_labels: list[str], ex
                 lines.append(f"| {name} | {split} | n/a | n/a | n/a | 0 |")
                 continue
             chance = summary["improvement"]
-            lines.append(f"| {name} | {split} | {summary['mean']:+.4f} [{summary['mean_ci'][0]:+.4f}, "
-                         f"{summary['mean_ci'][1]:+.4f}] | {summary['iqm']:+.4f} [{summary['iqm_ci'][0]:+.4f}, "
-                         f"{summary['iqm_ci'][1]:+.4f}] | {chance['value']:.2f} [{chance['ci'][0]:.2f}, "
-                         f"{chance['ci'][1]:.2f}] | {summary['seeds']} x {summary['agent_seeds']} |")
+            lines.append(f"| {name} | {split} | {ci_text(summary)} | {ci_text(summary, 'iqm')} | "
+                         f"{chance['value']:.2f} [{chance['ci'][0]:.2f}, {chance['ci'][1]:.2f}] | "
+                         f"{summary['seeds']} x {summary['agent_seeds']} |")
     means = {label: float(np.mean([run["dev"][metric] for run in runs if run["policy"] == label]))
              for label in [baseline, *agent_labels, *extra]}
     lines += ["", "Mean final dev " + metric + ": " + ", ".join(f"{label} {value:.4f}" for label, value in means.items())]
