@@ -96,3 +96,28 @@ def test_live_agents_step_two_environments_in_subprocesses(tiny_teacher, glue_di
     assert len(schedules) == 4  # 8 steps over 2 environments, 2 phases each
     comparison = json.loads((out / "comparison.json").read_text())
     assert [r["policy"] for r in comparison] == ["agent:a2c", "kd"]
+
+
+def test_leaderboard_agents_retrained_by_ray_jobs_equal_the_in_process_ones(local_ray, tmp_path):
+    from kdenv.benchmark.table import write_manifest
+    from tests.test_benchmark import synthetic_table
+    from tests.test_protocol import RETURNS
+
+    synthetic_table(tmp_path / "rte", RETURNS)
+    other = synthetic_table(tmp_path / "mrpc", {seed: {h: v / 2 for h, v in r.items()} for seed, r in RETURNS.items()})
+    write_manifest(tmp_path / "mrpc", {k: v for k, v in dict(other.manifest, task="mrpc").items()
+                                       if k not in ("files", "format")})
+
+    def retrain(where, *extra):
+        args = ["--tables", f"{tmp_path / 'rte'},{tmp_path / 'mrpc'}", "--k", "2", "--agent-seeds", "2",
+                "--episodes", "20", "--agents", "a2c,dqn", "--results-dir", str(tmp_path / where / "results"),
+                "--output", str(tmp_path / where / "board"), "--no-progress", "--retrain", *extra]
+        assert command("leaderboard").main(args) == 0
+        files = sorted((tmp_path / where / "results").rglob("*.json"))
+        return {f.relative_to(tmp_path / where).as_posix(): {k: v for k, v in json.loads(f.read_text()).items()
+                                                              if k != "train_seconds"} for f in files}
+
+    here, there = retrain("here"), retrain("ray", "--ray")
+    # Two tables x two rows, each file with its k-fold returns and the other task's.
+    assert len(here) == 4 and all(len(result["cross"]) == 1 for result in here.values())
+    assert here == there

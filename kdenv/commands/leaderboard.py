@@ -46,6 +46,7 @@ from kdenv.cli import fail, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.io import atomic_write
+from kdenv.jobs import JobError, JobRunner, add_job_arguments
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--results-dir", default="docs/leaderboard/results", help="where agent result files live (committed)")
     add("--output", default="docs/leaderboard", help="leaderboard files: <output>.md, .json, .png")
     add("--no-progress", action="store_true", help="hide progress output")
+    add_job_arguments(add)  # --retrain's (table, agent row) jobs, one thread each: --ray uses every core
     args = parser.parse_args(argv)
     if args.k < 2 or min(args.agent_seeds, args.episodes, args.tune_trials, args.tune_agents) < 1:
         parser.error("--k must be >= 2; --agent-seeds, --episodes, --tune-trials and --tune-agents >= 1")
@@ -309,6 +311,41 @@ def projected_cost(counts: dict[str, int], probe: Table, args) -> float:
     return seconds
 
 
+@dataclass(frozen=True)
+class RetrainJob:
+    """One --retrain job: an agent row's k-fold agents on one table, then the same row trained on
+    every seed of that table and played on each target table (another task). It writes one result
+    file, its own, so jobs run in any order, in parallel (``--ray``), and resume."""
+
+    name: str
+    directory: str
+    agent: str
+    targets: tuple[tuple[str, str], ...]  # (name, folder) of the across-tasks targets
+    args: argparse.Namespace
+    results_dir: str
+
+
+def run_retrain_job(job: RetrainJob) -> str:
+    table = resolve_table(job.directory)
+    start = time.perf_counter()
+    retrain(job.name, table, job.agent, job.args, Path(job.results_dir))
+    for target_name, target_directory in job.targets:
+        retrain_cross(job.name, table, target_name, resolve_table(target_directory), job.agent, job.args,
+                      Path(job.results_dir))
+    return f"{job.name} / {job.agent}: done in {(time.perf_counter() - start) / 60:.1f} min"
+
+
+def retrain_jobs(tables: dict[str, Table], agents: list[str], args, results_dir: Path) -> list[RetrainJob]:
+    """The jobs of --retrain, the slowest rows (the tuned ones) first so that parallel workers
+    finish together; folders and the results folder absolute, for workers started elsewhere."""
+    pairs = cross_pairs(tables)
+    jobs = [RetrainJob(Path(name).name, str(table.directory.resolve()), agent,
+                       tuple((Path(b).name, str(tables[b].directory.resolve())) for a, b in pairs if a == name),
+                       args, str(results_dir.resolve()))
+            for name, table in tables.items() for agent in agents]
+    return sorted(jobs, key=lambda job: not AGENTS[job.agent].tuned)
+
+
 def cross_pairs(tables: dict[str, Table]) -> list[tuple[str, str]]:
     """(source, target) tables of the across-tasks column: compatible spaces, another task."""
     return [(a, b) for a in tables for b in tables
@@ -440,23 +477,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain:
         import torch
 
-        torch.set_num_threads(1)
+        runner = JobRunner.from_args(args)
+        try:
+            runner.check()
+        except JobError as error:
+            return fail(error)
+        torch.set_num_threads(max(1, int(args.cpus_per_job)))
         counts = agents_to_train(tables, agents, args, results_dir)
         cost = projected_cost(counts, next(iter(tables.values())), args)
         print(f"retraining: {sum(counts.values())} agents still to train ({', '.join(f'{a} {n}' for a, n in counts.items())}; "
               f"{len(tables)} tables x {args.k} folds x {args.agent_seeds} agent seeds per row, plus the across-tasks "
               f"pairs; {args.episodes} episodes each; finished agents in {results_dir} are reused): projected "
-              f"{cost / 3600:.2f} h on one thread")
+              f"{cost / 3600:.2f} h on one thread; {len(tables) * len(agents)} (table, row) jobs, which --ray runs "
+              f"in parallel")
         if args.dry_run:
             return 0
         start = time.perf_counter()
-        for name, table in tables.items():
-            for agent in agents:
-                retrain(Path(name).name, table, agent, args, results_dir)
-        for name_a, name_b in cross_pairs(tables):  # across tasks: every seed of one table, played on another's
-            for agent in agents:
-                retrain_cross(Path(name_a).name, tables[name_a], Path(name_b).name, tables[name_b], agent, args,
-                              results_dir)
+        jobs = retrain_jobs(tables, agents, args, results_dir)
+        runner.map(run_retrain_job, jobs, on_result=lambda _, line: None if args.no_progress else print(line))
         print(f"retrained in {(time.perf_counter() - start) / 60:.1f} min")
     board = leaderboard(tables, args, results_dir)
     output = Path(args.output)
