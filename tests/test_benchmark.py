@@ -516,13 +516,20 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
             "--no-progress"]
     assert command("live_check").main(live) == 2  # the leaderboard row must exist first
     assert "no finished leaderboard result for a2c" in capsys.readouterr().err
+    best = [*live[:2], "--row", "best", *live[4:]]
+    assert command("live_check").main(best) == 2
+    assert "no agent row has a finished leaderboard result" in capsys.readouterr().err
     assert command("leaderboard").main(["--tables", str(built["table"]), "--k", "2", "--agent-seeds", "1",
-                                        "--episodes", "20", "--agents", "a2c", "--results-dir", str(results),
+                                        "--episodes", "20", "--agents", "a2c,dqn", "--results-dir", str(results),
                                         "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]) == 0
     assert command("live_check").main([*live, "--first-seed", "1"]) == 2  # seed 1 is in the table
     assert "are in the table" in capsys.readouterr().err
-    assert command("live_check").main(live) == 0
+    assert command("live_check").main(best) == 0  # the row with the larger mean gain on the leaderboard
     report = json.loads((tmp_path / "live" / "live_check.json").read_text())
+    rows = json.loads((tmp_path / "board.json").read_text())["tables"][str(built["table"])]["rows"]
+    label = max(["A2C", "DQN"], key=lambda name: rows[name]["gain"]["mean"])
+    assert report["row"] == {"A2C": "a2c", "DQN": "dqn"}[label] and f"best agent row on {built['table'].name}: {report['row']}" in \
+        capsys.readouterr().out
     view = FoldView(table, "metric_gain")
     subset = view.sequences[view.best_constant(table.seeds)][0]
     on = [name for bit, name in enumerate(table.knowledge) if (subset >> bit) & 1]
@@ -535,10 +542,10 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     assert len(agents) == 2
     base = {run["seed"]: run["dev"]["accuracy"] for run in runs if run["policy"] == report["baseline"]}
     differences = [run["dev"]["accuracy"] - base[run["seed"]] for run in runs if run["policy"] in agents]
-    dev = report["comparisons"]["A2C"]["dev"]
+    dev = report["comparisons"][label]["dev"]
     assert dev["mean"] == pytest.approx(np.mean(differences)) and (dev["seeds"], dev["agent_seeds"]) == (2, 2)
     assert dev["mean_ci"][0] <= dev["mean"] <= dev["mean_ci"][1]
-    assert "| A2C | reward split |" in (tmp_path / "live" / "live_check.md").read_text()
+    assert f"| {label} | reward split |" in (tmp_path / "live" / "live_check.md").read_text()
 
 
 def test_a_table_is_extended_by_seeds_built_later_and_refuses_another_setup(built, tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ from kdenv.commands.leaderboard import (
     AGENTS,
     ALL_SEEDS,
     REPORT_REWARD,
+    best_agent,
     ci_text,
     fold_hyperparams,
     load_result,
@@ -63,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--table", required=True, metavar="NAME|PATH", help="the table the row was ranked on (a shipped name or a folder)")
-    add("--row", required=True, choices=sorted(AGENTS), help="the leaderboard agent row to check")
+    add("--row", required=True, choices=[*sorted(AGENTS), "best"],
+        help="the leaderboard agent row to check; best: the row with the highest mean gain over the best constant "
+             "on the table's held-out seeds, among those with a finished result file")
     add("--seeds", type=int, default=16, help="new episode seeds to play on (default 16)")
     add("--first-seed", type=int, default=None,
         help="first new episode seed (default: the table's last seed + 1; seeds the table holds are refused)")
@@ -180,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         table = resolve_table(args.table)
         table_name = Path(args.table).name
         k = min(args.k, len(table.seeds))
+        if args.row == "best":
+            args.row, scores = best_agent(table_name, table, Path(args.results_dir), k)
+            print(f"the best agent row on {table_name}: {args.row} (gain over the best constant on held-out seeds "
+                  f"{ci_text(scores['gain'])}, {scores['seeds']} seeds x {scores['agent_seeds']} agent seeds)")
         path = result_path(Path(args.results_dir), table_name, args.row)
         result = load_result(path, table, k)
         if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
