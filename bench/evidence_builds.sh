@@ -8,6 +8,7 @@
 #   bash bench/evidence_builds.sh resume   # SIGCONT them
 #   bash bench/evidence_builds.sh ship     # write the tables with the seeds finished so far (computes nothing)
 #   bash bench/evidence_builds.sh status   # what runs, and each table's finished seeds
+#   bash bench/evidence_builds.sh finish   # once every seed is built: the leaderboard and the live check (nohup)
 #
 # Needs the portable teachers in runs/teachers/ (fingerprints in docs/benchmark.md; the builds
 # refuse another one) and KDENV_GLUE_DIR (default ../shared/data/glue).
@@ -29,6 +30,18 @@ QUEUE_A=("$STSB_U8 --seeds 1-15")
 QUEUE_B=("$SST2_U8 --seeds 1-7" "$STSB_U8 --seeds 1-15")
 
 builds() { pgrep -f "agents/build_tree.py" || true; }
+# What `pause` stops: the builds and the finish step's drivers and Ray workers (not Ray's own services).
+heavy() { builds; pgrep -f "agents/leaderboard.py|agents/live_check.py|agents/evaluate.py|^ray::" || true; }
+
+# After the builds (docs/benchmark.md, "Toward evidence"): every agent row retrained on the two new
+# tables (k = 4 folds, 5 agent seeds, tuned rows searched inside each fold, the across-tasks pair),
+# as one-thread Ray jobs; the leaderboard written over the new and the old tables; then the best
+# agent row on stsb_u8 played live on 16 new seeds against the best constant. Each step resumes.
+NEW_TABLES="stsb_u8,sst2_u8"
+BOARD_TABLES="stsb_u8,sst2_u8,stsb_h100_u8,mrpc,stsb"
+FINISH="$PYTHON agents/leaderboard.py --retrain --tables $NEW_TABLES --ray --no-progress \
+ && $PYTHON agents/leaderboard.py --tables $BOARD_TABLES --no-progress \
+ && $PYTHON agents/live_check.py --table stsb_u8 --row best --no-progress"
 
 run_queue() {  # name, then the builds' flags
     local name=$1; shift
@@ -49,12 +62,12 @@ case "${1:-status}" in
         run_queue b "${QUEUE_B[@]}"
         ;;
     pause)
-        for pid in $(builds); do kill -STOP "$pid"; done
-        echo "paused: $(builds | tr '\n' ' ')"
+        for pid in $(heavy); do kill -STOP "$pid"; done
+        echo "paused: $(heavy | tr '\n' ' ')"
         ;;
     resume)
-        for pid in $(builds); do kill -CONT "$pid"; done
-        echo "resumed: $(builds | tr '\n' ' ')"
+        for pid in $(heavy); do kill -CONT "$pid"; done
+        echo "resumed: $(heavy | tr '\n' ' ')"
         ;;
     ship)
         for entry in "${TABLES[@]}"; do
@@ -63,8 +76,23 @@ case "${1:-status}" in
             $PYTHON agents/build_tree.py $flags --seeds "$seeds" --finished --no-progress 2>&1 | tail -2 || true
         done
         ;;
+    finish)
+        if pgrep -f "evidence-finish" > /dev/null; then echo "finish already running"; exit 0; fi
+        if [ -n "$(builds)" ]; then echo "builds still run: finish when they are done" >&2; exit 1; fi
+        $0 ship
+        $PYTHON - "$NEW_TABLES" <<'PY'
+import json, sys
+wanted = {"stsb_u8": 16, "sst2_u8": 8}
+short = [f"{name} has {len(seeds)} of {wanted[name]} seeds" for name in sys.argv[1].split(",")
+         if len(seeds := json.load(open(f"kdenv/tables/{name}/manifest.json"))["seeds"]) < wanted[name]]
+if short:
+    sys.exit("not yet: " + "; ".join(short) + " (bash bench/evidence_builds.sh start)")
+PY
+        nohup bash -c "exec -a evidence-finish bash -c '$FINISH >> runs/logs/finish.log 2>&1'" > /dev/null 2>&1 &
+        echo "finish started (log runs/logs/finish.log): $FINISH"
+        ;;
     status)
-        ps -o pid,stat,etime,args -p "$(builds | paste -sd, -)" 2>/dev/null || echo "no build running"
+        ps -o pid,stat,etime,args -p "$(heavy | paste -sd, -)" 2>/dev/null || echo "no build running"
         for entry in "${TABLES[@]}"; do
             IFS="|" read -r name _ _ <<< "$entry"
             if [ -f "kdenv/tables/$name/manifest.json" ]; then
@@ -76,7 +104,7 @@ case "${1:-status}" in
         done
         ;;
     *)
-        echo "usage: bash bench/evidence_builds.sh start|pause|resume|ship|status" >&2
+        echo "usage: bash bench/evidence_builds.sh start|pause|resume|ship|status|finish" >&2
         exit 2
         ;;
 esac
