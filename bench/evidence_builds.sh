@@ -80,11 +80,17 @@ case "${1:-status}" in
         if pgrep -f "evidence-finish" > /dev/null; then echo "finish already running"; exit 0; fi
         if [ -n "$(builds)" ]; then echo "builds still run: finish when they are done" >&2; exit 1; fi
         $0 ship
-        $PYTHON - "$NEW_TABLES" <<'PY'
+        # Each new table must hold every seed of its range in TABLES.
+        $PYTHON - "$NEW_TABLES" "${TABLES[@]}" <<'PY'
 import json, sys
-wanted = {"stsb_u8": 16, "sst2_u8": 8}
-short = [f"{name} has {len(seeds)} of {wanted[name]} seeds" for name in sys.argv[1].split(",")
-         if len(seeds := json.load(open(f"kdenv/tables/{name}/manifest.json"))["seeds"]) < wanted[name]]
+ranges = {entry.split("|")[0]: entry.split("|")[2] for entry in sys.argv[2:]}
+short = []
+for name in sys.argv[1].split(","):
+    first, _, last = ranges[name].partition("-")
+    wanted = set(range(int(first), int(last or first) + 1))
+    have = set(json.load(open(f"kdenv/tables/{name}/manifest.json"))["seeds"])
+    if wanted - have:
+        short.append(f"{name} lacks seeds {sorted(wanted - have)}")
 if short:
     sys.exit("not yet: " + "; ".join(short) + " (bash bench/evidence_builds.sh start)")
 PY

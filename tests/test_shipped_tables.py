@@ -38,11 +38,9 @@ def test_a_shipped_table_works_from_gymnasium(name):
 
 
 def test_a_table_is_named_or_given_as_a_folder_and_an_unknown_name_lists_the_shipped_ones(tmp_path):
-    from kdenv.benchmark.table import TableError
+    from kdenv.benchmark.table import TableError, available_tables
 
     assert resolve_table(shipped_tables_dir() / "stsb").manifest == resolve_table("stsb").manifest
-    from kdenv.benchmark.table import available_tables
-
     with pytest.raises(TableError, match="name one of mrpc, ") as refused:
         resolve_table("no_such_table")
     assert {"mrpc", "stsb", "stsb_u8"} <= set(available_tables())

@@ -359,10 +359,11 @@ def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
     return f"{summary[key]:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def agent_scores(name: str, table: Table, results_dir: Path, k: int) -> dict[str, dict[str, Any]]:
-    """Every agent row with a finished result file for this table and k, scored by the protocol
-    (by agent key: "ppo-tuned"), with its configuration and, for a tuned row, each fold's search."""
-    view, splits, scored = FoldView(table, REPORT_REWARD), fold_splits(table.seeds, k), {}
+def agent_scores(name: str, view: FoldView, results_dir: Path, k: int) -> dict[str, dict[str, Any]]:
+    """Every agent row with a finished result file for the view's table and k, scored by the
+    protocol (by agent key: "ppo-tuned"), with its configuration and, for a tuned row, each fold's
+    search."""
+    table, splits, scored = view.table, fold_splits(view.table.seeds, k), {}
     for agent in AGENTS:
         result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
         if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
@@ -379,7 +380,7 @@ def agent_scores(name: str, table: Table, results_dir: Path, k: int) -> dict[str
 def best_agent(name: str, table: Table, results_dir: Path, k: int) -> tuple[str, dict[str, Any]]:
     """The leaderboard's best agent row on a table: the highest mean gain over the best constant on
     held-out seeds (the first listed on a tie), and its scores."""
-    scored = agent_scores(name, table, results_dir, k)
+    scored = agent_scores(name, FoldView(table, REPORT_REWARD), results_dir, k)
     if not scored:
         raise ConfigError(f"no agent row has a finished leaderboard result on {Path(name).name} in {results_dir}; "
                           f"run: python agents/leaderboard.py --retrain --tables {name}")
@@ -395,7 +396,7 @@ def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, 
         splits = fold_splits(table.seeds, k)
         rows = {row: score_policy(view, splits, per_seed)
                 for row, per_seed in baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED]).items()}
-        rows.update({AGENTS[agent].row: scores for agent, scores in agent_scores(name, table, results_dir, k).items()})
+        rows.update({AGENTS[agent].row: scores for agent, scores in agent_scores(name, view, results_dir, k).items()})
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows}
