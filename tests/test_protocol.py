@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, folds, score_policy
-from kdenv.benchmark.stats import bootstrap_interval, improvement, iqm, summarise
+from kdenv.benchmark.stats import bootstrap_interval, bootstrap_ratio, improvement, iqm, summarise
 from tests.test_benchmark import synthetic_table
 
 # Four seeds. Constant "logits" (1, 1) is best on average; seed 3 prefers (0, 1).
@@ -49,6 +49,52 @@ def test_baselines_are_exact(view):
     assert rows["random schedule (exact mean)"][3] == pytest.approx((0.0 + 0.4 + 0.0 + 0.1) / 4)
     assert rows["all"] == rows["constant logits"] and rows["none"] == rows["constant -"]
     assert rows["best constant (train folds)"][3] == pytest.approx(0.1)  # chosen without seed 3
+
+
+def test_the_closed_loop_bound_opens_with_one_action_for_every_seed_and_scores_the_share_of_its_headroom(tmp_path):
+    # As RETURNS, but seeds 1 and 3 gain from switching logits off after opening with it.
+    view = FoldView(synthetic_table(tmp_path, {**RETURNS, 1: {**RETURNS[1], (1, 0): 0.3}, 3: {**RETURNS[3], (1, 0): 0.2}}),
+                    "metric_gain")
+    splits = fold_splits([0, 1, 2, 3], 4)
+    rows = baseline_returns(view, splits, [])
+    # Opening with logits: 0.3, 0.3, 0.25, 0.2 (mean 0.2625); opening with none: 0.1, 0.2, 0.1, 0.4 (0.2).
+    # Held out alone, a seed would let a per-fold bound open with its own best action: seed 3's 0.4.
+    assert rows["closed-loop bound"] == pytest.approx({0: 0.3, 1: 0.3, 2: 0.25, 3: 0.2})
+    assert rows["oracle"][3] == pytest.approx(0.4)
+    closed, constant = rows["closed-loop bound"], rows["best constant (train folds)"]
+    assert constant == pytest.approx({0: 0.3, 1: 0.2, 2: 0.25, 3: 0.1})  # logits throughout, on every fold
+    assert score_policy(view, splits, closed, closed)["closed_loop_share"]["value"] == pytest.approx(1.0)
+    assert score_policy(view, splits, constant, closed)["closed_loop_share"]["value"] == pytest.approx(0.0, abs=1e-12)
+    # An agent that reaches the bound on seeds 0 and 1 with one agent seed of two, the constant otherwise:
+    # a mean gain of 0.1 / 8 against the bound's 0.2 / 4.
+    agent = {s: np.array([closed[s] if s < 2 else constant[s], constant[s]]) for s in range(4)}
+    share = score_policy(view, splits, agent, closed)["closed_loop_share"]
+    assert share["value"] == pytest.approx((0.1 / 8) / (0.2 / 4)) and share["n"] == 8
+    assert share["ci"] is None  # 1 resample in 16 draws only seeds 0 and 2, which have no headroom
+    assert "closed_loop_share" not in score_policy(view, splits, agent)  # only when the bound is given
+
+
+def test_the_share_of_a_headroom_is_a_ratio_of_means_drawn_on_the_same_seeds():
+    # Gains exactly half of each seed's headroom: every resample gives 0.5, whatever it draws.
+    headroom = [0.1, 0.4, 0.2, 0.3]
+    half = [np.full(3, h / 2) for h in headroom]
+    share = bootstrap_ratio(half, headroom)
+    assert share["value"] == pytest.approx(0.5) and share["ci"] == pytest.approx((0.5, 0.5)) and share["n"] == 12
+    # Seeds weigh by their number of values, as the pooled mean gain does.
+    weighted = bootstrap_ratio([np.array([0.1]), np.array([0.0, 0.0, 0.0])], [0.1, 0.2])
+    assert weighted["value"] == pytest.approx((0.1 / 4) / ((0.1 + 3 * 0.2) / 4))
+    # Noisy gains: the interval holds the estimate and widens with fewer seeds.
+    rng = np.random.default_rng(0)
+    few = bootstrap_ratio([rng.normal(0.05, 0.05, 5) for _ in range(4)], [0.1] * 4)
+    many = bootstrap_ratio([rng.normal(0.05, 0.05, 5) for _ in range(40)], [0.1] * 40)
+    assert few["ci"][0] < few["value"] < few["ci"][1]
+    assert many["ci"][1] - many["ci"][0] < few["ci"][1] - few["ci"][0]
+    # No headroom: no share. Many resamples drawing only seeds without headroom: unbounded.
+    assert bootstrap_ratio([np.array([0.0])] * 3, [0.0] * 3)["value"] is None
+    sparse = bootstrap_ratio([np.array([0.01]), np.array([0.0])], [0.02, 0.0])
+    assert sparse["value"] == pytest.approx(0.5) and sparse["ci"] is None
+    with pytest.raises(ValueError):
+        bootstrap_ratio([np.array([0.1])], [0.1, 0.2])  # one headroom per seed
 
 
 def test_intervals_cover_the_estimate_narrow_with_more_data_and_count_seeds_and_agents():

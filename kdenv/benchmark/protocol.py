@@ -12,7 +12,11 @@ is chosen on the train folds only. Per held-out seed and agent seed a policy get
   constant is already optimal);
 - **gain** over that constant (its return on the held-out seed), and the **probability of
   improvement**: the share of (held-out seed, agent seed) pairs where the policy's return beats the
-  constant's, ties counting one half.
+  constant's, ties counting one half;
+- **share of the closed-loop headroom**: the policy's mean gain over that constant divided by the
+  closed-loop bound's mean gain over it on the same held-out seeds (1 for a policy as good as the
+  best seed-blind closed-loop policy; a ratio of means, bootstrapped with both drawn on the same
+  seeds).
 
 Intervals are percentile bootstrap 95% intervals from a two-level (hierarchical) bootstrap:
 resample held-out seeds with replacement, then agent seeds within each drawn seed. The
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, policy_schedule
-from kdenv.benchmark.stats import improvement, summarise
+from kdenv.benchmark.stats import bootstrap_ratio, improvement, summarise
 from kdenv.benchmark.table import Table
 
 
@@ -74,10 +78,12 @@ class FoldView:
 
 
 def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
-                 returns: dict[int, np.ndarray]) -> dict[str, Any]:
+                 returns: dict[int, np.ndarray], closed_loop: dict[int, float] | None = None) -> dict[str, Any]:
     """Scores of one policy from its returns on each held-out seed (an array over agent seeds, or
-    one value), each seed judged against the best constant of the split that held it out."""
-    regrets, normalised, gains = [], [], []
+    one value), each seed judged against the best constant of the split that held it out. With
+    ``closed_loop`` (the closed-loop bound's return on each seed), also the share of the closed-loop
+    headroom over that constant the policy captures: its mean gain over the bound's."""
+    regrets, normalised, gains, headrooms = [], [], [], []
     for train, test in splits:
         constant = view.best_constant(train)
         for seed in test:
@@ -90,25 +96,31 @@ def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
             headroom = oracle - base
             normalised.append((oracle - values) / headroom if headroom > 1e-12 else np.full(values.shape, np.nan))
             gains.append(values - base)
-    return {"return": summarise([np.atleast_1d(returns[s]) for _, test in splits for s in test]),
-            "regret": summarise(regrets), "normalised_regret": summarise(normalised), "gain": summarise(gains),
-            "improvement": improvement(gains), "seeds": sum(len(test) for _, test in splits),
-            "agent_seeds": int(max(np.atleast_1d(r).size for r in returns.values()))}
+            headrooms.append(closed_loop[seed] - base if closed_loop is not None else float("nan"))
+    scores = {"return": summarise([np.atleast_1d(returns[s]) for _, test in splits for s in test]),
+              "regret": summarise(regrets), "normalised_regret": summarise(normalised), "gain": summarise(gains),
+              "improvement": improvement(gains), "seeds": sum(len(test) for _, test in splits),
+              "agent_seeds": int(max(np.atleast_1d(r).size for r in returns.values()))}
+    if closed_loop is not None:
+        scores["closed_loop_share"] = bootstrap_ratio(gains, headrooms)
+    return scores
 
 
 def baseline_returns(view: FoldView, splits: list[tuple[list[int], list[int]]], names: list[str]) -> dict[str, dict]:
     """Each seed's return under the baselines that need no training: the oracle, the closed-loop
-    bound of a seed-blind policy and the best open-loop schedule and best constant (chosen on the
+    bound of a seed-blind policy (over every seed), the best open-loop schedule and best constant (chosen on the
     train folds), the random schedule (the exact mean over all schedules: Random-Hard), every
     constant, and the named fixed policies (kd, gkd, ...)."""
     table, seeds = view.table, view.table.seeds
     rows: dict[str, dict[int, float]] = {"oracle": {s: view.oracle(s) for s in seeds},
                                           "random schedule (exact mean)": {
                                               s: float(view.returns[view.row[s]].mean()) for s in seeds}}
-    rows["closed-loop bound"], rows["best open-loop (train folds)"], rows["best constant (train folds)"] = {}, {}, {}
+    # Over every seed of the table, not per fold: every seed starts from the same observation, so a
+    # seed-blind policy opens with one action for all of them, and a fold of one held-out seed
+    # would let the bound open with that seed's own best action (the oracle).
+    rows["closed-loop bound"] = dict(zip(seeds, closed_loop(table, view.sequences, view.returns)["per_seed"]))
+    rows["best open-loop (train folds)"], rows["best constant (train folds)"] = {}, {}
     for train, test in splits:
-        loop = closed_loop(table, view.sequences, view.returns, [view.row[s] for s in test])
-        rows["closed-loop bound"].update(dict(zip(test, loop["per_seed"])))
         open_loop, constant = view.best_open_loop(train), view.best_constant(train)
         for seed in test:
             rows["best open-loop (train folds)"][seed] = view.value(seed, open_loop)

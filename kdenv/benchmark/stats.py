@@ -31,16 +31,15 @@ def _row_iqm(values: np.ndarray) -> np.ndarray:
     return (sums[rows, high] - sums[rows, low]) / np.maximum(high - low, 1)
 
 
-def bootstrap_interval(per_seed: list[np.ndarray], statistic: str = "mean", resamples: int = RESAMPLES,
-                       seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% interval of ``statistic`` ("mean" or "iqm", of the pooled values) under the
-    two-level bootstrap: held-out seeds resampled, then the agent seeds' values within each drawn
-    seed. Vectorised: every resample at once."""
+def _groups(per_seed) -> list[np.ndarray]:
+    """Each seed's values as a flat float array, NaNs dropped."""
     groups = [np.asarray(values, dtype=np.float64).ravel() for values in per_seed]
-    groups = [values[~np.isnan(values)] for values in groups]
-    groups = [values for values in groups if len(values)]
-    if not groups:
-        return float("nan"), float("nan")
+    return [values[~np.isnan(values)] for values in groups]
+
+
+def _two_level_draws(groups: list[np.ndarray], resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two-level bootstrap, every resample at once: which seeds each resample draws
+    ([resamples, seeds]) and the agent-seed values drawn within them ([resamples, values], NaN-padded)."""
     rng = np.random.default_rng(seed)
     sizes = np.array([len(values) for values in groups])
     width = int(sizes.max())
@@ -52,9 +51,56 @@ def bootstrap_interval(per_seed: list[np.ndarray], statistic: str = "mean", resa
     within = (rng.random((resamples, len(groups), width)) * counts[..., None]).astype(np.int64)
     draws = padded[chosen[..., None], within]
     draws = np.where(np.arange(width)[None, None, :] < counts[..., None], draws, np.nan).reshape(resamples, -1)
-    values = np.nanmean(draws, axis=1) if statistic == "mean" else _row_iqm(draws)
+    return chosen, draws
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
     low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
     return float(low), float(high)
+
+
+def bootstrap_interval(per_seed: list[np.ndarray], statistic: str = "mean", resamples: int = RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of ``statistic`` ("mean" or "iqm", of the pooled values) under the
+    two-level bootstrap: held-out seeds resampled, then the agent seeds' values within each drawn
+    seed. Vectorised: every resample at once."""
+    groups = [values for values in _groups(per_seed) if len(values)]
+    if not groups:
+        return float("nan"), float("nan")
+    _, draws = _two_level_draws(groups, resamples, seed)
+    return _percentiles(np.nanmean(draws, axis=1) if statistic == "mean" else _row_iqm(draws))
+
+
+def bootstrap_ratio(per_seed: list[np.ndarray], denominators: list[float], resamples: int = RESAMPLES,
+                    seed: int = 0) -> dict[str, Any]:
+    """The ratio of the pooled mean of ``per_seed``'s values to the mean of one ``denominators``
+    value per seed (weighted as the values are: by each seed's number of values), with its
+    two-level bootstrap 95% interval, numerator and denominator drawn on the same seeds.
+
+    For "what share of a headroom does a policy capture": per_seed holds its gains over a baseline,
+    denominators the headroom of each seed over the same baseline. The ratio is undefined (None)
+    where the headroom's mean is not positive. Resamples that draw seeds without headroom have no
+    ratio: they count beyond both ends of the interval, which is None (unbounded) when they are
+    more than 2.5% of the resamples."""
+    pairs = [(values, float(d)) for values, d in zip(_groups(per_seed), denominators, strict=True)
+             if len(values) and not np.isnan(d)]
+    if not pairs:
+        return {"value": None, "ci": None, "n": 0}
+    groups, dens = [values for values, _ in pairs], np.array([d for _, d in pairs])
+    sizes = np.array([len(values) for values in groups], dtype=np.float64)
+    n = int(sizes.sum())
+    denominator = float((sizes * dens).sum() / sizes.sum())
+    if denominator <= 1e-12:
+        return {"value": None, "ci": None, "n": n}
+    chosen, draws = _two_level_draws(groups, resamples, seed)
+    drawn = (sizes[chosen] * dens[chosen]).sum(axis=1) / sizes[chosen].sum(axis=1)
+    ratios = np.nanmean(draws, axis=1) / np.where(drawn > 1e-12, drawn, 1.0)
+    undefined = drawn <= 1e-12  # resamples that drew no headroom: counted beyond both ends (conservative)
+    with np.errstate(invalid="ignore"):  # interpolating next to an infinite draw gives NaN: unbounded
+        low = np.quantile(np.where(undefined, -np.inf, ratios), (1 - CONFIDENCE) / 2)
+        high = np.quantile(np.where(undefined, np.inf, ratios), 1 - (1 - CONFIDENCE) / 2)
+    interval = (float(low), float(high)) if np.isfinite([low, high]).all() else None
+    return {"value": float(np.concatenate(groups).mean() / denominator), "ci": interval, "n": n}
 
 
 def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:

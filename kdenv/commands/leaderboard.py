@@ -6,7 +6,8 @@
 
 The protocol (kdenv/benchmark/protocol.py): k-fold over each table's seeds, every seed held out
 once; whatever a row chooses (the best constant, the best open-loop schedule, an agent's training)
-it chooses on the train folds. Rows: the oracle, the closed-loop bound of a seed-blind policy, the
+it chooses on the train folds. Rows: the oracle, the closed-loop bound of a seed-blind policy (over
+all the table's seeds), the
 best open-loop schedule and best constant (train folds), the random schedule (the exact mean over
 all schedules: the knowledge-selection paper's Random-Hard), every constant, kd and gkd (and the
 other named fixed policies), and the agents: A2C, PPO and DQN with the shipped default
@@ -15,8 +16,9 @@ on the fold's train seeds only, kdenv/benchmark/tuning.py; the held-out seeds ne
 and A2C in the knowledge-selection paper's setting as closely as a table allows (actor-critic,
 the loss-decrease reward, a count-based exploration bonus). Columns per table:
 return, regret, normalised regret (0 at the oracle, 1 at the best constant), gain over the best
-constant, probability of improving on it; mean or IQM with two-level bootstrap 95% intervals, and
-how many held-out seeds and agent seeds stand behind each.
+constant, probability of improving on it, the share of the closed-loop headroom captured (gain
+over the constant divided by the closed-loop bound's); mean or IQM with two-level bootstrap 95%
+intervals, and how many held-out seeds and agent seeds stand behind each.
 
 Agent rows come from small result files (one per table and agent configuration, in
 docs/leaderboard/results/: every held-out seed's return for every agent seed), written by
@@ -359,9 +361,20 @@ def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
     return f"{summary[key]:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def agent_scores(name: str, view: FoldView, results_dir: Path, k: int) -> dict[str, dict[str, Any]]:
+def share_text(share: dict[str, Any] | None) -> str:
+    """A share of the closed-loop headroom as the leaderboard prints it."""
+    if not share or share["value"] is None:
+        return "n/a (no headroom)"
+    if share["ci"] is None:
+        return f"{share['value']:+.2f} [unbounded]"
+    return f"{share['value']:+.2f} [{share['ci'][0]:+.2f}, {share['ci'][1]:+.2f}]"
+
+
+def agent_scores(name: str, view: FoldView, results_dir: Path, k: int,
+                 closed_loop: dict[int, float] | None = None) -> dict[str, dict[str, Any]]:
     """Every agent row with a finished result file for the view's table and k, scored by the
-    protocol (by agent key: "ppo-tuned"), with its configuration and, for a tuned row, each fold's
+    protocol (by agent key: "ppo-tuned"; with ``closed_loop``, the bound's return per seed, also
+    the share of its headroom captured), with its configuration and, for a tuned row, each fold's
     search."""
     table, splits, scored = view.table, fold_splits(view.table.seeds, k), {}
     for agent in AGENTS:
@@ -369,7 +382,7 @@ def agent_scores(name: str, view: FoldView, results_dir: Path, k: int) -> dict[s
         if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
             continue
         returns = {seed: np.array(result["returns"][str(seed)]) for seed in table.seeds}
-        scores = score_policy(view, splits, returns)
+        scores = score_policy(view, splits, returns, closed_loop)
         scores["config"] = result["config"]
         if "tuned" in result:  # each fold's search: its best trial and hyperparameters
             scores["tuned"] = result["tuned"]
@@ -394,9 +407,11 @@ def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, 
         view = FoldView(table, REPORT_REWARD)
         k = min(args.k, len(table.seeds))
         splits = fold_splits(table.seeds, k)
-        rows = {row: score_policy(view, splits, per_seed)
-                for row, per_seed in baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED]).items()}
-        rows.update({AGENTS[agent].row: scores for agent, scores in agent_scores(name, view, results_dir, k).items()})
+        baselines = baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED])
+        closed_loop = baselines["closed-loop bound"]
+        rows = {row: score_policy(view, splits, per_seed, closed_loop) for row, per_seed in baselines.items()}
+        rows.update({AGENTS[agent].row: scores
+                     for agent, scores in agent_scores(name, view, results_dir, k, closed_loop).items()})
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows}
@@ -416,20 +431,22 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
              "before scaling. Intervals: two-level bootstrap 95% (held-out seeds resampled, then agent seeds "
              "within each). Normalised regret: 0 at the oracle, 1 at the best constant chosen on the train "
              "folds (seeds where that constant is already optimal are left out); P(improve): the share of "
-             "(held-out seed, agent seed) pairs beating that constant, ties counting one half. n: held-out seeds "
-             "x agent seeds.", ""]
+             "(held-out seed, agent seed) pairs beating that constant, ties counting one half. Share of "
+             "closed-loop headroom: mean gain over that constant divided by the closed-loop bound's (1: as good as "
+             "the best seed-blind closed-loop policy; \"unbounded\" where too many resamples draw no headroom). "
+             "n: held-out seeds x agent seeds.", ""]
     for name, entry in board["tables"].items():
         lines += [f"## {name}: {len(entry['seeds'])} seeds, {entry['k']} folds, P = {entry['phases']} phases x "
                   f"U = {entry['updates_per_phase']} updates, knowledge {entry['knowledge']}", "",
                   "| policy | return (mean) | regret (mean) | normalised regret (IQM) | gain over best constant "
-                  "(mean) | P(improve) | n |", "|---|---|---|---|---|---|---|"]
+                  "(mean) | P(improve) | share of closed-loop headroom | n |", "|---|---|---|---|---|---|---|---|"]
         ordered = sorted(entry["rows"].items(), key=lambda item: -(item[1]["return"]["mean"] or -1e9))
         for row, scores in ordered:
             improvement = scores["improvement"]
             lines.append(f"| {row} | {ci_text(scores['return'])} | {ci_text(scores['regret'])} | "
                          f"{ci_text(scores['normalised_regret'], 'iqm', 2)} | {ci_text(scores['gain'])} | "
                          f"{improvement['value']:.2f} [{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
-                         f"{scores['seeds']} x {scores['agent_seeds']} |")
+                         f"{share_text(scores.get('closed_loop_share'))} | {scores['seeds']} x {scores['agent_seeds']} |")
         missing = [spec.row for spec in AGENTS.values() if spec.row not in entry["rows"]]
         if missing:
             lines += ["", f"Not yet trained on this table: {', '.join(missing)} (`python agents/leaderboard.py "
