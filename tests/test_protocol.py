@@ -74,6 +74,24 @@ def test_the_closed_loop_bound_opens_with_one_action_for_every_seed_and_scores_t
     assert "closed_loop_share" not in score_policy(view, splits, agent)  # only when the bound is given
 
 
+def test_the_chosen_agent_row_is_picked_on_the_other_folds_never_on_the_seeds_it_is_scored_on(view):
+    from kdenv.commands.leaderboard import chosen_row, chosen_text
+
+    splits = fold_splits([0, 1, 2, 3], 4)
+    # Row "a" is best on seed 3 alone, row "b" on every other seed: held out, seed 3 gets b's
+    # return (chosen on seeds 0-2), each other seed a's or b's as the other three seeds decide.
+    a = {0: np.array([0.0]), 1: np.array([0.0]), 2: np.array([0.0]), 3: np.array([0.4])}
+    b = {0: np.array([0.3]), 1: np.array([0.2]), 2: np.array([0.25]), 3: np.array([0.0])}
+    scores = chosen_row(view, splits, {"a": a, "b": b})
+    # Seed 0's fold sees seeds 1-3: a 0.4/3, b 0.45/3 -> b. Seeds 1 and 2 alike -> b. Seed 3 -> b.
+    assert scores["chosen"] == {"0": "b", "1": "b", "2": "b", "3": "b"}
+    assert scores["return"]["mean"] == pytest.approx((0.3 + 0.2 + 0.25 + 0.0) / 4)
+    # Were a better on the other seeds, a would be chosen for that fold only.
+    a[0] = np.array([0.3])
+    assert chosen_row(view, splits, {"a": a, "b": b})["chosen"] == {"0": "b", "1": "a", "2": "a", "3": "b"}
+    assert chosen_text({"0": "b", "1": "a", "2": "a", "3": "b"}) == "b: folds 1, 4; a: folds 2, 3"
+
+
 def test_the_share_of_a_headroom_is_a_ratio_of_means_drawn_on_the_same_seeds():
     # Gains exactly half of each seed's headroom: every resample gives 0.5, whatever it draws.
     headroom = [0.1, 0.4, 0.2, 0.3]
@@ -134,6 +152,7 @@ def test_iqm_is_the_mean_of_the_middle_half():
 def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys):
     import json
 
+    from kdenv.commands.leaderboard import ci_text
     from tests.conftest import command
 
     synthetic_table(tmp_path / "table", RETURNS)
@@ -150,6 +169,9 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     assert rows["oracle"]["regret"]["mean"] == 0.0 and rows["A2C"]["seeds"] == 4 and rows["A2C"]["agent_seeds"] == 2
     text = (tmp_path / "board.md").read_text()
     assert "| A2C |" in text and "Not yet trained on this table: PPO" in text
+    # The summary answers for the one trained row: headroom, then A2C's gain with its interval.
+    summary = next(line for line in text.splitlines() if line.startswith(f"| {tmp_path / 'table'} | 4 |"))
+    assert f"| A2C | {ci_text(rows['A2C']['gain'])} |" in summary
     assert (tmp_path / "board.png").stat().st_size > 1000
     # A rerun trains nothing new: every (held-out seed, agent seed) is in the result file.
     capsys.readouterr()

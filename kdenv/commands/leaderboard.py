@@ -370,24 +370,49 @@ def share_text(share: dict[str, Any] | None) -> str:
     return f"{share['value']:+.2f} [{share['ci'][0]:+.2f}, {share['ci'][1]:+.2f}]"
 
 
+def finished_returns(name: str, table: Table, results_dir: Path, k: int) -> dict[str, tuple[dict, dict[int, np.ndarray]]]:
+    """Every agent row with a finished result file for this table and k (by agent key: "ppo-tuned"):
+    the result, and its returns on each held-out seed (an array over agent seeds)."""
+    finished = {}
+    for agent in AGENTS:
+        result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
+        if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
+            continue
+        finished[agent] = result, {seed: np.array(result["returns"][str(seed)]) for seed in table.seeds}
+    return finished
+
+
 def agent_scores(name: str, view: FoldView, results_dir: Path, k: int,
                  closed_loop: dict[int, float] | None = None) -> dict[str, dict[str, Any]]:
     """Every agent row with a finished result file for the view's table and k, scored by the
     protocol (by agent key: "ppo-tuned"; with ``closed_loop``, the bound's return per seed, also
     the share of its headroom captured), with its configuration and, for a tuned row, each fold's
     search."""
-    table, splits, scored = view.table, fold_splits(view.table.seeds, k), {}
-    for agent in AGENTS:
-        result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
-        if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
-            continue
-        returns = {seed: np.array(result["returns"][str(seed)]) for seed in table.seeds}
+    splits, scored = fold_splits(view.table.seeds, k), {}
+    for agent, (result, returns) in finished_returns(name, view.table, results_dir, k).items():
         scores = score_policy(view, splits, returns, closed_loop)
         scores["config"] = result["config"]
         if "tuned" in result:  # each fold's search: its best trial and hyperparameters
             scores["tuned"] = result["tuned"]
         scored[agent] = scores
     return scored
+
+
+CHOSEN_ROW = "agent row chosen on the other folds"
+
+
+def chosen_row(view: FoldView, splits: list[tuple[list[int], list[int]]], returns: dict[str, dict[int, np.ndarray]],
+               closed_loop: dict[int, float] | None = None) -> dict[str, Any]:
+    """A user's choice among the agent rows, cross-validated: for each fold, the row whose agents
+    did best (mean return) on the other folds' seeds, where they were held out in their turn; its
+    agents' returns on the fold's own seeds, which the choice never looked at. Scored like any row,
+    with the row chosen for each fold."""
+    played, chosen = {}, {}
+    for train, test in splits:
+        pick = max(returns, key=lambda agent: np.mean([returns[agent][seed].mean() for seed in train]))
+        chosen[",".join(map(str, test))] = pick
+        played.update({seed: returns[pick][seed] for seed in test})
+    return {**score_policy(view, splits, played, closed_loop), "chosen": chosen}
 
 
 def best_agent(name: str, table: Table, results_dir: Path, k: int) -> tuple[str, dict[str, Any]]:
@@ -412,6 +437,9 @@ def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, 
         rows = {row: score_policy(view, splits, per_seed, closed_loop) for row, per_seed in baselines.items()}
         rows.update({AGENTS[agent].row: scores
                      for agent, scores in agent_scores(name, view, results_dir, k, closed_loop).items()})
+        finished = {agent: returns for agent, (_, returns) in finished_returns(name, table, results_dir, k).items()}
+        if len(finished) > 1:
+            rows[CHOSEN_ROW] = chosen_row(view, splits, finished, closed_loop)
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows}
@@ -421,6 +449,66 @@ def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, 
         board["cross"][f"{name_a} -> {name_b}"] = cross_rows(Path(name_a).name, a, Path(name_b).name, b, results_dir,
                                                             min(args.k, len(a.seeds)))
     return board
+
+
+def excludes_zero(summary: dict[str, Any]) -> str:
+    """Whether a mean's 95% interval lies above 0, below it, or holds it."""
+    low, high = summary["mean_ci"]
+    return "yes" if low > 0 else "no, below 0" if high < 0 else "no (holds 0)"
+
+
+def chosen_text(chosen: dict[str, str]) -> str:
+    """Which agent row each fold chose, as "a2c-paper: folds 1, 2, 4; dqn: fold 3" (folds numbered
+    in the order of their held-out seeds)."""
+    by_agent: dict[str, list[int]] = {}
+    for number, agent in enumerate(chosen.values(), 1):
+        by_agent.setdefault(agent, []).append(number)
+    return "; ".join(f"{agent}: fold{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+                     for agent, numbers in by_agent.items())
+
+
+def summary_lines(board: dict[str, Any]) -> list[str]:
+    """The questions the board answers, per table: is there headroom over the best constant (its
+    interval above 0)? How much of it could a seed-blind policy take (the closed-loop bound)? What
+    do agents take on held-out seeds, their row chosen without looking at those seeds, and does its
+    interval exclude 0? Across tasks: the same for agents played on a table they never trained on."""
+    agent_rows = {spec.row for spec in AGENTS.values()}
+    lines = ["## Summary", "",
+             "Headroom: the oracle's gain over the best constant chosen on the train folds. Agents: the "
+             f"\"{CHOSEN_ROW}\" row (for each fold, the agent row with the best mean return on the other "
+             "folds' held-out seeds, played on the fold's own), so that picking the best row never looks at "
+             "the seeds it is scored on; with one agent row trained, that row. Across tasks, the row with the "
+             "best mean gain, which looks at the target table's seeds: optimistic by that choice.", "",
+             "| table | seeds | headroom (oracle) | above 0? | closed-loop bound | agents | their gain | above 0? | "
+             "share of closed-loop headroom | P(improve) | n |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in board["tables"].items():
+        rows = entry["rows"]
+        oracle, closed = rows["oracle"]["gain"], rows["closed-loop bound"]["gain"]
+        line = (f"| {name} | {len(entry['seeds'])} | {ci_text(oracle)} | {excludes_zero(oracle)} | "
+                f"{ci_text(closed)} |")
+        trained = [row for row in rows if row in agent_rows]
+        row = CHOSEN_ROW if CHOSEN_ROW in rows else trained[0] if trained else None
+        if row is None:
+            lines.append(line + " no agent row trained | | | | | |")
+            continue
+        scores, improvement = rows[row], rows[row]["improvement"]
+        label = chosen_text(scores["chosen"]) if "chosen" in scores else row
+        lines.append(line + f" {label} | {ci_text(scores['gain'])} | {excludes_zero(scores['gain'])} | "
+                     f"{share_text(scores.get('closed_loop_share'))} | {improvement['value']:.2f} "
+                     f"[{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
+                     f"{scores['seeds']} x {scores['agent_seeds']} |")
+    for pair, rows in board.get("cross", {}).items():
+        agents = {row: scores for row, scores in rows.items() if row in agent_rows}
+        if not agents:
+            continue
+        best = max(agents, key=lambda row: agents[row]["gain"]["mean"])
+        scores, improvement = agents[best], agents[best]["improvement"]
+        lines.append(f"| across tasks: {pair} | {scores['seeds']} | | | | {best} (best of {len(agents)}) | "
+                     f"{ci_text(scores['gain'])} over the source's constant | {excludes_zero(scores['gain'])} | | "
+                     f"{improvement['value']:.2f} [{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
+                     f"{scores['seeds']} x {scores['agent_seeds']} |")
+    return [*lines, ""]
 
 
 def write_markdown(board: dict[str, Any], path: Path) -> None:
@@ -435,6 +523,7 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
              "closed-loop headroom: mean gain over that constant divided by the closed-loop bound's (1: as good as "
              "the best seed-blind closed-loop policy; \"unbounded\" where too many resamples draw no headroom). "
              "n: held-out seeds x agent seeds.", ""]
+    lines += summary_lines(board)
     for name, entry in board["tables"].items():
         lines += [f"## {name}: {len(entry['seeds'])} seeds, {entry['k']} folds, P = {entry['phases']} phases x "
                   f"U = {entry['updates_per_phase']} updates, knowledge {entry['knowledge']}", "",
