@@ -226,10 +226,13 @@ def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
     import json
 
     from kdenv.benchmark.table import write_manifest
+    from kdenv.commands.leaderboard import ci_text
     from tests.conftest import command
 
     synthetic_table(tmp_path / "rte", RETURNS)
-    other = synthetic_table(tmp_path / "mrpc", {seed: {h: v / 2 for h, v in r.items()} for seed, r in RETURNS.items()})
+    # mrpc: rte's returns halved, with logits on and off swapped, so the two tables' best constants differ.
+    flipped = {seed: {tuple(1 - a for a in h): v / 2 for h, v in r.items()} for seed, r in RETURNS.items()}
+    other = synthetic_table(tmp_path / "mrpc", flipped)
     manifest = dict(other.manifest, task="mrpc")
     write_manifest(tmp_path / "mrpc", {k: v for k, v in manifest.items() if k not in ("files", "format")})
     args = ["--tables", f"{tmp_path / 'rte'},{tmp_path / 'mrpc'}", "--k", "2", "--agent-seeds", "2", "--episodes", "30",
@@ -241,10 +244,18 @@ def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
     rows = board["cross"][pair]
     assert rows["A2C"]["seeds"] == 4 and rows["A2C"]["agent_seeds"] == 2
     assert rows["oracle of the target table"]["regret"]["mean"] == 0.0
-    # The constant chosen on rte is (1, 1); on mrpc it returns half of rte's values.
-    assert rows["best constant chosen on rte"]["return"]["mean"] == pytest.approx(
-        np.mean([RETURNS[s][(1, 1)] / 2 for s in range(4)]))
-    assert "Across tasks: trained on every seed of" in (tmp_path / "board.md").read_text()
+    # The constant chosen on rte is (1, 1), which mrpc scores as rte's (0, 0), halved; mrpc's own best
+    # constant is (0, 0), rte's (1, 1) halved: the bar of the last column.
+    chosen, own = [RETURNS[s][(0, 0)] / 2 for s in range(4)], [RETURNS[s][(1, 1)] / 2 for s in range(4)]
+    assert rows["best constant chosen on rte"]["return"]["mean"] == pytest.approx(np.mean(chosen))
+    assert rows["best constant chosen on rte"]["gain_target"]["mean"] == pytest.approx(np.mean(chosen) - np.mean(own))
+    assert rows["best constant of mrpc (chosen on its own seeds)"]["return"]["mean"] == pytest.approx(np.mean(own))
+    agent = rows["A2C"]
+    assert agent["gain_target"]["mean"] == pytest.approx(agent["return"]["mean"] - np.mean(own))
+    assert agent["gain"]["mean"] == pytest.approx(agent["return"]["mean"] - np.mean(chosen))
+    text = (tmp_path / "board.md").read_text()
+    assert "Across tasks: trained on every seed of" in text
+    assert f"| {pair} | A2C (best of 1) | {ci_text(agent['gain'])} |" in text  # the summary's across-tasks line
 
 
 def test_returns_above_the_oracle_are_refused_as_a_unit_mix_up(view):
