@@ -92,6 +92,18 @@ def test_the_chosen_agent_row_is_picked_on_the_other_folds_never_on_the_seeds_it
     assert chosen_text({"0": "b", "1": "a", "2": "a", "3": "b"}) == "b: folds 1, 4; a: folds 2, 3"
 
 
+def test_average_ranks_cover_the_rows_of_every_table_and_share_ties():
+    from kdenv.commands.leaderboard import average_ranks
+
+    def table(**returns):
+        return {"rows": {row: {"return": {"mean": value}} for row, value in returns.items()}}
+
+    board = {"tables": {"a": table(x=0.3, y=0.1, z=0.2, only_a=0.9), "b": table(x=0.1, y=0.2, z=0.1)}}
+    # a: x 1, z 2, y 3 (only_a is not on b); b: y 1, x and z tied for 2-3 -> 2.5 each.
+    assert average_ranks(board) == {"x": pytest.approx(1.75), "y": pytest.approx(2.0), "z": pytest.approx(2.25)}
+    assert list(average_ranks(board)) == ["x", "y", "z"]
+
+
 def test_the_share_of_a_headroom_is_a_ratio_of_means_drawn_on_the_same_seeds():
     # Gains exactly half of each seed's headroom: every resample gives 0.5, whatever it draws.
     headroom = [0.1, 0.4, 0.2, 0.3]

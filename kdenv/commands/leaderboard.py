@@ -524,6 +524,22 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def average_ranks(board: dict[str, Any]) -> dict[str, float]:
+    """Each row's rank by mean return on each table (1: best; tied rows share the mean of their
+    ranks), averaged over the tables, for the rows that every table has (HPO-B's average rank):
+    best first."""
+    from scipy.stats import rankdata
+
+    tables = list(board["tables"].values())
+    if not tables:
+        return {}
+    common = [row for row in tables[0]["rows"] if all(row in entry["rows"] for entry in tables)]
+    ranks = np.zeros(len(common))
+    for entry in tables:
+        ranks += rankdata([-entry["rows"][row]["return"]["mean"] for row in common])
+    return dict(sorted(zip(common, (ranks / len(tables)).tolist()), key=lambda item: item[1]))
+
+
 def write_markdown(board: dict[str, Any], path: Path) -> None:
     lines = ["# Leaderboard: knowledge schedules on the shipped tables", "",
              "Made by `python agents/leaderboard.py` from the shipped tables and the agent result files in "
@@ -537,6 +553,13 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
              "the best seed-blind closed-loop policy; \"unbounded\" where too many resamples draw no headroom). "
              "n: held-out seeds x agent seeds.", ""]
     lines += summary_lines(board)
+    ranks = average_ranks(board)
+    if len(board["tables"]) > 1 and ranks:
+        lines += [f"## Average rank over the {len(board['tables'])} tables", "",
+                  "Each row's rank by mean return on each table (1: best; ties share their mean rank), averaged; "
+                  "rows on every table only. A summary of the tables below, without an interval.", "",
+                  "| policy | average rank |", "|---|---|",
+                  *(f"| {row} | {rank:.2f} |" for row, rank in ranks.items()), ""]
     for name, entry in board["tables"].items():
         lines += [f"## {name}: {len(entry['seeds'])} seeds, {entry['k']} folds, P = {entry['phases']} phases x "
                   f"U = {entry['updates_per_phase']} updates, knowledge {entry['knowledge']}", "",
