@@ -389,14 +389,13 @@ def finished_returns(name: str, table: Table, results_dir: Path, k: int) -> dict
     return finished
 
 
-def agent_scores(name: str, view: FoldView, results_dir: Path, k: int,
+def agent_scores(view: FoldView, finished: dict[str, tuple[dict, dict[int, np.ndarray]]], k: int,
                  closed_loop: dict[int, float] | None = None) -> dict[str, dict[str, Any]]:
-    """Every agent row with a finished result file for the view's table and k, scored by the
-    protocol (by agent key: "ppo-tuned"; with ``closed_loop``, the bound's return per seed, also
-    the share of its headroom captured), with its configuration and, for a tuned row, each fold's
-    search."""
+    """The finished agent rows (``finished_returns``) scored by the protocol on the view's table
+    (by agent key: "ppo-tuned"; with ``closed_loop``, the bound's return per seed, also the share
+    of its headroom captured), with their configuration and, for a tuned row, each fold's search."""
     splits, scored = fold_splits(view.table.seeds, k), {}
-    for agent, (result, returns) in finished_returns(name, view.table, results_dir, k).items():
+    for agent, (result, returns) in finished.items():
         scores = score_policy(view, splits, returns, closed_loop)
         scores["config"] = result["config"]
         if "tuned" in result:  # each fold's search: its best trial and hyperparameters
@@ -425,7 +424,7 @@ def chosen_row(view: FoldView, splits: list[tuple[list[int], list[int]]], return
 def best_agent(name: str, table: Table, results_dir: Path, k: int) -> tuple[str, dict[str, Any]]:
     """The leaderboard's best agent row on a table: the highest mean gain over the best constant on
     held-out seeds (the first listed on a tie), and its scores."""
-    scored = agent_scores(name, FoldView(table, REPORT_REWARD), results_dir, k)
+    scored = agent_scores(FoldView(table, REPORT_REWARD), finished_returns(name, table, results_dir, k), k)
     if not scored:
         raise ConfigError(f"no agent row has a finished leaderboard result on {Path(name).name} in {results_dir}; "
                           f"run: python agents/leaderboard.py --retrain --tables {name}")
@@ -442,11 +441,11 @@ def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, 
         baselines = baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED])
         closed_loop = baselines["closed-loop bound"]
         rows = {row: score_policy(view, splits, per_seed, closed_loop) for row, per_seed in baselines.items()}
-        rows.update({AGENTS[agent].row: scores
-                     for agent, scores in agent_scores(name, view, results_dir, k, closed_loop).items()})
-        finished = {agent: returns for agent, (_, returns) in finished_returns(name, table, results_dir, k).items()}
+        finished = finished_returns(name, table, results_dir, k)
+        rows.update({AGENTS[agent].row: scores for agent, scores in agent_scores(view, finished, k, closed_loop).items()})
         if len(finished) > 1:
-            rows[CHOSEN_ROW] = chosen_row(view, splits, finished, closed_loop)
+            rows[CHOSEN_ROW] = chosen_row(view, splits, {agent: returns for agent, (_, returns) in finished.items()},
+                                          closed_loop)
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows}
