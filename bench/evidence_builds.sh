@@ -83,11 +83,11 @@ case "${1:-status}" in
         # Each new table must hold every seed of its range in TABLES.
         $PYTHON - "$NEW_TABLES" "${TABLES[@]}" <<'PY'
 import json, sys
+from kdenv.cli import parse_seeds
 ranges = {entry.split("|")[0]: entry.split("|")[2] for entry in sys.argv[2:]}
 short = []
 for name in sys.argv[1].split(","):
-    first, _, last = ranges[name].partition("-")
-    wanted = set(range(int(first), int(last or first) + 1))
+    wanted = set(parse_seeds(ranges[name]))
     have = set(json.load(open(f"kdenv/tables/{name}/manifest.json"))["seeds"])
     if wanted - have:
         short.append(f"{name} lacks seeds {sorted(wanted - have)}")

@@ -105,9 +105,8 @@ def bootstrap_ratio(per_seed: list[np.ndarray], denominators: list[float], resam
 
 def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
     """Mean and IQM of the pooled values with their bootstrap intervals, and how many values."""
-    groups = [np.asarray(values, dtype=np.float64).ravel() for values in per_seed]
+    groups = _groups(per_seed)
     pooled = np.concatenate(groups) if groups else np.zeros(0)
-    pooled = pooled[~np.isnan(pooled)]
     if not len(pooled):
         return {"mean": None, "mean_ci": None, "iqm": None, "iqm_ci": None, "n": 0}
     return {"mean": float(pooled.mean()), "mean_ci": bootstrap_interval(groups, "mean"),

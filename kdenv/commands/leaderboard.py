@@ -368,6 +368,11 @@ def ci_text(summary: dict[str, Any], key: str = "mean", digits: int = 4) -> str:
     return f"{summary[key]:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
+def improvement_text(improvement: dict[str, Any]) -> str:
+    """A probability of improvement with its interval, as the leaderboard prints it."""
+    return f"{improvement['value']:.2f} [{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}]"
+
+
 def share_text(share: dict[str, Any] | None) -> str:
     """A share of the closed-loop headroom as the leaderboard prints it."""
     if not share or share["value"] is None:
@@ -497,11 +502,10 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
         if row is None:
             lines.append(line + " no agent row trained | | | | | |")
             continue
-        scores, improvement = rows[row], rows[row]["improvement"]
+        scores = rows[row]
         label = chosen_text(scores["chosen"]) if "chosen" in scores else row
         lines.append(line + f" {label} | {ci_text(scores['gain'])} | {excludes_zero(scores['gain'])} | "
-                     f"{share_text(scores.get('closed_loop_share'))} | {improvement['value']:.2f} "
-                     f"[{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
+                     f"{share_text(scores.get('closed_loop_share'))} | {improvement_text(scores['improvement'])} | "
                      f"{scores['seeds']} x {scores['agent_seeds']} |")
     cross = [(pair, rows) for pair, rows in board.get("cross", {}).items() if any(row in agent_rows for row in rows)]
     if cross:
@@ -514,11 +518,10 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
     for pair, rows in cross:
         agents = {row: scores for row, scores in rows.items() if row in agent_rows}
         best = max(agents, key=lambda row: agents[row]["gain"]["mean"])
-        scores, improvement = agents[best], agents[best]["improvement"]
+        scores = agents[best]
         lines.append(f"| {pair} | {best} (best of {len(agents)}) | {ci_text(scores['gain'])} | "
                      f"{excludes_zero(scores['gain'])} | {ci_text(scores['gain_target'])} | "
-                     f"{excludes_zero(scores['gain_target'])} | {improvement['value']:.2f} "
-                     f"[{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
+                     f"{excludes_zero(scores['gain_target'])} | {improvement_text(scores['improvement'])} | "
                      f"{scores['seeds']} x {scores['agent_seeds']} |")
     return [*lines, ""]
 
@@ -566,10 +569,9 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
                   "(mean) | P(improve) | share of closed-loop headroom | n |", "|---|---|---|---|---|---|---|---|"]
         ordered = sorted(entry["rows"].items(), key=lambda item: -(item[1]["return"]["mean"] or -1e9))
         for row, scores in ordered:
-            improvement = scores["improvement"]
             lines.append(f"| {row} | {ci_text(scores['return'])} | {ci_text(scores['regret'])} | "
                          f"{ci_text(scores['normalised_regret'], 'iqm', 2)} | {ci_text(scores['gain'])} | "
-                         f"{improvement['value']:.2f} [{improvement['ci'][0]:.2f}, {improvement['ci'][1]:.2f}] | "
+                         f"{improvement_text(scores['improvement'])} | "
                          f"{share_text(scores.get('closed_loop_share'))} | {scores['seeds']} x {scores['agent_seeds']} |")
         missing = [spec.row for spec in AGENTS.values() if spec.row not in entry["rows"]]
         if missing:
@@ -585,10 +587,8 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
                   f"{target}'s own best constant (mean) | n |",
                   "|---|---|---|---|---|---|---|"]
         for row, scores in sorted(rows.items(), key=lambda item: -(item[1]["return"]["mean"] or -1e9)):
-            improvement = scores["improvement"]
             lines.append(f"| {row} | {ci_text(scores['return'])} | {ci_text(scores['regret'])} | "
-                         f"{ci_text(scores['gain'])} | {improvement['value']:.2f} [{improvement['ci'][0]:.2f}, "
-                         f"{improvement['ci'][1]:.2f}] | {ci_text(scores['gain_target'])} | "
+                         f"{ci_text(scores['gain'])} | {improvement_text(scores['improvement'])} | {ci_text(scores['gain_target'])} | "
                          f"{scores['seeds']} x {scores['agent_seeds']} |")
         lines.append("")
     with atomic_write(path) as handle:
