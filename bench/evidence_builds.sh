@@ -3,6 +3,7 @@
 # background across sessions: two queues of one-thread builds (two processes on one seed list
 # split its jobs between them; each job is locked by the process building it).
 #
+#   bash bench/evidence_builds.sh teachers # fine-tune the two tables' teachers by their recipes (nohup; on a new machine)
 #   bash bench/evidence_builds.sh start    # start the queues not already running (nohup; logs in runs/logs/)
 #   bash bench/evidence_builds.sh pause    # SIGSTOP every build (before the test suite)
 #   bash bench/evidence_builds.sh resume   # SIGCONT them
@@ -10,8 +11,11 @@
 #   bash bench/evidence_builds.sh status   # what runs, and each table's finished seeds
 #   bash bench/evidence_builds.sh finish   # once every seed is built: the leaderboard and the live check (nohup)
 #
-# Needs the portable teachers in runs/teachers/ (fingerprints in docs/benchmark.md; the builds
-# refuse another one) and KDENV_GLUE_DIR (default ../shared/data/glue).
+# Needs the teachers in runs/teachers/ and KDENV_GLUE_DIR (default ../shared/data/glue). runs/ does
+# not travel: on a new machine, `teachers` fine-tunes them again by the tables' recipes. In the
+# portable mode that gives the same bits on machines of one replay class (docs/numerics.md) and
+# other bits on another class (an AMD CPU for tables begun on an Intel one): seeds built there
+# join the tables with their own teacher and numerics recorded per seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KDENV_GLUE_DIR="${KDENV_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
@@ -26,12 +30,17 @@ TABLES=("stsb_u8|$STSB_U8|0-15" "sst2_u8|$SST2_U8|0-7" "stsb_k2_u64|$STSB_K2_U64
 
 # Each queue runs its builds one after the other. The pilots (seed 0 of sst2_u8 and of
 # stsb_k2_u64) are done: SST-2 had the larger headroom, so it is the second table (8 seeds).
-QUEUE_A=("$STSB_U8 --seeds 1-15")
-QUEUE_B=("$SST2_U8 --seeds 1-7" "$STSB_U8 --seeds 1-15")
+# Seeds 0-6 of stsb_u8 and 0-5 of sst2_u8 were built on an Intel Xeon (replay class MKL AVX2); the
+# queues build the rest wherever they run (two processes on one seed list split its jobs).
+QUEUE_A=("$STSB_U8 --seeds 7-15")
+QUEUE_B=("$SST2_U8 --seeds 6-7" "$STSB_U8 --seeds 7-15")
+# The tables' teacher recipes (as their manifests record them: validate_table's rebuild command).
+TEACHERS="$PYTHON agents/finetune_teacher.py --task stsb --force --batch-size 16 --epochs 4 --learning-rate 5e-05 --seed 42 --no-progress \
+ && $PYTHON agents/finetune_teacher.py --task sst2 --force --batch-size 16 --epochs 3 --learning-rate 5e-05 --seed 42 --max-train-examples 8000 --no-progress"
 
 builds() { pgrep -f "agents/build_tree.py" || true; }
 # What `pause` stops: the builds and the finish step's drivers and Ray workers (not Ray's own services).
-heavy() { builds; pgrep -f "agents/leaderboard.py|agents/live_check.py|agents/evaluate.py|^ray::" || true; }
+heavy() { builds; pgrep -f "agents/finetune_teacher.py|agents/leaderboard.py|agents/live_check.py|agents/evaluate.py|^ray::" || true; }
 
 # After the builds (docs/benchmark.md, "Toward evidence"): every agent row retrained on the two new
 # tables (k = 4 folds, 5 agent seeds, tuned rows searched inside each fold, the across-tasks pair),
@@ -57,7 +66,16 @@ run_queue() {  # name, then the builds' flags
 }
 
 case "${1:-status}" in
+    teachers)
+        if pgrep -f "evidence-teachers" > /dev/null; then echo "teachers already being fine-tuned"; exit 0; fi
+        nohup bash -c "exec -a evidence-teachers bash -c '$TEACHERS >> runs/logs/teachers.log 2>&1'" > /dev/null 2>&1 &
+        echo "teachers started (log runs/logs/teachers.log): start the queues when it ends"
+        ;;
     start)
+        if [ ! -f runs/teachers/stsb/kdenv.json ] || [ ! -f runs/teachers/sst2/kdenv.json ]; then
+            echo "no teachers in runs/teachers/ on this machine: bash bench/evidence_builds.sh teachers, then start" >&2
+            exit 1
+        fi
         run_queue a "${QUEUE_A[@]}"
         run_queue b "${QUEUE_B[@]}"
         ;;
@@ -110,7 +128,7 @@ PY
         done
         ;;
     *)
-        echo "usage: bash bench/evidence_builds.sh start|pause|resume|ship|status|finish" >&2
+        echo "usage: bash bench/evidence_builds.sh teachers|start|pause|resume|ship|status|finish" >&2
         exit 2
         ;;
 esac

@@ -1,5 +1,5 @@
-"""Numerics that replay on any x86-64 machine: what CPU kernels torch may use, pinned to a common
-baseline before torch starts.
+"""Numerics that replay exactly on every machine of one replay class: what CPU kernels torch may
+use, pinned to a common baseline before torch starts.
 
 Bit-exact results (a teacher's fingerprint, a schedule table's records) depend on which kernels
 ran. On a CPU with AVX-512, torch's own kernels (ATen), oneDNN and MKL each pick AVX-512 code
@@ -18,6 +18,14 @@ when torch initialises its kernels, so they must be in the environment before ``
 and a process that imported torch first is not in portable mode (``describe()`` says so, and tree
 builds and teacher fine-tuning for tables refuse to start). The thread count matters too (the
 order of reductions): tables record it and refuse mixing.
+
+MKL honours a code branch such as AVX2 on Intel CPUs only: on an AMD CPU it runs ``AVX2,STRICT``
+as ``AUTO,STRICT`` (its own dispatch, with fixed cache sizes and deterministic reductions), so the
+same pins give other bits there (measured: three AdamW steps of the packaged model, AMD EPYC
+without AVX-512). The branch MKL actually took is asked of MKL itself and recorded; with the CPU
+vendor it makes a record's **replay class** (``replay_class``): records of one class are the same
+bits. The one branch MKL runs identically on every x86-64 vendor, COMPATIBLE (SSE2), costs 2 to
+2.8 times as much per training step here, so it is not the default (docs/numerics.md).
 """
 
 from __future__ import annotations
@@ -53,14 +61,77 @@ def apply() -> None:
 
 
 def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+# MKL's code-branch constants (mkl_cbwr.h): what ``mkl_cbwr_get(MKL_CBWR_BRANCH)`` answers.
+MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
+
+def _cpuinfo_field(name: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ... (MKL chooses its code paths by it)."""
+    return _cpuinfo_field("vendor_id") or platform.machine()
+
+
+def cpu_has_avx512() -> bool:
+    return "avx512f" in (_cpuinfo_field("flags") or "").split()
+
+
+def mkl_branch() -> str | None:
+    """The code branch MKL runs in this process (it may differ from the one ``MKL_CBWR`` asked for:
+    on a non-Intel CPU MKL runs every ISA branch but COMPATIBLE as AUTO), or None where torch's MKL
+    cannot be asked."""
+    import ctypes
+
+    import torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        code = int(lib.mkl_serv_cbwr_get(1))  # MKL_CBWR_BRANCH
+    except (OSError, AttributeError):
+        return None
+    return MKL_BRANCHES.get(code, f"code {code}")
+
+
+def replay_class(record: dict[str, Any] | None) -> str | None:
+    """What must agree, besides software, teacher and threads, for records computed in the portable
+    mode to be the same bits: MKL's branch, and for MKL's own dispatch (AUTO) the CPU vendor and
+    whether it has AVX-512. Records from before MKL's branch was recorded were all made on Intel
+    CPUs, where MKL honoured the AVX2 pin. None for records not in the portable mode."""
+    if not record or not record.get("portable"):
+        return None
+    branch = record.get("mkl_branch")
+    if branch is None:  # recorded before the branch was: the pin, honoured on the Intel CPU it ran on
+        intel = "intel" in str(record.get("cpu", "")).lower()
+        branch = str(record.get("pins", {}).get("MKL_CBWR", "")).split(",")[0] if intel else "unknown"
+    if branch != "AUTO":
+        return f"MKL {branch}"
+    vendor = record.get("cpu_vendor") or "unknown vendor"
+    return f"MKL AUTO on {vendor}{' with AVX-512' if record.get('avx512') else ' without AVX-512'}"
+
+
+def replay_where(record: dict[str, Any] | None) -> str:
+    """In words: the machines on which records of this (portable) numerics record replay exactly."""
+    klass = replay_class(record)
+    if klass == "MKL AVX2":
+        return "Intel x86-64 CPUs with AVX2 (MKL honours the AVX2 branch on Intel only)"
+    if klass == "MKL COMPATIBLE":
+        return "any x86-64 CPU (MKL's COMPATIBLE branch)"
+    if klass and klass.startswith("MKL AUTO on "):
+        return f"CPUs of the same kind ({klass.removeprefix('MKL AUTO on ')}: MKL dispatches by itself there)"
+    return f"CPUs where MKL runs the same branch ({klass})"
 
 
 def in_force() -> bool:
@@ -84,6 +155,9 @@ def describe() -> dict[str, Any]:
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "pins": {name: os.environ.get(name) for name in PORTABLE_ENV},
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
+        "avx512": cpu_has_avx512(),
+        "mkl_branch": mkl_branch(),
         "torch": str(torch.__version__),
         "torch_threads": torch.get_num_threads(),
     }

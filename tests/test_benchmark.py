@@ -91,8 +91,8 @@ def test_validation_catches_a_changed_table(built, tmp_path):
     table.nodes[0][(3,)]["rewards"]["metric_gain"] += 0.01
     result = validate(table, [3, 0], 0, built["environment"])
     assert not result.ok and "reward at [3]" in result.mismatches[0]
-    table.manifest["teacher"] = {**table.manifest["teacher"], "fingerprint": "0" * 20}
-    with pytest.raises(TableError, match="built with teacher 0+, this machine's wnli teacher"):
+    table.manifest["seed_provenance"]["0"] = {**table.manifest["seed_provenance"]["0"], "teacher": "0" * 20}
+    with pytest.raises(TableError, match="seeds \\[0\\] with teacher 0+; this machine's wnli teacher"):
         validate(table, [3, 0], 0, built["environment"])
 
 
@@ -567,12 +567,23 @@ def test_a_table_is_extended_by_seeds_built_later_and_refuses_another_setup(buil
     assert Table.load(out).manifest["build_seconds"] == pytest.approx(reference.manifest["build_seconds"], abs=0.2)
 
     other = tmp_path / "other"
-    write_table(setup, environment, [0], other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["teacher"]["fingerprint"] = "another-teacher"
-    write_manifest(other, {k: v for k, v in manifest.items() if k not in ("files", "format")})
-    with pytest.raises(TableError, match="teacher fingerprint"):
-        write_table(setup, environment, [1], other)
-    assert not (other / seed_file(1)).exists() and Table.load(other).seeds == [0]
+
+    def rewrite(change):
+        write_table(setup, environment, [0], other)
+        manifest = json.loads((other / "manifest.json").read_text())
+        change(manifest)
+        write_manifest(other, {k: v for k, v in manifest.items() if k not in ("files", "format")})
+
+    def another_teacher(manifest):  # same numerics, another teacher: not the same instance
+        manifest["teacher"]["fingerprint"] = manifest["seed_provenance"]["0"]["teacher"] = "another-teacher"
+
+    for change, refusal in ((another_teacher, "teacher fingerprint of seed 0"),
+                            (lambda m: m["teacher"].update(base_model="another-model"), "teacher recipe"),
+                            (lambda m: m["seed_provenance"]["0"].update(numerics={"portable": False, "cpu": "AMD EPYC"}),
+                             "numerics of seed 0 .native numerics on AMD EPYC")):
+        rewrite(change)
+        with pytest.raises(TableError, match=refusal):
+            write_table(setup, environment, [1], other)
+        assert not (other / seed_file(1)).exists() and Table.load(other).seeds == [0]
     write_table(setup, environment, [0, 1], other)  # rebuilding every seed replaces the table
-    assert Table.load(other).manifest["teacher"]["fingerprint"] != "another-teacher"
+    assert Table.load(other).manifest["seed_provenance"]["0"]["teacher"] != "another-teacher"

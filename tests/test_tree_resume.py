@@ -186,6 +186,13 @@ def test_a_build_resumed_where_its_records_cannot_be_reproduced_stops_before_com
     path.write_text(json.dumps({**recorded, "numerics": "native on AMD EPYC 9654 96-Core Processor"}))
     with pytest.raises(TableError, match="numerics native on AMD EPYC.*this process has numerics portable"):
         check_work_provenance(setup, Setup)
+    # Recorded before replay classes: every such build ran on an Intel Xeon, in MKL's AVX2 branch.
+    path.write_text(json.dumps({**recorded, "numerics": "portable"}))
+    if recorded["numerics"] == "portable (MKL AVX2)":
+        check_work_provenance(setup, Setup)
+    else:
+        with pytest.raises(TableError, match=r"numerics portable \(MKL AVX2\); this process has numerics portable \(MKL"):
+            check_work_provenance(setup, Setup)
 
 
 def test_validation_checks_the_teacher_and_the_numerics_before_any_preparation(built, tmp_path, monkeypatch):  # noqa: F811
@@ -210,8 +217,43 @@ def test_validation_checks_the_teacher_and_the_numerics_before_any_preparation(b
     other_cpu = {"portable": False, "mode": "native", "cpu": "AMD EPYC 9654"}
     with pytest.raises(TableError, match="seed 0 of this table was built in native numerics on AMD EPYC"):
         check_before_replay(edit(lambda m: m["seed_provenance"]["0"].update(numerics=other_cpu)))
-    with pytest.raises(TableError, match="built with teacher 0+, this machine's wnli teacher"):
-        check_before_replay(edit(lambda m: m["teacher"].update(fingerprint="0" * 20)))
+    with pytest.raises(TableError, match="seeds \\[0\\] with teacher 0+; seeds \\[1\\] with teacher \\w+; this machine's wnli teacher"):
+        check_before_replay(edit(lambda m: m["seed_provenance"]["0"].update(teacher="0" * 20)))
+
+
+OTHER_CLASS = {"portable": True, "mode": "portable", "mkl_branch": "AUTO", "cpu_vendor": "OtherVendor", "avx512": True,
+               "cpu": "Other CPU", "pins": {"MKL_CBWR": "AVX2,STRICT"}}
+
+
+def test_seeds_of_two_replay_classes_share_a_table_and_each_replays_in_its_own(built, tmp_path, monkeypatch):  # noqa: F811
+    """A table extended on a machine of another replay class (the teacher's recipe fine-tuned there
+    gives other bits) keeps its seeds, each with its own teacher and numerics; a replay checks the
+    seeds it plays, and refuses those of the other class before any preparation."""
+    from kdenv.benchmark.build import write_table
+    from kdenv.benchmark.table import Table, TableError, write_manifest
+    from kdenv.benchmark.validate import check_before_replay, check_saved_teacher, table_teachers
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    setup, environment, out = built["setup"], built["environment"], tmp_path / "table"
+    write_table(setup, environment, [0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["seed_provenance"]["0"].update(teacher="other-class-teacher", numerics=OTHER_CLASS)
+    write_manifest(out, {k: v for k, v in manifest.items() if k not in ("files", "format")})
+    write_table(setup, environment, [1], out)  # built here, in this machine's class
+    table = Table.load(out)
+    mine = environment.distillation.teacher_fingerprint
+    assert table.seeds == [0, 1] and table_teachers(table) == {"other-class-teacher": [0], mine: [1]}
+    assert table.manifest["seed_provenance"]["0"]["numerics"] == OTHER_CLASS
+    check_before_replay(table, seeds=[1])
+    check_saved_teacher(table, required=True)  # new episode seeds: any of the table's teachers will do
+    with pytest.raises(TableError, match="seeds \\[0\\] with teacher other-class-teacher"):
+        check_before_replay(table)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["seed_provenance"]["0"]["teacher"] = mine  # this machine's teacher, but the other class's numerics
+    write_manifest(out, {k: v for k, v in manifest.items() if k not in ("files", "format")})
+    with pytest.raises(TableError, match="seed 0 of this table was built in portable numerics, MKL AUTO on OtherVendor "
+                                         "with AVX-512: replays exactly on CPUs of the same kind"):
+        check_before_replay(Table.load(out), seeds=[0])
 
 
 def test_a_statistical_replay_measures_how_far_the_live_trainer_is_from_the_table(built):  # noqa: F811

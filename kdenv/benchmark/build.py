@@ -23,6 +23,7 @@ from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
 from kdenv.engine.teacher_cache import split_fingerprint
 from kdenv.io import atomic_write
 from kdenv.jobs import JobRunner
+from kdenv.numerics import replay_class, replay_where
 from kdenv.paths import runs_dir
 
 
@@ -140,24 +141,46 @@ SAME_SETUP = ("task", "knowledge", "phases", "updates_per_phase", "batch_size", 
 SAME_SOFTWARE = ("python", "torch", "transformers")
 
 
-def setup_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The manifest entries that keep two builds' seeds out of one table."""
+def teacher_recipe(teacher: dict[str, Any] | None) -> dict[str, Any]:
+    """How a table's teacher was made (base model, fine-tuning settings, train cap), without what
+    differs between two fine-tunes of that recipe in other numerics: its fingerprint, folder and dev scores."""
+    return {key: value for key, value in (teacher or {}).items()
+            if key not in ("fingerprint", "directory") and not key.startswith("dev_")}
+
+
+def setup_differences(old: dict[str, Any], new: dict[str, Any],
+                      provenance: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The manifest entries that keep two builds' seeds out of one table. ``provenance``: the old
+    table's seeds that would be kept, each with where it replays (default: the old manifest's own).
+
+    Seeds of one table share the setup, the software and the teacher's recipe. They may differ in
+    replay class (kdenv.numerics.replay_class: the portable mode on an Intel CPU or on an AMD one)
+    and so in the teacher's bits, which its recipe reproduces in each class: each seed records
+    its own teacher and numerics, and replays where those can be had. Native or unrecorded
+    numerics never mix with others, nor two teachers of one class."""
     differences = [key for key in SAME_SETUP if old.get(key) != new.get(key)]
-    if old.get("teacher", {}).get("fingerprint") != new.get("teacher", {}).get("fingerprint"):
-        differences.append("teacher fingerprint")
+    if teacher_recipe(old.get("teacher")) != teacher_recipe(new.get("teacher")):
+        differences.append("teacher recipe")
     differences += [f"software.{key}" for key in SAME_SOFTWARE
                     if old.get("software", {}).get(key) != new.get("software", {}).get(key)]
-    if numerics_key(old.get("numerics")) != numerics_key(new.get("numerics")):
-        differences.append(f"numerics ({replay_promise(old.get('numerics'))}; this build: "
-                           f"{replay_promise(new.get('numerics'))})")
-    return differences
+    provenance = provenance or {"all": seed_provenance(old)}
+    mine, my_teacher = new.get("numerics"), new.get("teacher", {}).get("fingerprint")
+    for seed, record in provenance.items():
+        theirs = record.get("numerics") or old.get("numerics")
+        same_numerics = numerics_key(theirs) == numerics_key(mine)
+        if not same_numerics and not (replay_class(theirs) and replay_class(mine)):
+            differences.append(f"numerics of seed {seed} ({replay_promise(theirs)}; this build: {replay_promise(mine)})")
+        elif same_numerics and record.get("teacher") != my_teacher:
+            differences.append(f"teacher fingerprint of seed {seed} ({record.get('teacher')}; this build: {my_teacher})")
+    return list(dict.fromkeys(differences))
 
 
 def numerics_key(record: dict[str, Any] | None) -> str | None:
-    """What must agree for records computed under two numerics records to be the same bits."""
+    """What must agree for records computed under two numerics records to be the same bits: the
+    portable mode's replay class, or native numerics on one CPU model."""
     if not record:
         return None
-    return "portable" if record.get("portable") else f"native on {record.get('cpu')}"
+    return f"portable ({replay_class(record)})" if record.get("portable") else f"native on {record.get('cpu')}"
 
 
 def node_seconds(record: dict[str, Any]) -> float:
@@ -178,12 +201,12 @@ def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[l
     others = [seed for seed in old.seeds if seed not in seeds]
     if not others:
         return [], 0.0, {}
-    differences = setup_differences(old.manifest, manifest)
+    provenance = {str(seed): old.manifest.get("seed_provenance", {}).get(str(seed), seed_provenance(old.manifest))
+                  for seed in others}
+    differences = setup_differences(old.manifest, manifest, provenance)
     if differences:
         raise TableError(f"{out} holds seeds {others} of a table built differently ({', '.join(differences)}); "
                          f"rebuild those seeds too (--seeds covering {old.seeds}) or write elsewhere (--output)")
-    provenance = {str(seed): old.manifest.get("seed_provenance", {}).get(str(seed), seed_provenance(old.manifest))
-                  for seed in others}
     return others, float(sum(node_seconds(record) for seed in others for record in old.nodes[seed].values())), provenance
 
 
@@ -215,7 +238,10 @@ def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[
 def seed_provenance(manifest: dict[str, Any]) -> dict[str, Any]:
     """Where one seed of a table replays exactly: its teacher, numerics mode, CPU and software."""
     software = manifest.get("software", {})
-    return {"teacher": manifest.get("teacher", {}).get("fingerprint"), "numerics": manifest.get("numerics"),
+    teacher = manifest.get("teacher", {})
+    return {"teacher": teacher.get("fingerprint"),
+            **{key: value for key, value in teacher.items() if key.startswith("dev_")},
+            "numerics": manifest.get("numerics"),
             "device": manifest.get("device"), "software": {key: software.get(key) for key in SAME_SOFTWARE},
             "built": manifest.get("built")}
 
@@ -226,7 +252,8 @@ def replay_promise(numerics_record: dict[str, Any] | None) -> str:
         return "unrecorded numerics (built before kdenv recorded them): replays exactly only on the CPU model and " \
                "software it was built with, with KDENV_NUMERICS=native"
     if numerics_record.get("portable"):
-        return "portable numerics: replays exactly on any x86-64 CPU with AVX2, with the same software and threads"
+        return (f"portable numerics, {replay_class(numerics_record)}: replays exactly on {replay_where(numerics_record)}, "
+                "with the same software and threads")
     return f"native numerics on {numerics_record.get('cpu')}: replays exactly only there, with KDENV_NUMERICS=native"
 
 
@@ -267,14 +294,16 @@ def check_work_provenance(setup: TreeSetup, environment: EnvironmentSetup) -> No
         except ValueError:
             recorded = None
         if recorded is not None:
+            if recorded.get("numerics") == "portable":  # recorded before replay classes: every such build ran on Intel
+                recorded["numerics"] = "portable (MKL AVX2)"
             differing = sorted(key for key in record if recorded.get(key) != record[key])
             if differing:
                 raise TableError(
                     f"the records in {setup.work_dir()} were computed with {', '.join(f'{k} {recorded.get(k)}' for k in differing)}; "
                     f"this process has {', '.join(f'{k} {record[k]}' for k in differing)}, so its nodes would not be the same "
-                    "bits. Continue the build where those match (the portable numerics mode matches on any x86-64 "
-                    "CPU; the software and teacher must be the same), or build elsewhere with --output and a fresh "
-                    "work folder ($KDENV_RUNS_DIR)")
+                    "bits. Continue the build where those match (the portable numerics mode matches on CPUs of "
+                    "one replay class: docs/numerics.md; the software and teacher must be the same), or build "
+                    "elsewhere with --output and a fresh work folder ($KDENV_RUNS_DIR)")
             return
     with atomic_write(path) as handle:
         json.dump(record, handle, indent=2)

@@ -55,52 +55,84 @@ def rebuild_teacher(table: Table) -> str:
     return f"python agents/finetune_teacher.py --task {table.task} --force {settings}".rstrip()
 
 
-def check_saved_teacher(table: Table, required: bool = False) -> None:
-    """This machine's saved teacher must be the table's (by the fingerprint recorded when it was
-    saved); with ``required``, it must also exist (instead of being fine-tuned with defaults)."""
-    saved, recorded = teacher_metadata(table.task), table.manifest["teacher"]["fingerprint"]
-    rebuild = rebuild_teacher(table)
+def seed_record(table: Table, seed: int | str) -> dict[str, Any]:
+    """Where one seed of the table replays exactly: its teacher's fingerprint and its numerics
+    (seeds of one table may come from two replay classes, each with its own fine-tune of the teacher)."""
+    provenance = (table.manifest.get("seed_provenance") or {}).get(str(seed)) or {}
+    return {"teacher": provenance.get("teacher") or table.manifest["teacher"]["fingerprint"],
+            "numerics": provenance.get("numerics") or table.manifest.get("numerics")}
+
+
+def table_teachers(table: Table, seeds: list[int] | None = None) -> dict[str, list[int]]:
+    """The table's teacher fingerprints, each with the seeds built with it (of ``seeds``, default all)."""
+    teachers: dict[str, list[int]] = {}
+    for seed in table.seeds if seeds is None else seeds:
+        teachers.setdefault(seed_record(table, seed)["teacher"], []).append(seed)
+    return teachers
+
+
+def teacher_mismatch(table: Table, live: str, seeds: list[int] | None) -> str | None:
+    """Why ``live`` (a teacher fingerprint) cannot replay ``seeds`` (default: any seed of the table
+    will do, e.g. for agents that play new seeds), or None."""
+    teachers = table_teachers(table, seeds)
+    if (live in teachers) if seeds is None else (set(teachers) == {live}):
+        return None
+    built = "; ".join(f"seeds {found} with teacher {fingerprint}" for fingerprint, found in teachers.items())
+    return (f"the seeds were built with these teachers (one fine-tune of the table's recipe per replay class): "
+            f"{built}; this machine's "
+            f"{table.task} teacher is {live}, so a replay cannot match. Rebuild the teacher in this machine's numerics "
+            f"({rebuild_teacher(table)}) and check that it gets the fingerprint of the seeds you replay, replay "
+            "the seeds of this machine's class only (--seed), or build a table for this teacher")
+
+
+def check_saved_teacher(table: Table, required: bool = False, seeds: list[int] | None = None) -> None:
+    """This machine's saved teacher must be the one ``seeds`` were built with (by the fingerprint
+    recorded when it was saved; default: one of the table's teachers); with ``required``, it must
+    also exist (instead of being fine-tuned with defaults)."""
+    saved = teacher_metadata(table.task)
     if saved is None and required:
-        raise TableError(f"no {table.task} teacher on this machine; the table was built with teacher {recorded}: "
-                         f"rebuild it ({rebuild}) and check that it gets that fingerprint")
-    if saved is not None and saved.get("fingerprint") not in (None, recorded):
-        raise TableError(f"the table was built with teacher {recorded}, this machine's {table.task} teacher is "
-                         f"{saved['fingerprint']}: a replay cannot match. Rebuild that teacher ({rebuild}) or build a "
-                         "table for this one")
+        built = ", ".join(table_teachers(table, seeds))
+        raise TableError(f"no {table.task} teacher on this machine; the table was built with teacher {built}: "
+                         f"rebuild it ({rebuild_teacher(table)}) and check that it gets that fingerprint")
+    if saved is not None and saved.get("fingerprint") is not None:
+        why = teacher_mismatch(table, saved["fingerprint"], seeds)
+        if why:
+            raise TableError(why)
 
 
-def check_before_replay(table: Table, device: str = "cpu") -> None:
+def check_before_replay(table: Table, device: str = "cpu", seeds: list[int] | None = None) -> None:
     """What can be checked before the expensive preparation (data, caches, student): this
-    machine's saved teacher must be the table's (by the fingerprint recorded when it was saved),
-    and on the CPU this process's numerics must be those the table's seeds were built in."""
-    check_saved_teacher(table)
+    machine's saved teacher must be the one ``seeds`` (default all) were built with (by the
+    fingerprint recorded when it was saved), and on the CPU this process's numerics must be those
+    the seeds were built in."""
+    check_saved_teacher(table, seeds=list(table.seeds) if seeds is None else seeds)
     if device != "cpu" or str(table.manifest.get("device", "cpu")).startswith("cuda"):
         return
     mine = numerics.describe()
-    for seed, provenance in (table.manifest.get("seed_provenance") or {"all": {"numerics": None}}).items():
-        theirs = provenance.get("numerics") or table.manifest.get("numerics")
+    for seed in table.seeds if seeds is None else seeds:
+        theirs = seed_record(table, seed)["numerics"]
         if theirs is None and mine["mode"] == "native":
             continue  # built before numerics were recorded: native on its own CPU, which cannot be checked here
         if numerics_key(theirs) != numerics_key(mine):
             raise TableError(f"seed {seed} of this table was built in {replay_promise(theirs)}; this process runs in "
-                             f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the table's "
-                             "numerics can be had (e.g. KDENV_NUMERICS=native on its CPU)")
+                             f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the seed's "
+                             "numerics can be had (docs/numerics.md), the seeds of this machine's class only (--seed), "
+                             "or compare statistically (--statistical N)")
 
 
-def check_teacher(table: Table, environment: EnvironmentSetup) -> None:
-    recorded, live = table.manifest["teacher"]["fingerprint"], environment.distillation.teacher_fingerprint
-    if recorded != live:
-        raise TableError(f"the table was built with teacher {recorded}, this machine's {table.task} teacher is {live}: "
-                         f"a replay cannot match. Rebuild that teacher ({rebuild_teacher(table)}) or build a table for "
-                         "this one")
+def check_teacher(table: Table, environment: EnvironmentSetup, seeds: list[int] | None = None) -> None:
+    why = teacher_mismatch(table, environment.distillation.teacher_fingerprint,
+                           list(table.seeds) if seeds is None else seeds)
+    if why:
+        raise TableError(why)
 
 
 def validate(table: Table, schedule: list[int], seed: int, environment: EnvironmentSetup,
              atol: float = 0.0) -> Validation:
     """Replays ``schedule`` (subset indices) from ``seed`` on the live environment and compares."""
-    check_teacher(table, environment)
     if seed not in table.nodes:
         raise TableError(f"seed {seed} is not in the table (it has {table.seeds})")
+    check_teacher(table, environment, [seed])
     env = environment.env
     scale = env.config.reward_scale
     result = Validation(seed, list(schedule))

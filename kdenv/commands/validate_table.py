@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.statistical < 0:
             raise ValueError(f"--statistical must be >= 0, not {args.statistical}")
         if not args.statistical:
-            check_before_replay(table, args.device)  # the teacher and the numerics, before minutes of preparation
+            check_before_replay(table, args.device, seeds)  # the teacher and the numerics, before minutes of preparation
         environment = table_setup(table, args.data_dir, args.device).build_env(progress=not args.no_progress)
         if args.statistical:
             for seed in seeds:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: {args.statistical} random schedules live vs table: largest |difference| "
                       f"{found['max_abs_difference']:.5f}, rank correlation {found['rank_correlation']:+.3f}")
             return 0
-        check_teacher(table, environment)
+        check_teacher(table, environment, seeds)
         results = [validate(table, schedules[seed], seed, environment) for seed in seeds]
     except (TableError, DataError, ModelError, ValueError, OSError, KeyError) as error:
         return fail(error)
