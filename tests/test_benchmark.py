@@ -480,6 +480,27 @@ def test_validate_command_replays_the_oracle_schedules(built, glue_dir, monkeypa
     assert out.count("exact match") == 2
 
 
+def test_validate_command_replays_the_seeds_of_this_machines_class_and_names_the_others(built, glue_dir, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import shutil
+
+    from tests.conftest import command
+
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    table = tmp_path / "table"
+    shutil.copytree(built["table"], table)
+    manifest = json.loads((table / "manifest.json").read_text())
+    manifest["seed_provenance"]["0"]["numerics"] = {"portable": True, "mkl_branch": "AUTO", "cpu_vendor": "OtherVendor"}
+    write_manifest(table, {k: v for k, v in manifest.items() if k not in ("files", "format")})
+    validate_table = command("validate_table").main
+    assert validate_table(["--table", str(table), "--data-dir", str(glue_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds [0] left out" in out and "MKL AUTO on OtherVendor" in out
+    assert out.count("exact match") == 1 and "seed 1, schedule" in out
+    assert validate_table(["--table", str(table), "--seed", "0-1", "--data-dir", str(glue_dir), "--no-progress"]) == 2
+    assert "seed 0 of this table was built in portable numerics, MKL AUTO on OtherVendor" in capsys.readouterr().err
+
+
 def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, glue_dir, tmp_path, monkeypatch):
     """The table's observations are the live ones, so a table agent taken to the real trainer
     (agents/evaluate.py --policies agent:<zip>) plays the schedule it played on the table."""

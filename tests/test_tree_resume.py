@@ -231,7 +231,7 @@ def test_seeds_of_two_replay_classes_share_a_table_and_each_replays_in_its_own(b
     seeds it plays, and refuses those of the other class before any preparation."""
     from kdenv.benchmark.build import write_table
     from kdenv.benchmark.table import Table, TableError, write_manifest
-    from kdenv.benchmark.validate import check_before_replay, check_saved_teacher, table_teachers
+    from kdenv.benchmark.validate import check_before_replay, check_saved_teacher, replayable_seeds, table_teachers
 
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
     setup, environment, out = built["setup"], built["environment"], tmp_path / "table"
@@ -245,6 +245,8 @@ def test_seeds_of_two_replay_classes_share_a_table_and_each_replays_in_its_own(b
     assert table.seeds == [0, 1] and table_teachers(table) == {"other-class-teacher": [0], mine: [1]}
     assert table.manifest["seed_provenance"]["0"]["numerics"] == OTHER_CLASS
     check_before_replay(table, seeds=[1])
+    exact, elsewhere = replayable_seeds(table)  # validate_table's default: the seeds this machine can replay
+    assert exact == [1] and list(elsewhere) == [0] and "other-class-teacher" in elsewhere[0]
     check_saved_teacher(table, required=True)  # new episode seeds: any of the table's teachers will do
     with pytest.raises(TableError, match="seeds \\[0\\] with teacher other-class-teacher"):
         check_before_replay(table)

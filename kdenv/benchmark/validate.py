@@ -16,6 +16,7 @@ from kdenv.benchmark.oracle import episode_return
 from kdenv.benchmark.table import Table, TableError
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict
 from kdenv.decision.factory import EnvironmentSetup
+from kdenv.engine.runtime import make_runtime
 from kdenv.engine.teacher import teacher_metadata
 
 
@@ -106,7 +107,8 @@ def check_before_replay(table: Table, device: str = "cpu", seeds: list[int] | No
     fingerprint recorded when it was saved), and on the CPU this process's numerics must be those
     the seeds were built in."""
     check_saved_teacher(table, seeds=list(table.seeds) if seeds is None else seeds)
-    if device != "cpu" or str(table.manifest.get("device", "cpu")).startswith("cuda"):
+    on_cpu = make_runtime(device, "fp32").device.type == "cpu"  # "auto" on a machine without CUDA is the CPU
+    if not on_cpu or str(table.manifest.get("device", "cpu")).startswith("cuda"):
         return
     mine = numerics.describe()
     for seed in table.seeds if seeds is None else seeds:
@@ -118,6 +120,22 @@ def check_before_replay(table: Table, device: str = "cpu", seeds: list[int] | No
                              f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the seed's "
                              "numerics can be had (docs/numerics.md), the seeds of this machine's class only (--seed), "
                              "or compare statistically (--statistical N)")
+
+
+def replayable_seeds(table: Table, device: str = "cpu") -> tuple[list[int], dict[int, str]]:
+    """The table's seeds this machine can replay exactly (its saved teacher and numerics are
+    theirs), and for each of the others why not. Refuses, with the reason, when none can be."""
+    exact: list[int] = []
+    elsewhere: dict[int, str] = {}
+    for seed in table.seeds:
+        try:
+            check_before_replay(table, device, [seed])
+            exact.append(seed)
+        except TableError as error:
+            elsewhere[seed] = str(error)
+    if not exact:
+        check_before_replay(table, device)  # raises the first seed's reason
+    return exact, elsewhere
 
 
 def check_teacher(table: Table, environment: EnvironmentSetup, seeds: list[int] | None = None) -> None:

@@ -16,8 +16,15 @@ import sys
 from kdenv.benchmark.oracle import solve
 from kdenv.benchmark.table import TableError, resolve_table
 from kdenv.benchmark.tree import parse_prefix
-from kdenv.benchmark.validate import check_before_replay, check_teacher, statistical_replay, table_setup, validate
-from kdenv.cli import add_common_arguments, fail, run_main
+from kdenv.benchmark.validate import (
+    check_before_replay,
+    check_teacher,
+    replayable_seeds,
+    statistical_replay,
+    table_setup,
+    validate,
+)
+from kdenv.cli import add_common_arguments, fail, parse_seeds, run_main
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
 from kdenv.engine.runtime import quiet_transformers
@@ -27,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, metavar="NAME|PATH",
                         help="a shipped table's name (stsb, mrpc, stsb_h100_u8, ...: kdenv/tables/) or a table folder")
-    parser.add_argument("--seed", type=int, default=None, help="replay on this seed only (default: every seed)")
+    parser.add_argument("--seed", default=None, metavar="SEEDS",
+                        help="replay on these seeds only, e.g. 2 or 7-15 (default: every seed this machine can replay "
+                             "exactly: those of its replay class and teacher, docs/numerics.md; the others are named)")
     parser.add_argument("--schedule", default=None, help="subset indices, e.g. 7,0,3 (default: each seed's oracle schedule)")
     parser.add_argument("--statistical", type=int, default=0, metavar="N",
                         help="where an exact replay is impossible (another CPU in native numerics, other software, "
@@ -44,7 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     quiet_transformers()
     try:
         table = resolve_table(args.table)
-        seeds = table.seeds if args.seed is None else [args.seed]
+        if args.seed is not None:
+            seeds = parse_seeds(args.seed, "--seed")
+            unknown = [seed for seed in seeds if seed not in table.seeds]
+            if unknown:
+                raise ValueError(f"--seed: seeds {unknown} are not in the table (it has {table.seeds})")
+        elif args.statistical:
+            seeds = list(table.seeds)
+        else:
+            seeds, elsewhere = replayable_seeds(table, args.device)
+            if elsewhere:
+                print(f"seeds {sorted(elsewhere)} left out (not replayable exactly here): {next(iter(elsewhere.values()))}")
         oracle = dict(zip(table.seeds, solve(table, "metric_gain")["oracle"]["schedules"]))
         schedules = {seed: list(parse_prefix(args.schedule)) if args.schedule else oracle[seed] for seed in seeds}
         if args.statistical < 0:
