@@ -120,8 +120,18 @@ PY
         for entry in "${TABLES[@]}"; do
             IFS="|" read -r name _ _ <<< "$entry"
             if [ -f "kdenv/tables/$name/manifest.json" ]; then
-                $PYTHON -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], 'seeds', m['seeds'])" \
-                    "kdenv/tables/$name/manifest.json" "$name"
+                $PYTHON - "kdenv/tables/$name" "$name" <<'PY'
+import sys
+from kdenv.benchmark.table import Table
+from kdenv.benchmark.validate import seed_record
+from kdenv.numerics import replay_class
+table = Table.load(sys.argv[1])
+groups = {}
+for seed in table.seeds:
+    record = seed_record(table, seed)
+    groups.setdefault(f"{replay_class(record['numerics'])}, teacher {record['teacher']}", []).append(seed)
+print(sys.argv[2], "seeds", table.seeds, "|", "; ".join(f"{seeds}: {where}" for where, seeds in groups.items()))
+PY
             else
                 echo "$name: no table yet"
             fi
