@@ -81,9 +81,10 @@ def teacher_mismatch(table: Table, live: str, seeds: list[int] | None) -> str | 
     built = "; ".join(f"seeds {found} with teacher {fingerprint}" for fingerprint, found in teachers.items())
     return (f"the seeds were built with these teachers (one fine-tune of the table's recipe per replay class): "
             f"{built}; this machine's "
-            f"{table.task} teacher is {live}, so a replay cannot match. Rebuild the teacher in this machine's numerics "
-            f"({rebuild_teacher(table)}) and check that it gets the fingerprint of the seeds you replay, replay "
-            "the seeds of this machine's class only (--seed), or build a table for this teacher")
+            f"{table.task} teacher is {live}, so a replay cannot match. Replay those seeds on a machine of their replay "
+            f"class (docs/numerics.md), with the teacher rebuilt there by the table's recipe ({rebuild_teacher(table)}), "
+            "which gets their fingerprint; here, replay the seeds of this machine's class and teacher only, or "
+            "compare statistically (--statistical N)")
 
 
 def check_saved_teacher(table: Table, required: bool = False, seeds: list[int] | None = None) -> None:
