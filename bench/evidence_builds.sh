@@ -34,9 +34,6 @@ TABLES=("stsb_u8|$STSB_U8|0-15" "sst2_u8|$SST2_U8|0-7" "stsb_k2_u64|$STSB_K2_U64
 # queues build the rest wherever they run (two processes on one seed list split its jobs).
 QUEUE_A=("$STSB_U8 --seeds 7-15")
 QUEUE_B=("$SST2_U8 --seeds 6-7" "$STSB_U8 --seeds 7-15")
-# The tables' teacher recipes (as their manifests record them: validate_table's rebuild command).
-TEACHERS="$PYTHON agents/finetune_teacher.py --task stsb --force --batch-size 16 --epochs 4 --learning-rate 5e-05 --seed 42 --no-progress \
- && $PYTHON agents/finetune_teacher.py --task sst2 --force --batch-size 16 --epochs 3 --learning-rate 5e-05 --seed 42 --max-train-examples 8000 --no-progress"
 
 builds() { pgrep -f "agents/build_tree.py" || true; }
 # What `pause` stops: the builds and the finish step's drivers and Ray workers (not Ray's own services).
@@ -68,6 +65,17 @@ run_queue() {  # name, then the builds' flags
 case "${1:-status}" in
     teachers)
         if pgrep -f "evidence-teachers" > /dev/null; then echo "teachers already being fine-tuned"; exit 0; fi
+        # The new tables' teacher recipes, as their manifests record them (validate_table's rebuild command).
+        TEACHERS=$($PYTHON - "$NEW_TABLES" "$PYTHON" <<'PY'
+import sys
+from kdenv.benchmark.table import resolve_table
+from kdenv.benchmark.validate import rebuild_teacher
+commands = [rebuild_teacher(resolve_table(name)).replace("python ", sys.argv[2] + " ", 1) + " --no-progress"
+            for name in sys.argv[1].split(",")]
+print(" && ".join(commands))
+PY
+)
+        echo "$TEACHERS"
         nohup bash -c "exec -a evidence-teachers bash -c '$TEACHERS >> runs/logs/teachers.log 2>&1'" > /dev/null 2>&1 &
         echo "teachers started (log runs/logs/teachers.log): start the queues when it ends"
         ;;

@@ -87,19 +87,53 @@ def teacher_mismatch(table: Table, live: str, seeds: list[int] | None) -> str | 
             "compare statistically (--statistical N)")
 
 
+def saved_teacher_refusal(table: Table, saved: dict[str, Any] | None, seeds: list[int] | None,
+                          required: bool = False) -> str | None:
+    """Why this machine's saved teacher (its metadata, ``saved``) cannot serve ``seeds`` (default:
+    one of the table's teachers will do), or None; with ``required``, a missing teacher is a reason."""
+    if saved is None and required:
+        built = ", ".join(table_teachers(table, seeds))
+        return (f"no {table.task} teacher on this machine; the table was built with teacher {built}: "
+                f"rebuild it ({rebuild_teacher(table)}) and check that it gets that fingerprint")
+    if saved is not None and saved.get("fingerprint") is not None:
+        return teacher_mismatch(table, saved["fingerprint"], seeds)
+    return None
+
+
 def check_saved_teacher(table: Table, required: bool = False, seeds: list[int] | None = None) -> None:
     """This machine's saved teacher must be the one ``seeds`` were built with (by the fingerprint
     recorded when it was saved; default: one of the table's teachers); with ``required``, it must
     also exist (instead of being fine-tuned with defaults)."""
-    saved = teacher_metadata(table.task)
-    if saved is None and required:
-        built = ", ".join(table_teachers(table, seeds))
-        raise TableError(f"no {table.task} teacher on this machine; the table was built with teacher {built}: "
-                         f"rebuild it ({rebuild_teacher(table)}) and check that it gets that fingerprint")
-    if saved is not None and saved.get("fingerprint") is not None:
-        why = teacher_mismatch(table, saved["fingerprint"], seeds)
-        if why:
-            raise TableError(why)
+    why = saved_teacher_refusal(table, teacher_metadata(table.task), seeds, required)
+    if why:
+        raise TableError(why)
+
+
+def replay_context(table: Table, device: str = "cpu") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """What a replay here is checked against, read once: this machine's saved teacher, and this
+    process's numerics where they matter (a CPU replay of a CPU table; else None)."""
+    on_cpu = make_runtime(device, "fp32").device.type == "cpu"  # "auto" on a machine without CUDA is the CPU
+    cpu_table = not str(table.manifest.get("device", "cpu")).startswith("cuda")
+    return teacher_metadata(table.task), numerics.describe() if on_cpu and cpu_table else None
+
+
+def replay_refusal(table: Table, seeds: list[int], saved: dict[str, Any] | None,
+                   mine: dict[str, Any] | None) -> str | None:
+    """Why ``seeds`` cannot replay exactly with this teacher (``saved``) and numerics (``mine``:
+    None where they do not matter), or None."""
+    why = saved_teacher_refusal(table, saved, seeds)
+    if why or mine is None:
+        return why
+    for seed in seeds:
+        theirs = seed_record(table, seed)["numerics"]
+        if theirs is None and mine["mode"] == "native":
+            continue  # built before numerics were recorded: native on its own CPU, which cannot be checked here
+        if numerics_key(theirs) != numerics_key(mine):
+            return (f"seed {seed} of this table was built in {replay_promise(theirs)}; this process runs in "
+                    f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the seed's "
+                    "numerics can be had (docs/numerics.md), the seeds of this machine's class only (--seed), "
+                    "or compare statistically (--statistical N)")
+    return None
 
 
 def check_before_replay(table: Table, device: str = "cpu", seeds: list[int] | None = None) -> None:
@@ -107,35 +141,19 @@ def check_before_replay(table: Table, device: str = "cpu", seeds: list[int] | No
     machine's saved teacher must be the one ``seeds`` (default all) were built with (by the
     fingerprint recorded when it was saved), and on the CPU this process's numerics must be those
     the seeds were built in."""
-    check_saved_teacher(table, seeds=list(table.seeds) if seeds is None else seeds)
-    on_cpu = make_runtime(device, "fp32").device.type == "cpu"  # "auto" on a machine without CUDA is the CPU
-    if not on_cpu or str(table.manifest.get("device", "cpu")).startswith("cuda"):
-        return
-    mine = numerics.describe()
-    for seed in table.seeds if seeds is None else seeds:
-        theirs = seed_record(table, seed)["numerics"]
-        if theirs is None and mine["mode"] == "native":
-            continue  # built before numerics were recorded: native on its own CPU, which cannot be checked here
-        if numerics_key(theirs) != numerics_key(mine):
-            raise TableError(f"seed {seed} of this table was built in {replay_promise(theirs)}; this process runs in "
-                             f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the seed's "
-                             "numerics can be had (docs/numerics.md), the seeds of this machine's class only (--seed), "
-                             "or compare statistically (--statistical N)")
+    why = replay_refusal(table, list(table.seeds) if seeds is None else seeds, *replay_context(table, device))
+    if why:
+        raise TableError(why)
 
 
 def replayable_seeds(table: Table, device: str = "cpu") -> tuple[list[int], dict[int, str]]:
     """The table's seeds this machine can replay exactly (its saved teacher and numerics are
     theirs), and for each of the others why not. Refuses, with the reason, when none can be."""
-    exact: list[int] = []
-    elsewhere: dict[int, str] = {}
-    for seed in table.seeds:
-        try:
-            check_before_replay(table, device, [seed])
-            exact.append(seed)
-        except TableError as error:
-            elsewhere[seed] = str(error)
+    context = replay_context(table, device)
+    elsewhere = {seed: why for seed in table.seeds if (why := replay_refusal(table, [seed], *context))}
+    exact = [seed for seed in table.seeds if seed not in elsewhere]
     if not exact:
-        check_before_replay(table, device)  # raises the first seed's reason
+        raise TableError(replay_refusal(table, list(table.seeds), *context))  # the whole table's first reason
     return exact, elsewhere
 
 
