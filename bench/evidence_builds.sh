@@ -28,12 +28,24 @@ SST2_U8="--task sst2 --phases 3 --updates-per-phase 8 --threads 1 --max-train-ex
 STSB_K2_U64="--task stsb --knowledge hidden,gradient --phases 3 --updates-per-phase 64 --threads 1 --dev-examples 400 --output kdenv/tables/stsb_k2_u64"
 TABLES=("stsb_u8|$STSB_U8|0-15" "sst2_u8|$SST2_U8|0-7" "stsb_k2_u64|$STSB_K2_U64|0")
 
-# Each queue runs its builds one after the other. The pilots (seed 0 of sst2_u8 and of
-# stsb_k2_u64) are done: SST-2 had the larger headroom, so it is the second table (8 seeds).
-# Seeds 0-6 of stsb_u8 and 0-5 of sst2_u8 were built on an Intel Xeon (replay class MKL AVX2); the
-# queues build the rest wherever they run (two processes on one seed list split its jobs).
-QUEUE_A=("$STSB_U8 --seeds 7-15")
-QUEUE_B=("$SST2_U8 --seeds 6-7" "$STSB_U8 --seeds 7-15")
+# Each queue runs its builds one after the other, of the seeds in a table's range that the shipped
+# table does not hold yet (so a new machine never rebuilds a shipped seed). The pilots (seed 0 of
+# sst2_u8 and of stsb_k2_u64) are done: SST-2 had the larger headroom, so it is the second table
+# (8 seeds). Queue a builds stsb_u8; queue b finishes sst2_u8 first, then joins a on stsb_u8 (two
+# processes on one seed list split its jobs).
+unshipped() {  # table name: its range's seeds not in the shipped table, comma-separated (may be empty)
+    local entry
+    for entry in "${TABLES[@]}"; do
+        IFS="|" read -r name _ seeds <<< "$entry"
+        [ "$name" = "$1" ] || continue
+        $PYTHON - "kdenv/tables/$name/manifest.json" "$seeds" <<'PY'
+import json, os, sys
+from kdenv.cli import parse_seeds
+have = set(json.load(open(sys.argv[1]))["seeds"]) if os.path.exists(sys.argv[1]) else set()
+print(",".join(str(seed) for seed in parse_seeds(sys.argv[2]) if seed not in have))
+PY
+    done
+}
 
 builds() { pgrep -f "agents/build_tree.py" || true; }
 # What `pause` stops: the builds and the finish step's drivers and Ray workers (not Ray's own services).
@@ -84,8 +96,14 @@ PY
             echo "no teachers in runs/teachers/ on this machine: bash bench/evidence_builds.sh teachers, then start" >&2
             exit 1
         fi
-        run_queue a "${QUEUE_A[@]}"
-        run_queue b "${QUEUE_B[@]}"
+        stsb=$(unshipped stsb_u8); sst2=$(unshipped sst2_u8)
+        QUEUE_A=(); QUEUE_B=()
+        [ -n "$sst2" ] && QUEUE_B+=("$SST2_U8 --seeds $sst2")
+        [ -n "$stsb" ] && QUEUE_A+=("$STSB_U8 --seeds $stsb") && QUEUE_B+=("$STSB_U8 --seeds $stsb")
+        echo "to build: stsb_u8 seeds ${stsb:-none}; sst2_u8 seeds ${sst2:-none}"
+        [ ${#QUEUE_A[@]} -gt 0 ] && run_queue a "${QUEUE_A[@]}"
+        [ ${#QUEUE_B[@]} -gt 0 ] && run_queue b "${QUEUE_B[@]}"
+        if [ -z "$stsb$sst2" ]; then echo "every seed is shipped: bash bench/evidence_builds.sh finish"; fi
         ;;
     pause)
         for pid in $(heavy); do kill -STOP "$pid"; done
