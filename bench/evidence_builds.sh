@@ -5,6 +5,7 @@
 #
 #   bash bench/evidence_builds.sh teachers # fine-tune the two tables' teachers by their recipes (nohup; on a new machine)
 #   bash bench/evidence_builds.sh start    # start the queues not already running (nohup; logs in runs/logs/)
+#   bash bench/evidence_builds.sh retrain-sst2 # sst2_u8's agent rows, once it is complete (queue b runs it; resumable)
 #   bash bench/evidence_builds.sh pause    # SIGSTOP every build (before the test suite)
 #   bash bench/evidence_builds.sh resume   # SIGCONT them
 #   bash bench/evidence_builds.sh ship     # write the tables with the seeds finished so far (computes nothing)
@@ -61,14 +62,14 @@ FINISH="$PYTHON agents/leaderboard.py --retrain --tables $NEW_TABLES --ray --no-
  && $PYTHON agents/leaderboard.py --tables $BOARD_TABLES --no-progress \
  && $PYTHON agents/live_check.py --table stsb_u8 --row best --no-progress"
 
-run_queue() {  # name, then the builds' flags
+run_queue() {  # name, then its commands (run one after the other, each logged to the queue's log)
     local name=$1; shift
     if pgrep -f "evidence-queue-$name" > /dev/null; then
         echo "queue $name already running"; return
     fi
     local script="set -u; "
-    for flags in "$@"; do
-        script+="$PYTHON agents/build_tree.py $flags --no-progress >> runs/logs/queue_$name.log 2>&1; "
+    for command in "$@"; do
+        script+="$command >> runs/logs/queue_$name.log 2>&1; "
     done
     nohup bash -c "exec -a evidence-queue-$name bash -c '$script'" > /dev/null 2>&1 &
     echo "queue $name started (log runs/logs/queue_$name.log)"
@@ -97,13 +98,23 @@ PY
             exit 1
         fi
         stsb=$(unshipped stsb_u8); sst2=$(unshipped sst2_u8)
+        BUILD="$PYTHON agents/build_tree.py"
         QUEUE_A=(); QUEUE_B=()
-        [ -n "$sst2" ] && QUEUE_B+=("$SST2_U8 --seeds $sst2")
-        [ -n "$stsb" ] && QUEUE_A+=("$STSB_U8 --seeds $stsb") && QUEUE_B+=("$STSB_U8 --seeds $stsb")
+        [ -n "$sst2" ] && QUEUE_B+=("$BUILD $SST2_U8 --seeds $sst2 --no-progress")
+        # Once sst2_u8 holds all its seeds, queue b retrains its agent rows (one thread, resumable;
+        # finish then reuses them), before it joins queue a on stsb_u8.
+        QUEUE_B+=("bash $0 retrain-sst2")
+        [ -n "$stsb" ] && QUEUE_A+=("$BUILD $STSB_U8 --seeds $stsb --no-progress") \
+            && QUEUE_B+=("$BUILD $STSB_U8 --seeds $stsb --no-progress")
         echo "to build: stsb_u8 seeds ${stsb:-none}; sst2_u8 seeds ${sst2:-none}"
         [ ${#QUEUE_A[@]} -gt 0 ] && run_queue a "${QUEUE_A[@]}"
         [ ${#QUEUE_B[@]} -gt 0 ] && run_queue b "${QUEUE_B[@]}"
         if [ -z "$stsb$sst2" ]; then echo "every seed is shipped: bash bench/evidence_builds.sh finish"; fi
+        ;;
+    retrain-sst2)  # queue b's step: sst2_u8's agent rows, once the table holds all its seeds
+        missing=$(unshipped sst2_u8)
+        if [ -n "$missing" ]; then echo "sst2_u8 lacks seeds $missing: not retraining its agent rows yet" >&2; exit 1; fi
+        $PYTHON agents/leaderboard.py --retrain --tables sst2_u8 --output runs/leaderboard_sst2_u8 --no-progress
         ;;
     pause)
         for pid in $(heavy); do kill -STOP "$pid"; done
@@ -164,7 +175,7 @@ PY
         done
         ;;
     *)
-        echo "usage: bash bench/evidence_builds.sh teachers|start|pause|resume|ship|status|finish" >&2
+        echo "usage: bash bench/evidence_builds.sh teachers|start|retrain-sst2|pause|resume|ship|status|finish" >&2
         exit 2
         ;;
 esac
