@@ -173,6 +173,21 @@ PY
                 echo "$name: no table yet"
             fi
         done
+        # The agent rows retrained so far on the new tables (docs/leaderboard/results/).
+        $PYTHON - "$NEW_TABLES" <<'PY'
+import sys
+from pathlib import Path
+from kdenv.benchmark.table import resolve_table
+from kdenv.commands.leaderboard import AGENTS, load_result, result_path
+for name in sys.argv[1].split(","):
+    table, done = resolve_table(name), []
+    for agent in AGENTS:
+        result = load_result(result_path(Path("docs/leaderboard/results"), name, agent), table, 4)
+        if result is not None:
+            trained = sum(len(values) for values in result["returns"].values())
+            done.append(f"{agent} {trained}/{5 * len(table.seeds)}")
+    print(f"{name} agent rows (held-out seed x agent seed results): {', '.join(done) or 'none yet'}")
+PY
         ;;
     *)
         echo "usage: bash bench/evidence_builds.sh teachers|start|retrain-sst2|pause|resume|ship|status|finish" >&2
