@@ -438,7 +438,10 @@ def best_agent(name: str, table: Table, results_dir: Path, k: int) -> tuple[str,
 
 
 def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, Any]:
-    board: dict[str, Any] = {"k": args.k, "reward": REPORT_REWARD, "tables": {}}
+    # The command that rebuilds this board from the committed files (tables named when chosen).
+    remake = " ".join(["python agents/leaderboard.py", *(["--tables", args.tables] if args.tables else []),
+                       *(["--k", str(args.k)] if args.k != 4 else [])])
+    board: dict[str, Any] = {"k": args.k, "reward": REPORT_REWARD, "command": remake, "tables": {}}
     for name, table in tables.items():
         view = FoldView(table, REPORT_REWARD)
         k = min(args.k, len(table.seeds))
@@ -544,7 +547,7 @@ def average_ranks(board: dict[str, Any]) -> dict[str, float]:
 
 def write_markdown(board: dict[str, Any], path: Path) -> None:
     lines = ["# Leaderboard: knowledge schedules on the shipped tables", "",
-             "Made by `python agents/leaderboard.py` from the shipped tables and the agent result files in "
+             f"Made by `{board['command']}` from the shipped tables and the agent result files in "
              "[leaderboard/results/](leaderboard/results/). Protocol: k-fold over each table's seeds (every seed "
              "held out once; anything chosen is chosen on the train folds); returns in reward-split metric gain "
              "before scaling. Intervals: two-level bootstrap 95% (held-out seeds resampled, then agent seeds "
