@@ -34,18 +34,22 @@ TABLES=("stsb_u8|$STSB_U8|0-15" "sst2_u8|$SST2_U8|0-7" "stsb_k2_u64|$STSB_K2_U64
 # sst2_u8 and of stsb_k2_u64) are done: SST-2 had the larger headroom, so it is the second table
 # (8 seeds). Queue a builds stsb_u8; queue b finishes sst2_u8 first, then joins a on stsb_u8 (two
 # processes on one seed list split its jobs).
-unshipped() {  # table name: its range's seeds not in the shipped table, comma-separated (may be empty)
-    local entry
+unshipped() {  # table name: its range's seeds not in the shipped table, comma-separated (may be empty);
+    local entry name seeds  # fails (so `x=$(unshipped ...)` stops the script) if it cannot tell
     for entry in "${TABLES[@]}"; do
         IFS="|" read -r name _ seeds <<< "$entry"
-        [ "$name" = "$1" ] || continue
-        $PYTHON - "kdenv/tables/$name/manifest.json" "$seeds" <<'PY'
+        if [ "$name" = "$1" ]; then
+            $PYTHON - "kdenv/tables/$name/manifest.json" "$seeds" <<'PY'
 import json, os, sys
 from kdenv.cli import parse_seeds
 have = set(json.load(open(sys.argv[1]))["seeds"]) if os.path.exists(sys.argv[1]) else set()
 print(",".join(str(seed) for seed in parse_seeds(sys.argv[2]) if seed not in have))
 PY
+            return
+        fi
     done
+    echo "no table $1 in TABLES" >&2
+    return 1
 }
 
 builds() { pgrep -f "agents/build_tree.py" || true; }
@@ -104,8 +108,8 @@ PY
         # Once sst2_u8 holds all its seeds, queue b retrains its agent rows (one thread, resumable;
         # finish then reuses them), before it joins queue a on stsb_u8.
         QUEUE_B+=("bash $0 retrain-sst2")
-        [ -n "$stsb" ] && QUEUE_A+=("$BUILD $STSB_U8 --seeds $stsb --no-progress") \
-            && QUEUE_B+=("$BUILD $STSB_U8 --seeds $stsb --no-progress")
+        STSB_BUILD="$BUILD $STSB_U8 --seeds $stsb --no-progress"
+        [ -n "$stsb" ] && QUEUE_A+=("$STSB_BUILD") && QUEUE_B+=("$STSB_BUILD")
         echo "to build: stsb_u8 seeds ${stsb:-none}; sst2_u8 seeds ${sst2:-none}"
         [ ${#QUEUE_A[@]} -gt 0 ] && run_queue a "${QUEUE_A[@]}"
         [ ${#QUEUE_B[@]} -gt 0 ] && run_queue b "${QUEUE_B[@]}"
@@ -136,19 +140,12 @@ PY
         if [ -n "$(builds)" ]; then echo "builds still run: finish when they are done" >&2; exit 1; fi
         $0 ship
         # Each new table must hold every seed of its range in TABLES.
-        $PYTHON - "$NEW_TABLES" "${TABLES[@]}" <<'PY'
-import json, sys
-from kdenv.cli import parse_seeds
-ranges = {entry.split("|")[0]: entry.split("|")[2] for entry in sys.argv[2:]}
-short = []
-for name in sys.argv[1].split(","):
-    wanted = set(parse_seeds(ranges[name]))
-    have = set(json.load(open(f"kdenv/tables/{name}/manifest.json"))["seeds"])
-    if wanted - have:
-        short.append(f"{name} lacks seeds {sorted(wanted - have)}")
-if short:
-    sys.exit("not yet: " + "; ".join(short) + " (bash bench/evidence_builds.sh start)")
-PY
+        short=""
+        for name in ${NEW_TABLES//,/ }; do
+            missing=$(unshipped "$name")
+            [ -n "$missing" ] && short+="${short:+; }$name lacks seeds $missing"
+        done
+        if [ -n "$short" ]; then echo "not yet: $short (bash bench/evidence_builds.sh start)" >&2; exit 1; fi
         nohup bash -c "exec -a evidence-finish bash -c '$FINISH >> runs/logs/finish.log 2>&1'" > /dev/null 2>&1 &
         echo "finish started (log runs/logs/finish.log): $FINISH"
         ;;
@@ -178,14 +175,15 @@ PY
 import sys
 from pathlib import Path
 from kdenv.benchmark.table import resolve_table
-from kdenv.commands.leaderboard import AGENTS, load_result, result_path
+from kdenv.commands.leaderboard import AGENTS, load_result, parse_args, result_path
+defaults = parse_args([])  # what finish retrains with: the default folds, agent seeds and results folder
 for name in sys.argv[1].split(","):
     table, done = resolve_table(name), []
     for agent in AGENTS:
-        result = load_result(result_path(Path("docs/leaderboard/results"), name, agent), table, 4)
+        result = load_result(result_path(Path(defaults.results_dir), name, agent), table, defaults.k)
         if result is not None:
             trained = sum(len(values) for values in result["returns"].values())
-            done.append(f"{agent} {trained}/{5 * len(table.seeds)}")
+            done.append(f"{agent} {trained}/{defaults.agent_seeds * len(table.seeds)}")
     print(f"{name} agent rows (held-out seed x agent seed results): {', '.join(done) or 'none yet'}")
 PY
         ;;
