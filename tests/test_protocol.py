@@ -181,7 +181,8 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     assert rows["oracle"]["regret"]["mean"] == 0.0 and rows["A2C"]["seeds"] == 4 and rows["A2C"]["agent_seeds"] == 2
     text = (tmp_path / "board.md").read_text()
     assert "| A2C |" in text and "Not yet trained on this table: PPO" in text
-    assert f"Made by `python agents/leaderboard.py --tables {tmp_path / 'table'} --k 2` from" in text
+    assert (f"Made by `python agents/leaderboard.py --tables {tmp_path / 'table'} --k 2 --results-dir "
+            f"{tmp_path / 'results'} --output {tmp_path / 'board'}` from") in text
     # The summary answers for the one trained row: headroom, then A2C's gain with its interval.
     summary = next(line for line in text.splitlines() if line.startswith(f"| {tmp_path / 'table'} | 4 |"))
     assert f"| A2C | {ci_text(rows['A2C']['gain'])} |" in summary

@@ -438,9 +438,13 @@ def best_agent(name: str, table: Table, results_dir: Path, k: int) -> tuple[str,
 
 
 def leaderboard(tables: dict[str, Table], args, results_dir: Path) -> dict[str, Any]:
-    # The command that rebuilds this board from the committed files (tables named when chosen).
-    remake = " ".join(["python agents/leaderboard.py", *(["--tables", args.tables] if args.tables else []),
-                       *(["--k", str(args.k)] if args.k != 4 else [])])
+    # The command that rebuilds this board from the committed files: every flag that shapes it, when
+    # it differs from the default (the tables, the folds, where the results are read and the board written).
+    defaults = parse_args([])
+    remake = " ".join(["python agents/leaderboard.py",
+                       *(f"--{flag.replace('_', '-')} {getattr(args, flag)}"
+                         for flag in ("tables", "k", "results_dir", "output")
+                         if getattr(args, flag) != getattr(defaults, flag))])
     board: dict[str, Any] = {"k": args.k, "reward": REPORT_REWARD, "command": remake, "tables": {}}
     for name, table in tables.items():
         view = FoldView(table, REPORT_REWARD)
