@@ -10,6 +10,7 @@
 #   bash bench/evidence_builds.sh resume   # SIGCONT them
 #   bash bench/evidence_builds.sh ship     # write the tables with the seeds finished so far (computes nothing)
 #   bash bench/evidence_builds.sh status   # what runs, and each table's finished seeds
+#   bash bench/evidence_builds.sh unshipped stsb_u8 # the seeds of a table's range it does not hold yet
 #   bash bench/evidence_builds.sh finish   # once every seed is built: the leaderboard and the live check (nohup)
 #
 # Needs the teachers in runs/teachers/ and KDENV_GLUE_DIR (default ../shared/data/glue). runs/ does
@@ -120,6 +121,9 @@ PY
         if [ -n "$missing" ]; then echo "sst2_u8 lacks seeds $missing: not retraining its agent rows yet" >&2; exit 1; fi
         $PYTHON agents/leaderboard.py --retrain --tables sst2_u8 --output runs/leaderboard_sst2_u8 --no-progress
         ;;
+    unshipped)  # a table's seeds still to build (the helper start and finish use; tested)
+        unshipped "${2:?usage: bash bench/evidence_builds.sh unshipped TABLE}"
+        ;;
     pause)
         for pid in $(heavy); do kill -STOP "$pid"; done
         echo "paused: $(heavy | tr '\n' ' ')"
@@ -188,7 +192,7 @@ for name in sys.argv[1].split(","):
 PY
         ;;
     *)
-        echo "usage: bash bench/evidence_builds.sh teachers|start|retrain-sst2|pause|resume|ship|status|finish" >&2
+        echo "usage: bash bench/evidence_builds.sh teachers|start|retrain-sst2|pause|resume|ship|status|unshipped TABLE|finish" >&2
         exit 2
         ;;
 esac

@@ -47,3 +47,36 @@ def test_a_table_is_named_or_given_as_a_folder_and_an_unknown_name_lists_the_shi
     assert all(name in str(refused.value) for name in available_tables())
     with pytest.raises(TableError, match="no table at"):
         resolve_table(tmp_path)
+
+
+def test_the_evidence_build_script_builds_exactly_the_seeds_a_shipped_table_lacks(tmp_path):
+    """bench/evidence_builds.sh's `unshipped` decides what `start` builds and whether `finish` may
+    run: a table's range in the script minus the seeds of its shipped manifest. It must fail, not
+    print nothing (which reads as 'all built'), when it cannot tell."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = REPO / "bench" / "evidence_builds.sh"
+    ranges = dict(re.findall(r'"(\w+)\|\$\w+\|([\d,-]+)"', script.read_text()))
+    assert {"stsb_u8", "sst2_u8"} <= set(ranges), f"table ranges not found in {script}"
+
+    def unshipped(name, python=sys.executable):
+        env = {**os.environ, "PYTHON": python}
+        return subprocess.run(["bash", str(script), "unshipped", name], capture_output=True, text=True, env=env,
+                              cwd=tmp_path)
+
+    from kdenv.cli import parse_seeds
+
+    for name in ("stsb_u8", "sst2_u8"):
+        have = set(resolve_table(name).seeds)
+        expected = [seed for seed in parse_seeds(ranges[name]) if seed not in have]
+        done = unshipped(name)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == ",".join(map(str, expected))
+    unknown = unshipped("no_such_table")
+    assert unknown.returncode != 0 and "no table no_such_table" in unknown.stderr
+    assert unshipped("sst2_u8", python="/bin/false").returncode != 0
