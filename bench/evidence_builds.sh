@@ -65,7 +65,7 @@ NEW_TABLES="stsb_u8,sst2_u8"
 BOARD_TABLES="stsb_u8,sst2_u8,stsb_h100_u8,mrpc,stsb"
 FINISH="$PYTHON agents/leaderboard.py --retrain --tables $NEW_TABLES --ray --no-progress \
  && $PYTHON agents/leaderboard.py --tables $BOARD_TABLES --no-progress \
- && $PYTHON agents/live_check.py --table stsb_u8 --row best --no-progress"
+ && $PYTHON agents/live_check.py --table stsb_u8 --row best --ray --no-progress"
 
 run_queue() {  # name, then its commands (run one after the other, each logged to the queue's log)
     local name=$1; shift

@@ -33,6 +33,12 @@ def add_job_arguments(add: Callable) -> None:
     add("--gpus-per-job", type=float, default=0.0, help="GPUs each Ray task declares, fractional allowed (default 0)")
 
 
+def job_flags(args) -> list[str]:
+    """The job arguments of ``args`` as command-line flags, to hand them on to another script."""
+    return [*(["--ray"] if args.ray else []), *(["--ray-address", args.ray_address] if args.ray_address else []),
+            "--cpus-per-job", str(args.cpus_per_job), "--gpus-per-job", str(args.gpus_per_job)]
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fails within seconds, with the fix, when nothing listens at a Ray cluster's HOST:PORT."""
     target = address.removeprefix("ray://")
@@ -82,6 +88,15 @@ class JobRunner:
         if self.address:
             check_reachable(self.address)
 
+    def threads(self) -> int:
+        """The torch threads a job computes with: the CPUs a Ray task declares (at least one), or
+        this process's own setting when the jobs run here. Part of what keys a job's cached result."""
+        if self.ray:
+            return max(1, int(self.num_cpus))
+        import torch
+
+        return torch.get_num_threads()
+
     def map(self, function: Callable[[Any], Any], jobs: Sequence[Any],
             on_result: Callable[[Any, Any], None] | None = None) -> list[Any]:
         """The results in job order; ``on_result(job, result)`` is called as each one arrives."""
@@ -98,7 +113,7 @@ class JobRunner:
         env_vars = {key: value for key, value in os.environ.items() if key.startswith(ENV_PREFIXES)}
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
                           retry_exceptions=False)(_with_threads).options(runtime_env={"env_vars": env_vars})
-        pending = {task.remote(function, job, int(self.num_cpus)): index for index, job in enumerate(jobs)}
+        pending = {task.remote(function, job, self.threads()): index for index, job in enumerate(jobs)}
         results: list[Any] = [None] * len(jobs)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -545,6 +545,9 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
                                         "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]) == 0
     assert command("live_check").main([*live, "--first-seed", "1"]) == 2  # seed 1 is in the table
     assert "are in the table" in capsys.readouterr().err
+    # The live runs can go to Ray (evaluate.py's jobs): an unreachable cluster is refused before any agent trains.
+    assert command("live_check").main([*live, "--ray-address", "127.0.0.1:1"]) == 2
+    assert "no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err and not (tmp_path / "live").exists()
     assert command("live_check").main(best) == 0  # the row with the larger mean gain on the leaderboard
     report = json.loads((tmp_path / "live" / "live_check.json").read_text())
     rows = json.loads((tmp_path / "board.json").read_text())["tables"][str(built["table"])]["rows"]

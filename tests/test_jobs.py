@@ -53,6 +53,25 @@ def test_evaluation_with_ray_gives_the_in_process_results(local_ray, tiny_teache
     here = json.loads((tmp_path / "here" / "runs.json").read_text())
     there = json.loads((tmp_path / "ray" / "runs.json").read_text())
     assert len(here) == 2 and without_timing(here) == without_timing(there)
+    # A run's cache key holds the threads it computed with: a Ray task's, not the driver's. Tasks
+    # of two CPUs (two torch threads) compute afresh instead of reusing the one-thread runs.
+    assert {run["config"]["software"]["torch_threads"] for run in there} == {"1"}
+    assert evaluate.main([*args, "--ray", "--cpus-per-job", "2", "--output-dir", str(tmp_path / "two")]) == 0
+    assert "reused" not in capsys.readouterr().out
+    two = json.loads((tmp_path / "two" / "runs.json").read_text())
+    assert {run["config"]["software"]["torch_threads"] for run in two} == {"2"}
+
+
+def test_job_flags_hand_the_job_arguments_on_unchanged():
+    import argparse
+
+    from kdenv.jobs import add_job_arguments, job_flags
+
+    parser = argparse.ArgumentParser()
+    add_job_arguments(parser.add_argument)
+    for argv in ([], ["--ray"], ["--ray-address", "10.0.0.1:6379", "--cpus-per-job", "2", "--gpus-per-job", "0.25"]):
+        given = parser.parse_args(argv)
+        assert parser.parse_args(job_flags(given)) == given
 
 
 def test_a_tree_built_by_ray_jobs_equals_the_in_process_tree(local_ray, tiny_teacher, glue_dir, tmp_path):

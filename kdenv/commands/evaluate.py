@@ -207,6 +207,7 @@ def evaluate(args: argparse.Namespace) -> int:
     runner.check()
     runtime = make_runtime(args.device, args.precision)
     identity = run_identity(data_config, distill_config, runtime, not args.no_progress)
+    identity["software"]["torch_threads"] = str(runner.threads())  # a Ray task's, not this driver's
     runs: dict[str, dict[str, Any]] = {}
     jobs: list[EvaluationJob] = []
     bar = tqdm(total=len(plans) * args.seeds, desc=f"evaluate {task.name}", unit="run", disable=args.no_progress)

@@ -14,7 +14,8 @@ there holds on a new seed, where no table exists, only the live trainer can say.
      pick without learning. It is named before any live run (`evaluate.py --baseline`).
   4. The agents, the baseline and any --extra policies play on --seeds new episode seeds (by
      default those right after the table's last), through `agents/evaluate.py` with the table's
-     own data, student and budget settings; every run is cached and resumes.
+     own data, student and budget settings; every run is cached and resumes (--ray: the runs as
+     one-thread Ray jobs on every core).
   5. Per new seed, each agent's final metric minus the baseline's on the same seed (the same data
      order and dropout), on GLUE dev and on the reward split: the mean and IQM with two-level
      bootstrap 95% intervals (new seeds resampled, then agent seeds within each), and the
@@ -57,6 +58,7 @@ from kdenv.config import ConfigError, save_run_config
 from kdenv.decision.algorithms import get_algorithm, save_agent
 from kdenv.engine.tasks import get_task
 from kdenv.io import atomic_write, check_writable
+from kdenv.jobs import JobError, JobRunner, add_job_arguments, job_flags
 from kdenv.paths import runs_dir
 
 
@@ -80,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--dry-run", action="store_true", help="print the plan (baseline, seeds, runs) and stop")
     add("--data-dir", default=None, help="local GLUE folder (download_glue_data.py layout); default $KDENV_GLUE_DIR")
     add("--no-progress", action="store_true", help="hide progress output")
+    add_job_arguments(add)  # the live runs, as evaluate.py's jobs: --ray plays them on every core
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.agent_seeds < 1:
         parser.error("--seeds and --agent-seeds must be >= 1")
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = [name.strip() for name in args.extra.split(",") if name.strip() and name.strip() != baseline]
         out = Path(args.output_dir) if args.output_dir else runs_dir() / "live" / table_name / args.row
         check_writable(out)
-    except (TableError, ConfigError, ValueError, OSError) as error:
+        JobRunner.from_args(args).check()  # before any agent trains: Ray installed, the cluster reachable
+    except (TableError, ConfigError, JobError, ValueError, OSError) as error:
         return fail(error)
     runs_count = len(seeds) * (args.agent_seeds + 1 + len(extra))
     print(f"live check of {args.row} on {table_name}: baseline {baseline} (best constant on seeds {table.seeds}), "
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_eval = ["--task", table.task, "--policies", ",".join(policies), "--baseline", baseline,
                  "--first-seed", str(first), "--seeds", str(args.seeds), *table_flags(table),
                  "--output-dir", str(out / "eval"), *(["--data-dir", args.data_dir] if args.data_dir else []),
-                 *(["--no-progress"] if args.no_progress else [])]
+                 *(["--no-progress"] if args.no_progress else []), *job_flags(args)]
     code = evaluate_command.main(argv_eval)
     if code:
         return code
