@@ -457,6 +457,29 @@ def test_finished_seeds_are_shipped_mid_build_without_computing(built, glue_dir,
         shutil.rmtree(partial)
     table = Table.load(tmp_path / "table")
     assert table.seeds == [0, 1] and table.nodes[1] == Table.load(built["table"]).nodes[1]
+    # Shipped again on a later day with nothing new: the manifest is the same bytes (each seed keeps
+    # the date it was first written); a seed new that day carries that day's date, and so does the table.
+    import time
+
+    from kdenv.benchmark import build
+
+    today = time.strftime("%Y-%m-%d")
+
+    def ship(seeds, day):
+        with monkeypatch.context() as patch:  # the build's clock only (time.strftime, while it writes)
+            patch.setattr(build.time, "strftime", lambda fmt, *rest: day)
+            assert command("build_tree").main([*common, "--seeds", seeds]) == 0
+
+    manifest = (tmp_path / "table" / "manifest.json").read_text()
+    ship("0-1", "2099-01-01")
+    assert (tmp_path / "table" / "manifest.json").read_text() == manifest
+    shutil.rmtree(tmp_path / "table")
+    ship("0", today)
+    ship("0-1", "2099-01-01")
+    later = json.loads((tmp_path / "table" / "manifest.json").read_text())
+    assert {seed: p["built"] for seed, p in later["seed_provenance"].items()} == {"0": today, "1": "2099-01-01"}
+    assert later["built"] == "2099-01-01"
+    capsys.readouterr()
     assert command("build_tree").main([*common, "--seeds", "5"]) == 1
     assert "nothing written" in capsys.readouterr().out
     assert command("build_tree").main([*common, "--seeds", "0", "--estimate"]) == 2

@@ -15,13 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from kdenv import numerics
-from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
+from kdenv.benchmark.table import MANIFEST, Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.tree import DevScoring, JobBusy, TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
 from kdenv.engine.teacher_cache import split_fingerprint
-from kdenv.io import atomic_write
+from kdenv.io import atomic_write, file_sha256
 from kdenv.jobs import JobRunner
 from kdenv.numerics import replay_class, replay_where
 from kdenv.paths import runs_dir
@@ -266,14 +266,25 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
     out = Path(out)
     manifest = table_manifest(setup, environment, seeds)
     kept, kept_seconds, kept_provenance = kept_seeds(out, manifest, list(seeds))
+    # (kept_seeds has verified the old manifest's checksums, if there is one.)
+    before = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
     if records is None:
         records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
     build_seconds = sum(node_seconds(r) for seed_records in records.values() for r in seed_records)
+    provenance = {}
     for seed, seed_records in records.items():
-        write_seed(out, seed, seed_records)
+        path = write_seed(out, seed, seed_records)
+        record, earlier = seed_provenance(manifest), before.get("seed_provenance", {}).get(str(seed))
+        if (earlier and before.get("files", {}).get(path.name) == file_sha256(path)
+                and {**earlier, "built": None} == {**record, "built": None}):
+            record["built"] = earlier["built"]  # the same records rewritten (shipped again): built when first written
+        provenance[str(seed)] = record
     manifest["seeds"] = sorted([*seeds, *kept])
     manifest["build_seconds"] = round(build_seconds + kept_seconds, 1)
-    manifest["seed_provenance"] = {**kept_provenance, **{str(seed): seed_provenance(manifest) for seed in seeds}}
+    manifest["seed_provenance"] = {**kept_provenance, **provenance}
+    # The table's date: its newest seed's.
+    manifest["built"] = max((p.get("built") or "" for p in manifest["seed_provenance"].values()), default="") \
+        or manifest["built"]
     return write_manifest(out, manifest)
 
 
