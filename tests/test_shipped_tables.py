@@ -58,6 +58,7 @@ def test_the_evidence_build_script_builds_exactly_the_seeds_a_shipped_table_lack
     import subprocess
     import sys
 
+    from kdenv.cli import parse_seeds
     from tests.conftest import REPO
 
     script = REPO / "bench" / "evidence_builds.sh"
@@ -68,8 +69,6 @@ def test_the_evidence_build_script_builds_exactly_the_seeds_a_shipped_table_lack
         env = {**os.environ, "PYTHON": python}
         return subprocess.run(["bash", str(script), "unshipped", name], capture_output=True, text=True, env=env,
                               cwd=tmp_path)
-
-    from kdenv.cli import parse_seeds
 
     for name in ("stsb_u8", "sst2_u8"):
         have = set(resolve_table(name).seeds)

@@ -148,16 +148,18 @@ def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: li
     return plans
 
 
-def run_identity(data_config: DataConfig, distill_config: DistillConfig, runtime, progress: bool) -> dict[str, Any]:
+def run_identity(data_config: DataConfig, distill_config: DistillConfig, runtime, threads: int,
+                 progress: bool) -> dict[str, Any]:
     """What changes a run besides its policy and configs: the teacher's weights, the data files'
-    contents and the software. Part of every cached run's key, so a re-fine-tuned teacher or
-    changed data is never answered from the cache."""
+    contents and the software, with the torch threads the run computes with (a Ray task's, not
+    this driver's). Part of every cached run's key, so a re-fine-tuned teacher or changed data is
+    never answered from the cache."""
     ensure_teacher(data_config, runtime, progress, base_model=distill_config.teacher_model)
     _, _, loaded = load_teacher(data_config.task)
     raw = load_raw_splits(get_task(data_config.task), data_config.data_dir)
     software = environment_record()
     return {"teacher": loaded["fingerprint"], "data": {name: split.fingerprint() for name, split in raw.items()},
-            "software": {k: software[k] for k in ("python", "torch", "transformers", "torch_threads")}}
+            "software": {**{k: software[k] for k in ("python", "torch", "transformers")}, "torch_threads": str(threads)}}
 
 
 def defined_mean(values: list[float]) -> float:
@@ -206,8 +208,7 @@ def evaluate(args: argparse.Namespace) -> int:
     runner = JobRunner.from_args(args)
     runner.check()
     runtime = make_runtime(args.device, args.precision)
-    identity = run_identity(data_config, distill_config, runtime, not args.no_progress)
-    identity["software"]["torch_threads"] = str(runner.threads())  # a Ray task's, not this driver's
+    identity = run_identity(data_config, distill_config, runtime, runner.threads(), not args.no_progress)
     runs: dict[str, dict[str, Any]] = {}
     jobs: list[EvaluationJob] = []
     bar = tqdm(total=len(plans) * args.seeds, desc=f"evaluate {task.name}", unit="run", disable=args.no_progress)
