@@ -94,7 +94,7 @@ print(" && ".join(commands))
 PY
 )
         echo "$TEACHERS"
-        nohup bash -c "exec -a evidence-teachers bash -c '$TEACHERS >> runs/logs/teachers.log 2>&1'" > /dev/null 2>&1 &
+        nohup bash -c "exec -a evidence-teachers bash -c '{ $TEACHERS; } >> runs/logs/teachers.log 2>&1'" > /dev/null 2>&1 &
         echo "teachers started (log runs/logs/teachers.log): start the queues when it ends"
         ;;
     start)
@@ -150,7 +150,7 @@ PY
             [ -n "$missing" ] && short+="${short:+; }$name lacks seeds $missing"
         done
         if [ -n "$short" ]; then echo "not yet: $short (bash bench/evidence_builds.sh start)" >&2; exit 1; fi
-        nohup bash -c "exec -a evidence-finish bash -c '$FINISH >> runs/logs/finish.log 2>&1'" > /dev/null 2>&1 &
+        nohup bash -c "exec -a evidence-finish bash -c '{ $FINISH; } >> runs/logs/finish.log 2>&1'" > /dev/null 2>&1 &
         echo "finish started (log runs/logs/finish.log): $FINISH"
         ;;
     status)
