@@ -21,6 +21,7 @@ from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
 from kdenv.benchmark.validate import validate
+from kdenv.commands.oracle import report as oracle_report
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
 
 
@@ -344,6 +345,11 @@ def test_oracle_reports_every_schedule_on_dev_and_the_dev_headroom(tmp_path):
     assert result["oracle"]["dev"]["mean"] == pytest.approx(((1 - 0.30) + (1 - 0.40)) / 2)
     assert result["best_constant"]["dev"]["mean"] == pytest.approx(0.80)
     assert result["policies"]["none"]["dev"]["mean"] == pytest.approx(0.90)
+    # The reward's headroom on dev, seed by seed: oracle (0, 1) and (1, 0) against the constant (1, 1).
+    assert result["headroom_on_dev"]["mean"] == pytest.approx(((0.70 - 0.80) + (0.60 - 0.80)) / 2)
+    assert result["headroom_on_dev"]["n"] == 2
+    text = oracle_report(table, {"metric_gain": result}, reward_dev_correlation(table), dev_headroom(table))
+    assert "both chosen by this reward: -0.1500" in text
     on_dev = dev_headroom(table)
     assert on_dev["dev_metric"] == "accuracy" and on_dev["oracle"]["schedules"] == [[1, 0], [0, 1]]
     assert on_dev["oracle"]["value"]["mean"] == pytest.approx(1.0)

@@ -117,7 +117,9 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
         lines += ["", f"Headroom (oracle − best constant): {fmt_ci(result['headroom'])}; "
                   f"closed loop − best constant: {fmt_ci(result['closed_loop_headroom'])}; "
                   f"open-loop − best constant: {fmt_ci(result['open_loop_headroom'])}. The best constant here is "
-                  "chosen on these same seeds (the leaderboard chooses it on train folds).", "",
+                  "chosen on these same seeds (the leaderboard chooses it on train folds)."
+                  + (f" On GLUE dev (analysis only), the oracle's schedules minus the best constant, both chosen by "
+                     f"this reward: {fmt_ci(result['headroom_on_dev'])}." if result.get("headroom_on_dev") else ""), "",
                   "Closed-loop schedule per seed: " + "; ".join(
                       f"seed {seed}: {schedule_text(schedule, names)} ({value:+.4f})"
                       for seed, schedule, value in zip(result["seeds"], result["closed_loop"]["schedules"],
