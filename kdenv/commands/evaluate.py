@@ -173,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_transformers()
     try:
-        return evaluate(args)
+        return evaluate(args, sys.argv[1:] if argv is None else argv)
     except CLEAR_ERRORS as error:
         return fail(error)
 
 
-def evaluate(args: argparse.Namespace) -> int:
+def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Runs the evaluation; ``argv`` are the arguments it was given, which its report quotes as the
+    command (the caller's own when another command, such as live_check, runs it in-process)."""
     task = get_task(args.task)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, not {args.seeds}")
@@ -249,7 +251,7 @@ def evaluate(args: argparse.Namespace) -> int:
     finally:
         release()
     bar.close()
-    write_report(out, task, list(runs.values()), args, budget_fields)
+    write_report(out, task, list(runs.values()), args, budget_fields, sys.argv[1:] if argv is None else argv)
     return 0
 
 
@@ -264,7 +266,8 @@ def interval_fields(paired: dict[str, Any] | None) -> list[float | None]:
     return [paired["mean"], *paired["ci"]] if paired else [None, None, None]
 
 
-def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict[str, Any]) -> None:
+def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict[str, Any],
+                 argv: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,7 +336,7 @@ def write_report(out: Path, task, runs: list[dict[str, Any]], args, budget: dict
               f"saliency loyalty | s per run | agent training (× one run) | dev {metric} − baseline (paired, 95% CI) | "
               f"reward-split {metric} − baseline (paired, 95% CI) |\n"
               f"|---|---|---|---|---|---|---|---|---|---|")
-    command = "python agents/evaluate.py " + " ".join(sys.argv[1:])
+    command = "python agents/evaluate.py " + " ".join(argv)
     table = (f"Task {task.name}; teacher dev {metric} {teacher:.4f}; budget {budget['phases']} phases × "
              f"{budget['updates_per_phase']} updates; command: `{command}`\n\n{header}\n" + "\n".join(rows) + "\n")
     if best_baseline:
