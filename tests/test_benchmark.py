@@ -599,6 +599,11 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     assert dev["mean"] == pytest.approx(np.mean(differences)) and (dev["seeds"], dev["agent_seeds"]) == (2, 2)
     assert dev["mean_ci"][0] <= dev["mean"] <= dev["mean_ci"][1]
     assert f"| {label} | reward split |" in (tmp_path / "live" / "live_check.md").read_text()
+    # Beside the live figures, what the table says of the same agents on the seeds they trained on.
+    on_table = report["on_the_table"]
+    assert (on_table["seeds"], on_table["agent_seeds"]) == (len(table.seeds), 2) and len(on_table["per_agent"]) == 2
+    assert on_table["mean"] == pytest.approx(np.mean(on_table["per_agent"]))
+    assert "On the table, the same agents" in (tmp_path / "live" / "live_check.md").read_text()
 
 
 def test_a_table_is_extended_by_seeds_built_later_and_refuses_another_setup(built, tmp_path, monkeypatch):

@@ -39,8 +39,9 @@ import numpy as np
 from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.stats import improvement, summarise
-from kdenv.benchmark.study import TableStudy
+from kdenv.benchmark.study import TableStudy, play
 from kdenv.benchmark.table import Table, TableError, resolve_table
+from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.benchmark.validate import check_saved_teacher
 from kdenv.cli import fail, run_main
 from kdenv.commands import evaluate as evaluate_command
@@ -55,7 +56,8 @@ from kdenv.commands.leaderboard import (
     result_path,
 )
 from kdenv.config import ConfigError, save_run_config
-from kdenv.decision.algorithms import get_algorithm, save_agent
+from kdenv.decision.algorithms import SavedAgent, get_algorithm, save_agent
+from kdenv.decision.wrappers import MultiDiscreteOnOff
 from kdenv.engine.tasks import get_task
 from kdenv.io import atomic_write, check_writable
 from kdenv.jobs import JobError, JobRunner, add_job_arguments, job_flags
@@ -136,6 +138,23 @@ def train_agents(table: Table, row: str, result: dict[str, Any], args, path: Pat
     return zips
 
 
+def table_gains(table: Table, zips: list[Path], baseline_column: int) -> dict[str, Any]:
+    """What the table says of the trained agents: each played on every seed it trained on, its return
+    minus the baseline constant's (in-sample, so optimistic), to set beside the live differences."""
+    view = FoldView(table, REPORT_REWARD)
+    per_seed: dict[int, list[float]] = {seed: [] for seed in table.seeds}
+    for zip_path in zips:
+        saved = SavedAgent.open(zip_path)
+        env = KnowledgeSelectionTableEnv(table, reward=REPORT_REWARD, action_space=saved.algorithm.action_space)
+        wrapped = MultiDiscreteOnOff(env) if saved.algorithm.wrap_multidiscrete else env
+        model = saved.load(allow_pickle=False, spaces_from=wrapped)
+        for seed in table.seeds:
+            per_seed[seed].append(play(model, env, wrapped, seed)[0] - view.value(seed, baseline_column))
+    gains = [np.array(values) for values in per_seed.values()]
+    return {**summarise(gains), "per_agent": [float(np.mean([values[i] for values in gains])) for i in range(len(zips))],
+            "seeds": len(gains), "agent_seeds": len(zips)}
+
+
 def paired_summary(runs: list[dict[str, Any]], policies: list[str], baseline: str, score) -> dict[str, Any]:
     """Policies (several labels: the agent seeds of one row) minus the baseline, seed by seed."""
     base = {run["seed"]: score(run) for run in runs if run["policy"] == baseline}
@@ -201,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"episode seeds {sorted(set(seeds) & set(table.seeds))} are in the table: a live check "
                               f"plays on new seeds only; pass --first-seed {max(table.seeds) + 1} or more")
         view = FoldView(table, REPORT_REWARD)
-        baseline = constant_policy(table, view.sequences[view.best_constant(table.seeds)][0])
+        baseline_column = view.best_constant(table.seeds)
+        baseline = constant_policy(table, view.sequences[baseline_column][0])
         extra = [name.strip() for name in args.extra.split(",") if name.strip() and name.strip() != baseline]
         out = Path(args.output_dir) if args.output_dir else runs_dir() / "live" / table_name / args.row
         check_writable(out)
@@ -237,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     metric = get_task(table.task).primary_metric
     data, text = report(table_name, args.row, baseline, agent_labels, extra, runs, metric, seeds)
     data["agents"] = [str(zip_path) for zip_path in zips]
+    data["on_the_table"] = on_table = table_gains(table, zips, baseline_column)
+    text += (f"\nOn the table, the same agents on the {on_table['seeds']} seeds they trained on (in-sample), "
+             f"reward split minus the baseline: {ci_text(on_table)} ({on_table['seeds']} x {on_table['agent_seeds']}); "
+             "per agent " + ", ".join(f"{value:+.4f}" for value in on_table["per_agent"]) + ".\n")
     data["command"] = "python agents/live_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(text)
     with atomic_write(out / "live_check.md") as handle:
