@@ -169,6 +169,9 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     constants = constant_columns(table, sequences)
     best_constant = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]
     oracle = returns[np.arange(len(seeds)), oracle_index]
+    # Does the reward's headroom show on dev? The oracle's schedules (chosen by reward) minus the best
+    # constant (chosen by reward), seed by seed, on the GLUE dev metric (analysis only).
+    on_dev = None if dev is None else dev[np.arange(len(seeds)), oracle_index] - dev[:, best_constant]
     loop = closed_loop(table, sequences, returns)
     policies = {}
     for name in named_policies(table):
@@ -193,11 +196,7 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
         "open_loop_headroom": with_interval(returns[:, open_loop] - returns[:, best_constant]),
         "closed_loop": loop,
         "closed_loop_headroom": with_interval(np.array(loop["per_seed"]) - returns[:, best_constant]),
-        # Does the reward's headroom show on dev? The oracle's schedules (chosen by reward) minus the
-        # best constant (chosen by reward), seed by seed, on the GLUE dev metric (analysis only).
-        "headroom_on_dev": None if dev is None or np.isnan(dev[:, [best_constant]]).any()
-        or np.isnan(dev[np.arange(len(seeds)), oracle_index]).any()
-        else with_interval(dev[np.arange(len(seeds)), oracle_index] - dev[:, best_constant]),
+        "headroom_on_dev": None if on_dev is None or np.isnan(on_dev).any() else with_interval(on_dev),
     }
 
 

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
 
 
-def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+def evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     """Runs the evaluation; ``argv`` are the arguments it was given, which its report quotes as the
     command (the caller's own when another command, such as live_check, runs it in-process)."""
     task = get_task(args.task)
@@ -251,7 +251,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     finally:
         release()
     bar.close()
-    write_report(out, task, list(runs.values()), args, budget_fields, sys.argv[1:] if argv is None else argv)
+    write_report(out, task, list(runs.values()), args, budget_fields, argv)
     return 0
 
 

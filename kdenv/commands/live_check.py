@@ -39,9 +39,8 @@ import numpy as np
 from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.stats import improvement, summarise
-from kdenv.benchmark.study import TableStudy, play
+from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, resolve_table
-from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.benchmark.validate import check_saved_teacher
 from kdenv.cli import fail, run_main
 from kdenv.commands import evaluate as evaluate_command
@@ -57,7 +56,6 @@ from kdenv.commands.leaderboard import (
 )
 from kdenv.config import ConfigError, save_run_config
 from kdenv.decision.algorithms import SavedAgent, get_algorithm, save_agent
-from kdenv.decision.wrappers import MultiDiscreteOnOff
 from kdenv.engine.tasks import get_task
 from kdenv.io import atomic_write, check_writable
 from kdenv.jobs import JobError, JobRunner, add_job_arguments, job_flags
@@ -114,9 +112,11 @@ def table_flags(table: Table) -> list[str]:
             "--updates-per-phase", str(manifest["env"]["updates_per_phase"])]
 
 
-def train_agents(table: Table, row: str, result: dict[str, Any], args, path: Path, out: Path) -> list[Path]:
+def train_agents(table: Table, row: str, result: dict[str, Any], args, path: Path,
+                 out: Path) -> tuple[TableStudy, list[Path]]:
     """The row's configuration trained on all of the table's seeds, one agent per agent seed
-    (finished zips are reused); the run record beside them lets evaluate.py rebuild each agent."""
+    (finished zips are reused); the run record beside them lets evaluate.py rebuild each agent.
+    Returns the study they trained in and their zips."""
     spec, config = AGENTS[row], result["config"]
     study = TableStudy(table, get_algorithm(spec.algo), list(table.seeds), [], spec.reward, 10.0, config["episodes"],
                        exploration_bonus=spec.bonus)
@@ -135,24 +135,19 @@ def train_agents(table: Table, row: str, result: dict[str, Any], args, path: Pat
             if not args.no_progress:
                 print(f"  agent seed {seed}: trained on seeds {table.seeds} in {seconds:.0f} s")
         zips.append(zip_path)
-    return zips
+    return study, zips
 
 
-def table_gains(table: Table, zips: list[Path], baseline_column: int) -> dict[str, Any]:
+def table_gains(study: TableStudy, zips: list[Path], view: FoldView, baseline_column: int) -> dict[str, Any]:
     """What the table says of the trained agents: each played on every seed it trained on, its return
-    minus the baseline constant's (in-sample, so optimistic), to set beside the live differences."""
-    view = FoldView(table, REPORT_REWARD)
-    per_seed: dict[int, list[float]] = {seed: [] for seed in table.seeds}
-    for zip_path in zips:
-        saved = SavedAgent.open(zip_path)
-        env = KnowledgeSelectionTableEnv(table, reward=REPORT_REWARD, action_space=saved.algorithm.action_space)
-        wrapped = MultiDiscreteOnOff(env) if saved.algorithm.wrap_multidiscrete else env
-        model = saved.load(allow_pickle=False, spaces_from=wrapped)
-        for seed in table.seeds:
-            per_seed[seed].append(play(model, env, wrapped, seed)[0] - view.value(seed, baseline_column))
-    gains = [np.array(values) for values in per_seed.values()]
-    return {**summarise(gains), "per_agent": [float(np.mean([values[i] for values in gains])) for i in range(len(zips))],
-            "seeds": len(gains), "agent_seeds": len(zips)}
+    (in the report's reward) minus the baseline constant's; in-sample, so optimistic, to set beside
+    the live differences."""
+    seeds = study.train_seeds
+    gains = np.array([[returns[seed] - view.value(seed, baseline_column) for seed in seeds]
+                      for returns in (study.returns_on(SavedAgent.open(zip_path).load(), seeds, reward=REPORT_REWARD)
+                                      for zip_path in zips)])  # [agents, seeds]
+    return {**summarise(list(gains.T)), "per_agent": gains.mean(axis=1).tolist(), "seeds": len(seeds),
+            "agent_seeds": len(zips)}
 
 
 def paired_summary(runs: list[dict[str, Any]], policies: list[str], baseline: str, score) -> dict[str, Any]:
@@ -242,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # agents: a small MLP
-    zips = train_agents(table, args.row, result, args, path, out)
+    study, zips = train_agents(table, args.row, result, args, path, out)
     torch.set_num_threads(threads)
     policies = [baseline, *extra, *(f"agent:{zip_path}" for zip_path in zips)]
     argv_eval = ["--task", table.task, "--policies", ",".join(policies), "--baseline", baseline,
@@ -257,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     metric = get_task(table.task).primary_metric
     data, text = report(table_name, args.row, baseline, agent_labels, extra, runs, metric, seeds)
     data["agents"] = [str(zip_path) for zip_path in zips]
-    data["on_the_table"] = on_table = table_gains(table, zips, baseline_column)
+    data["on_the_table"] = on_table = table_gains(study, zips, view, baseline_column)
     text += (f"\nOn the table, the same agents on the {on_table['seeds']} seeds they trained on (in-sample), "
              f"reward split minus the baseline: {ci_text(on_table)} ({on_table['seeds']} x {on_table['agent_seeds']}); "
              "per agent " + ", ".join(f"{value:+.4f}" for value in on_table["per_agent"]) + ".\n")
