@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdenv import numerics
+from kdenv.benchmark.outputs import outputs_file, split_records, write_outputs
 from kdenv.benchmark.table import MANIFEST, Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.tree import DevScoring, JobBusy, TreeBuilder, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
@@ -39,6 +40,7 @@ class TreeSetup:
     env: EnvConfig
     threads: int = 1
     dev: DevScoring = dataclasses.field(default_factory=DevScoring)
+    outputs: bool = False  # records keep per-example outputs (kdenv.benchmark.outputs)
 
     def __post_init__(self) -> None:
         # Tables enumerate subsets, hold task rewards only, and the feature observation.
@@ -55,6 +57,8 @@ class TreeSetup:
             fields["runtime"] = {"device": runtime.device.type, "precision": runtime.precision}
         if not self.dev.is_default:  # so do builds that score every leaf on the whole dev split
             fields["dev_scoring"] = dataclasses.asdict(self.dev)
+        if self.outputs:  # and builds that keep no outputs (their records lack them)
+            fields["outputs"] = True
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -68,6 +72,10 @@ class TreeSetup:
 
     def work_dir(self) -> Path:
         return runs_dir() / "trees" / self.data.task / self.key()
+
+    def builder(self, environment: EnvironmentSetup) -> TreeBuilder:
+        """The tree builder of this setup over ``environment``'s live environment."""
+        return TreeBuilder(environment.env, self.work_dir(), dev_scoring=self.dev, keep_outputs=self.outputs)
 
     def build_env(self, progress: bool = True) -> EnvironmentSetup:
         if self.runtime().device.type == "cuda":
@@ -97,7 +105,7 @@ def run_tree_job(job: TreeJob) -> float:
     """One (seed, prefix) job, in whatever process runs it; returns its compute seconds."""
     torch.set_num_threads(job.setup.threads)
     environment = environment_for(job.setup)
-    builder = TreeBuilder(environment.env, job.setup.work_dir(), dev_scoring=job.setup.dev)
+    builder = job.setup.builder(environment)
     return builder.run_job(job.seed, job.prefix).seconds
 
 
@@ -107,7 +115,7 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
     """Runs (or resumes) every job, here or as Ray tasks (``runner``); returns the compute seconds.
     The driver's environment (built first: teacher and caches) serves the in-process jobs."""
     environment = environment or setup.build_env(progress)
-    builder = TreeBuilder(environment.env, setup.work_dir(), dev_scoring=setup.dev)
+    builder = setup.builder(environment)
     jobs = jobs if jobs is not None else builder.jobs(seeds, job_depth)
     if runner is not None and runner.ray:
         if int(runner.num_cpus) != setup.threads:
@@ -137,7 +145,7 @@ def run_jobs(setup: TreeSetup, seeds: list[int], job_depth: int = 1, progress: b
 
 # What must be equal for seeds built at different times (or on different machines) to share a table.
 SAME_SETUP = ("task", "knowledge", "phases", "updates_per_phase", "batch_size", "nodes_per_seed", "data", "distill",
-              "env", "torch_threads", "reward_split", "device", "dev_scoring")
+              "env", "torch_threads", "reward_split", "device", "dev_scoring", "outputs")
 SAME_SOFTWARE = ("python", "torch", "transformers")
 
 
@@ -210,13 +218,27 @@ def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[l
     return others, float(sum(node_seconds(record) for seed in others for record in old.nodes[seed].values())), provenance
 
 
+def outputs_record(setup: TreeSetup, environment: EnvironmentSetup) -> dict[str, Any] | None:
+    """What a table's per-example outputs are (None when the build keeps none): their type, and per
+    split the number of examples and the fingerprint of their labels (kdenv.benchmark.outputs)."""
+    if not setup.outputs:
+        return None
+    scored = setup.builder(environment).scored_examples()
+    return {"dtype": "float16", "columns": int(environment.distillation.student.config.num_labels),
+            "examples": {split: item["examples"] for split, item in scored.items()},
+            "labels": {split: item["labels"] for split, item in scored.items()},
+            "described": "the student's outputs on the reward split at every node and on the scored dev examples at "
+                         "every scored leaf, and the teacher's on both (seed<N>.outputs.npz)"}
+
+
 def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int]) -> dict[str, Any]:
     """What a table of these seeds records about how it was built (before its files and build time)."""
     phases = setup.env.phases
     distillation = environment.distillation
     software = environment_record()
     software.pop("command", None)
-    return {
+    outputs = outputs_record(setup, environment)
+    return {**({"outputs": outputs} if outputs else {}),
         "task": setup.data.task, "knowledge": list(setup.env.knowledge), "phases": phases,
         "updates_per_phase": environment.config.updates_per_phase, "batch_size": setup.distill.batch_size,
         "seeds": list(seeds), "nodes_per_seed": tree_size(setup.num_actions, phases) + 1,
@@ -272,13 +294,26 @@ def write_table(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[int
         records = {seed: collect_seed(setup.work_dir(), seed, setup.num_actions, setup.env.phases) for seed in seeds}
     build_seconds = sum(node_seconds(r) for seed_records in records.values() for r in seed_records)
     provenance = {}
-    for seed, seed_records in records.items():
+    teacher = ({split: item["teacher"] for split, item in setup.builder(environment).scored_examples().items()
+                if item["teacher"] is not None} if setup.outputs else {})
+    outputs_files = {name: checksum for name, checksum in before.get("outputs_files", {}).items()
+                     if name in {outputs_file(seed) for seed in kept}}
+    split = {seed: split_records(seed_records, setup.env.phases, teacher) for seed, seed_records in records.items()}
+    for seed, (_, arrays) in split.items():  # every seed checked before any file is written
+        if setup.outputs != (arrays is not None):
+            raise TableError(f"seed {seed}'s records {'lack' if setup.outputs else 'carry'} per-example outputs, "
+                             "unlike its setup's; rebuild the seed")
+    for seed, (seed_records, arrays) in split.items():
+        if arrays is not None:
+            outputs_files[outputs_file(seed)] = file_sha256(write_outputs(out, seed, arrays))
         path = write_seed(out, seed, seed_records)
         record, earlier = seed_provenance(manifest), before.get("seed_provenance", {}).get(str(seed))
         if (earlier and before.get("files", {}).get(path.name) == file_sha256(path)
                 and {**earlier, "built": None} == {**record, "built": None}):
             record["built"] = earlier["built"]  # the same records rewritten (shipped again): built when first written
         provenance[str(seed)] = record
+    if setup.outputs:
+        manifest["outputs_files"] = dict(sorted(outputs_files.items()))
     manifest["seeds"] = sorted([*seeds, *kept])
     manifest["build_seconds"] = round(build_seconds + kept_seconds, 1)
     manifest["seed_provenance"] = {**kept_provenance, **provenance}

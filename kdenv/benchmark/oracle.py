@@ -153,7 +153,8 @@ def closed_loop(table: Table, sequences: list[tuple[int, ...]], returns: np.ndar
                 break
             action = chosen.setdefault(tuple(node["observation"]), sequence[depth])
             exact = exact and action == sequence[depth]
-    return {"per_seed": per_seed, "return": mean_std(per_seed), "schedules": [list(sequences[c]) for c in columns],
+    return {"per_seed": per_seed, "return": mean_std(per_seed), "columns": columns,
+            "schedules": [list(sequences[c]) for c in columns],
             "first_actions": sorted({sequences[c][0] for c in columns}), "exact": exact}
 
 

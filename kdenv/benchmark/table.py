@@ -21,7 +21,9 @@ from typing import Any
 from kdenv.io import atomic_write, file_sha256
 from kdenv.paths import tables_dir
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 1  # seed files and manifest only
+OUTPUTS_FORMAT = 2  # format 1 and per-example outputs beside each seed file (kdenv.benchmark.outputs)
+FORMATS = (TABLE_FORMAT, OUTPUTS_FORMAT)
 MANIFEST = "manifest.json"
 
 
@@ -89,7 +91,7 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     """The manifest, with a checksum of every seed file it lists and of itself."""
     directory = Path(directory)
-    manifest = {**manifest, "format": TABLE_FORMAT,
+    manifest = {**manifest, "format": OUTPUTS_FORMAT if manifest.get("outputs") else TABLE_FORMAT,
                 "files": {seed_file(seed): file_sha256(directory / seed_file(seed)) for seed in manifest["seeds"]}}
     manifest["manifest_sha256"] = manifest_checksum(manifest)
     with atomic_write(directory / MANIFEST) as handle:
@@ -129,6 +131,7 @@ class Table:
     directory: Path
     manifest: dict[str, Any]
     nodes: dict[int, dict[tuple[int, ...], dict[str, Any]]] = field(default_factory=dict)
+    _outputs: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)  # read on first use
 
     @property
     def task(self) -> str:
@@ -153,6 +156,38 @@ class Table:
     def leaves(self, seed: int) -> list[dict[str, Any]]:
         return [node for node in self.nodes[seed].values() if node["depth"] > 0 and node["terminal"]]
 
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def has_outputs(self) -> bool:
+        """Whether the table keeps per-example outputs (kdenv.benchmark.outputs)."""
+        return bool(self.manifest.get("outputs"))
+
+    def outputs(self, seed: int):
+        """One seed's per-example outputs (:class:`kdenv.benchmark.outputs.SeedOutputs`), checked
+        against the manifest's checksum before use; read once, then kept."""
+        from kdenv.benchmark.outputs import OutputsError, SeedOutputs, outputs_file
+
+        if not self.has_outputs:
+            raise OutputsError(f"the table at {self.directory} keeps no per-example outputs (built before kdenv kept "
+                               "them, or with --no-outputs); rebuild it with agents/build_tree.py to have them")
+        if seed not in self.nodes:
+            raise OutputsError(f"seed {seed} is not in the table (it has {self.seeds})")
+        cache = self._outputs
+        if seed not in cache:
+            file = self.directory / outputs_file(seed)
+            if not file.is_file():
+                raise OutputsError(f"{file} is not here: outputs files live beside the seed files in the repository "
+                                   "(kdenv/tables/<name>/), not in the wheel; use a clone (pip install -e .) or pass "
+                                   "the table's folder with --table PATH")
+            if file_sha256(file) != self.manifest["outputs_files"][file.name]:
+                raise OutputsError(f"{file} is truncated or altered (its SHA-256 differs from the manifest's); restore "
+                                   "it from the repository (git checkout) or rebuild the seed")
+            cache[seed] = SeedOutputs.read(file)
+        return cache[seed]
+
     @classmethod
     def load(cls, directory: str | Path, knowledge: list[str] | None = None, phases: int | None = None) -> Table:
         """Loads and checks a table. ``knowledge`` / ``phases``, if given, must be the table's."""
@@ -165,9 +200,10 @@ class Table:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise TableError(f"{path} is damaged ({error}); restore it from the repository (git checkout)") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != TABLE_FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
             found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise TableError(f"{path}: table format {found!r}, this kdenv reads {TABLE_FORMAT}")
+            raise TableError(f"{path}: table format {found!r}, this kdenv reads {' and '.join(map(str, FORMATS))}; "
+                             "a newer table needs a newer kdenv (pip install -U kdenv)")
         table = cls(directory, manifest)
         table._check_manifest(path)
         if knowledge is not None and list(knowledge) != table.knowledge:
@@ -219,6 +255,12 @@ class Table:
             if int(manifest["phases"]) != self.phases or list(manifest["knowledge"]) != self.knowledge:
                 problems.append(f"phases {manifest['phases']} / knowledge {manifest['knowledge']} differ from its env "
                                 f"section's {self.phases} / {self.knowledge}")
+            if manifest.get("outputs"):
+                from kdenv.benchmark.outputs import outputs_file
+
+                outputs = manifest.get("outputs_files")
+                if not isinstance(outputs, dict) or sorted(outputs) != sorted(outputs_file(seed) for seed in seeds):
+                    problems.append(f"its outputs files {outputs!r} are not one checksummed file per seed {seeds}")
             if self.phases < 1 or int(manifest["nodes_per_seed"]) != tree_size(self.num_actions, self.phases) + 1:
                 problems.append(f"nodes_per_seed {manifest['nodes_per_seed']} is not the size of a {self.phases}-phase "
                                 f"tree over {self.num_actions} actions")

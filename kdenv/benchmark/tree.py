@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdenv.benchmark.outputs import encode
 from kdenv.benchmark.table import history_key, subtree_size, tree_problems, tree_size  # noqa: F401  (re-exported)
 from kdenv.decision.env import KnowledgeDistillationEnv
 from kdenv.decision.rewards import REWARDS, RewardInput
@@ -261,7 +262,7 @@ class TreeBuilder:
     """Enumerates the schedule tree of one environment (``Discrete(2^K)`` actions)."""
 
     def __init__(self, env: KnowledgeDistillationEnv, work_dir: Path, evaluate_dev: bool = True,
-                 dev_scoring: DevScoring | None = None):
+                 dev_scoring: DevScoring | None = None, keep_outputs: bool = False):
         if env.config.action_space != "discrete":
             raise ValueError("the tree builder enumerates a Discrete(2^K) action space; build the environment with "
                              "action_space='discrete'")
@@ -273,6 +274,7 @@ class TreeBuilder:
         self.dev_indices = self.dev_scoring.indices(len(env.trainer.data["dev"]))
         self.num_actions = int(env.action_space.n)
         self.phases = env.config.phases
+        self.keep_outputs = keep_outputs  # per-example outputs in every record (kdenv.benchmark.outputs)
         self._seed = 0
 
     def job_path(self, seed: int, prefix: tuple[int, ...]) -> Path:
@@ -390,6 +392,8 @@ class TreeBuilder:
         }
         if info is None:  # the root: the initial student
             record["reward_split"] = {k: float(v) for k, v in env.initial_eval.items()}
+            if self.keep_outputs:
+                record["outputs"] = {"reward": encode(env.initial_outputs)}
             return record
         terminal = bool(terminated)
         record.update(
@@ -404,11 +408,31 @@ class TreeBuilder:
         )
         if info["status"] != "ok":
             record["crash"] = info.get("crash", "")
+        elif self.keep_outputs:
+            record["outputs"] = {"reward": encode(info["reward_outputs"])}
         if terminal and self.evaluate_dev and info["status"] == "ok" and self.dev_scoring.scores_leaf(self._seed, history):
             tick = time.perf_counter()
-            record["dev"] = {k: float(v) for k, v in trainer.evaluate("dev", self.dev_indices).items()}
+            metrics, outputs = trainer.evaluate_with_outputs("dev", self.dev_indices)
+            record["dev"] = {k: float(v) for k, v in metrics.items()}
             record["dev_wall_time_s"] = time.perf_counter() - tick
+            if self.keep_outputs:
+                record["outputs"]["dev"] = encode(outputs)
         return record
+
+    def scored_examples(self) -> dict[str, dict[str, Any]]:
+        """What a seed's outputs are scored against, per split: how many examples, the fingerprint of
+        their labels (labels are data: a table stores only this) and the teacher's outputs there."""
+        from kdenv.benchmark.outputs import labels_fingerprint
+
+        trainer = self.env.trainer
+        result = {}
+        for split, indices in (("reward", None), ("dev", self.dev_indices)):
+            labels = trainer.data[split].labels if indices is None else trainer.data[split].labels[indices]
+            teacher = trainer.eval_teacher_logits.get(split)
+            if teacher is not None and indices is not None:
+                teacher = teacher[np.asarray(indices)]
+            result[split] = {"examples": int(len(labels)), "labels": labels_fingerprint(labels), "teacher": teacher}
+        return result
 
 
 def collect_seed(work_dir: Path, seed: int, num_actions: int, phases: int) -> list[dict[str, Any]]:

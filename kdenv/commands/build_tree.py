@@ -34,7 +34,7 @@ from kdenv.benchmark.build import (
     write_table,
 )
 from kdenv.benchmark.oracle import subset_names
-from kdenv.benchmark.tree import DevScoring, TreeBuilder, collect_seed, parse_prefix, tree_size
+from kdenv.benchmark.tree import DevScoring, collect_seed, parse_prefix, tree_size
 from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds, run_main
 from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
 from kdenv.engine.data import DataError
@@ -91,6 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--dev-leaves", type=float, default=1.0, metavar="SHARE",
         help="share of leaves scored on dev, chosen by a hash of seed and schedule (default 1: every leaf; 0: none)")
     add("--dev-seed", type=int, default=0, help="seed of the dev subsample (default 0)")
+    add("--no-outputs", action="store_true",
+        help="keep no per-example outputs (the default keeps the student's outputs on the reward split at every "
+             "node and on the scored dev examples at every leaf, float16, in seed<N>.outputs.npz beside each seed "
+             "file, so that other metrics and out-of-sample figures come from the table; docs/tables.md). Builds "
+             "begun before outputs were kept resume only with this flag"),
     add("--threads", type=int, default=None,
         help="torch threads of an in-process build (default: torch's default); with --ray: --cpus-per-job")
     add_common_arguments(add)
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = int(runner.num_cpus) if runner.ray else args.threads or torch.get_num_threads()
         dev = DevScoring(None if args.dev_examples.strip().lower() == "all" else parse_count(args.dev_examples),
                          args.dev_leaves, args.dev_seed)
-        setup = TreeSetup(data_config, distill_config, env_config, threads, dev)
+        setup = TreeSetup(data_config, distill_config, env_config, threads, dev, outputs=not args.no_outputs)
         if not runner.ray:  # the preparation and --estimate run with the build's threads, too: more would
             torch.set_num_threads(threads)  # contend with other builds and time another setup than the build's
         job = None if args.job is None else parse_job(args.job, setup)
@@ -199,7 +204,7 @@ def write_finished(setup: TreeSetup, environment, seeds: list[int], output: Path
 def estimate(setup: TreeSetup, environment, seeds: list[int]) -> int:
     """Times one phase of every action and one dev scoring (writing no records) and projects the
     whole build from them, split into phases and dev scoring."""
-    builder = TreeBuilder(environment.env, setup.work_dir(), dev_scoring=setup.dev)
+    builder = setup.builder(environment)
     cost = builder.time_nodes(seeds[0])
     names = subset_names(list(setup.env.knowledge))
     per_action = ", ".join(f"{name} {seconds:.1f}" for name, seconds in zip(names, cost["phase_seconds"]))

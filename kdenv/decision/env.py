@@ -230,7 +230,8 @@ class KnowledgeDistillationEnv(gym.Env):
         self.action_space, self.observation_space = make_spaces(config, cls_sizes)
         self._reward_fn = get_reward(config.reward)
         self._initial_snapshot = trainer.snapshot()
-        self.initial_eval = trainer.evaluate("reward")
+        # The initial student's reward-split evaluation, and its outputs there (a table keeps them).
+        self.initial_eval, self.initial_outputs = trainer.evaluate_with_outputs("reward")
         self._peak_lr = trainer.config.learning_rate
         self._action_counts: Counter = Counter()
         self.episode_index = -1
@@ -276,7 +277,7 @@ class KnowledgeDistillationEnv(gym.Env):
             episode.previous_action = np.array([weights[name] for name in self.knowledge], dtype=np.float32)
             episode.terminated = True
             return self._observation(), float(self.config.crash_penalty), True, False, info
-        evaluation = self.trainer.evaluate("reward")
+        evaluation, outputs = self.trainer.evaluate_with_outputs("reward")
         terminal = episode.phase >= self.config.phases
         reward_input = episode.reward_input(evaluation, terminal)
         task_reward = self._reward_fn(reward_input) * self.config.reward_scale
@@ -284,7 +285,8 @@ class KnowledgeDistillationEnv(gym.Env):
         episode.update(evaluation, stats, weights, self.knowledge)
         info.update(
             metric=episode.metric, loss=episode.loss, agreement=evaluation.get("agreement", 0.0),
-            reward_split=evaluation, reward_input=reward_input, task_reward=task_reward, exploration_bonus=bonus,
+            reward_split=evaluation, reward_outputs=outputs, reward_input=reward_input, task_reward=task_reward,
+            exploration_bonus=bonus,
             phase_wall_time_s=WallTime(time.perf_counter() - start),
         )
         episode.terminated = terminal

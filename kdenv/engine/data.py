@@ -329,6 +329,23 @@ class TaskData:
         return self.splits[name]
 
 
+def split_indices(task: TaskSpec, config: DataConfig, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the GLUE train file of the train split and of the reward split, as ``config``
+    carves them (labels alone decide: the same on every machine and tokenizer)."""
+    kept, held_out = stratified_holdout(train_labels, config.reward_size, config.split_seed,
+                                        regression=task.is_regression)
+    if config.max_reward_examples is not None and len(held_out) > config.max_reward_examples:
+        # Capping keeps the reward evaluation cheap; the dropped examples are used by nobody.
+        _, capped_positions = stratified_holdout(train_labels[held_out], config.max_reward_examples,
+                                                 config.split_seed, regression=task.is_regression)
+        held_out = held_out[capped_positions]
+    if config.max_train_examples is not None and len(kept) > config.max_train_examples:
+        _, train_positions = stratified_holdout(train_labels[kept], config.max_train_examples, config.split_seed,
+                                                regression=task.is_regression)
+        kept = kept[train_positions]
+    return kept, held_out
+
+
 def load_task_data(config: DataConfig, tokenizer) -> TaskData:
     """Loads, tokenises (cached) and splits a task as ``config`` says."""
     task = get_task(config.task)
@@ -338,22 +355,7 @@ def load_task_data(config: DataConfig, tokenizer) -> TaskData:
         name: encode_split(tokenizer, task, name, split, config.max_length, cache)
         for name, split in raw.items()
     }
-    kept, held_out = stratified_holdout(
-        encoded["train"].labels, config.reward_size, config.split_seed, regression=task.is_regression
-    )
-    if config.max_reward_examples is not None and len(held_out) > config.max_reward_examples:
-        # Capping keeps the reward evaluation cheap; the dropped examples are used by nobody.
-        _, capped_positions = stratified_holdout(
-            encoded["train"].labels[held_out], config.max_reward_examples, config.split_seed,
-            regression=task.is_regression,
-        )
-        held_out = held_out[capped_positions]
-    if config.max_train_examples is not None and len(kept) > config.max_train_examples:
-        _, train_positions = stratified_holdout(
-            encoded["train"].labels[kept], config.max_train_examples, config.split_seed,
-            regression=task.is_regression,
-        )
-        kept = kept[train_positions]
+    kept, held_out = split_indices(task, config, encoded["train"].labels)
     splits = {"train": encoded["train"].subset(kept), "reward": encoded["train"].subset(held_out)}
     splits.update({name: split for name, split in encoded.items() if name != "train"})
     return TaskData(task, splits, kept, held_out, tokenizer.pad_token_id)

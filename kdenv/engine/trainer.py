@@ -249,6 +249,12 @@ class StudentTrainer:
     def evaluate(self, split: str = "reward", indices: np.ndarray | None = None) -> dict[str, float]:
         """Task metrics, hard-label loss and teacher–student agreement on ``split`` (on its examples
         ``indices`` only, if given: a fixed subsample)."""
+        return self.evaluate_with_outputs(split, indices)[0]
+
+    def evaluate_with_outputs(self, split: str = "reward",
+                              indices: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+        """:meth:`evaluate`, and the student's outputs behind it ([examples, num_labels] float32, in
+        the split's order, or the order of ``indices``): what a table keeps per example."""
         data = self.data[split] if indices is None else self.data[split].subset(indices)
         outputs = predict(self.student, data, self.data.pad_token_id, self.runtime, self.config.eval_batch_size)
         result = task_metrics(self.task, outputs, data.labels)
@@ -261,7 +267,7 @@ class StudentTrainer:
                 result["agreement"] = float(np.corrcoef(outputs[:, 0], teacher_logits[:, 0])[0, 1])
             else:
                 result["agreement"] = float(np.mean(outputs.argmax(-1) == teacher_logits.argmax(-1)))
-        return result
+        return result, outputs
 
     @torch.no_grad()
     def probe_cls(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

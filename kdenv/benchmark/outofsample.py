@@ -1,0 +1,293 @@
+"""Headroom chosen on one set of examples and scored on another, from a table's per-example outputs.
+
+The hindsight oracle picks, per seed, the best of every schedule by the reward split and is scored
+on the same examples: the best of 512 noisy values beats the best of 8 by about 1.6 noise standard
+deviations with no real difference at all (the winner's curse). Here every choice (the oracle's
+schedule per seed, the closed loop's, the best open-loop schedule and the best constant) is made on
+one set of examples and scored on another:
+
+- **cross-fitted**: the reward split's examples halved at random ``halvings`` times; choose on one
+  half, score on the other, both ways; the mean over halvings. The same choices scored on the half
+  they were made on give the in-sample figure at the same size, and their difference estimates
+  the winner's curse;
+- **reward → dev**: chosen on the whole reward split, scored on the dev examples (the figure an
+  agent trained on the reward could bank on);
+- **dev halves**: chosen on half of dev, scored on the other half: whether schedules differ on dev
+  at all, whatever chooses them (analysis only; nothing may choose by dev).
+
+Intervals are percentile bootstraps that resample seeds and examples together: each resample
+draws seeds with replacement and the examples of each half with replacement (the same examples
+for every seed: they share one reward split and one dev set), then chooses and scores again.
+
+Scores are returns in reward units before scaling: metric_gain and final_metric, the metric's gain
+over the initial student; loss_decrease, the loss's decrease; log_loss, its log's. A schedule that
+crashed scores ``CRASH_RETURN`` on every set. On dev only the task's primary metric is scored (what
+we care about), the final value (the initial student is not scored on dev; differences between
+schedules of one seed do not need it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from kdenv.benchmark.oracle import CRASH_RETURN, all_sequences, closed_loop, constant_columns
+from kdenv.benchmark.outputs import TableLabels
+from kdenv.benchmark.stats import CONFIDENCE
+from kdenv.benchmark.table import Table
+from kdenv.engine.tasks import TaskSpec, get_task
+
+HALVINGS = 50
+RESAMPLES = 200
+SCORED_REWARDS = ("metric_gain", "final_metric", "loss_decrease", "log_loss")
+CHOICES = ("oracle", "closed_loop", "open_loop")
+
+
+# --------------------------------------------------------------------------- metrics, row by row
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean()
+    denominator = np.sqrt((xc**2).sum(axis=-1) * (yc**2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (xc @ yc) / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def _confusion(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    positive, truth = predictions == 1, labels == 1
+    tp = (positive & truth).sum(axis=-1).astype(np.float64)
+    fp = (positive & ~truth).sum(axis=-1).astype(np.float64)
+    fn = (~positive & truth).sum(axis=-1).astype(np.float64)
+    tn = (~positive & ~truth).sum(axis=-1).astype(np.float64)
+    return tp, fp, fn, tn
+
+
+def metric_rows(task: TaskSpec, name: str, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One task metric (or ``loss``, the hard-label loss) of each row of ``outputs`` ([..., examples,
+    columns]) against ``labels`` ([examples]): [...]. The definitions of kdenv.engine.metrics and of
+    the trainer's loss, computed for many students at once."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if name == "loss":
+        if task.is_regression:
+            return ((outputs[..., 0] - labels.astype(np.float64)) ** 2).mean(axis=-1)
+        shifted = outputs - outputs.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        return -log_probs[..., np.arange(len(labels)), labels.astype(np.int64)].mean(axis=-1)
+    if task.is_regression:
+        scores, truth = outputs[..., 0], labels.astype(np.float64)
+        if name == "spearman":
+            scores, truth = rankdata(scores, axis=-1), rankdata(truth)
+        elif name != "pearson":
+            raise ValueError(f"no metric {name!r} for a regression task")
+        return _pearson_rows(scores, truth)
+    predictions, truth = outputs.argmax(axis=-1), labels.astype(np.int64)
+    if name == "accuracy":
+        return (predictions == truth).mean(axis=-1)
+    tp, fp, fn, tn = _confusion(predictions, truth)
+    if name == "f1":
+        denominator = 2 * tp + fp + fn
+        return np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1), 0.0)
+    if name == "matthews_corr":
+        denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1), 0.0)
+    raise ValueError(f"no metric {name!r} for a classification task")
+
+
+def reward_score(task: TaskSpec, reward: str, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """What a reward's return telescopes to, as a function of one evaluation: the metric (metric_gain,
+    final_metric), minus the loss (loss_decrease) or minus its log (log_loss). A return is this at
+    the end minus this at the start."""
+    if reward in ("metric_gain", "final_metric"):
+        return metric_rows(task, task.primary_metric, outputs, labels)
+    loss = metric_rows(task, "loss", outputs, labels)
+    if reward == "loss_decrease":
+        return -loss
+    if reward == "log_loss":
+        return -np.log(np.maximum(loss, 1e-12))
+    raise ValueError(f"reward {reward!r} cannot be scored from outputs; use one of {', '.join(SCORED_REWARDS)}")
+
+
+# --------------------------------------------------------------------------- a table's outputs, stacked
+
+
+@dataclass
+class StackedOutputs:
+    """Every full schedule's outputs on every seed, stacked: ``reward`` [seeds, schedules, examples,
+    columns] at the leaves and ``root`` [seeds, examples, columns] for the initial student, ``dev``
+    [seeds, schedules, dev examples, columns] (None where a leaf was not scored on dev), and which
+    schedules crashed ([seeds, schedules]). Crashed leaves hold zeros."""
+
+    sequences: list[tuple[int, ...]]
+    reward: np.ndarray
+    root: np.ndarray
+    dev: np.ndarray | None
+    crashed: np.ndarray
+
+    @classmethod
+    def of(cls, table: Table) -> StackedOutputs:
+        sequences = all_sequences(table)
+        first = table.outputs(table.seeds[0])
+        n_reward, columns = first.reward[()].shape
+        dev_shape = next(iter(first.dev.values())).shape if first.dev else None
+        reward = np.zeros((len(table.seeds), len(sequences), n_reward, columns), np.float32)
+        dev = None if dev_shape is None else np.zeros((len(table.seeds), len(sequences), *dev_shape), np.float32)
+        root = np.zeros((len(table.seeds), n_reward, columns), np.float32)
+        crashed = np.zeros((len(table.seeds), len(sequences)), bool)
+        for row, seed in enumerate(table.seeds):
+            outputs = table.outputs(seed)
+            root[row] = outputs.reward[()]
+            for column, sequence in enumerate(sequences):
+                if sequence not in outputs.reward:
+                    crashed[row, column] = True
+                    continue
+                reward[row, column] = outputs.reward[sequence]
+                if dev is not None:
+                    if sequence not in outputs.dev:
+                        dev = None  # not every leaf scored on dev: no dev figures from outputs
+                    else:
+                        dev[row, column] = outputs.dev[sequence]
+        return cls(sequences, reward, root, dev, crashed)
+
+
+def _returns(task: TaskSpec, reward: str, stacked: StackedOutputs, labels: np.ndarray,
+             examples: np.ndarray) -> np.ndarray:
+    """Each schedule's return on the reward-split ``examples`` (positions, repeats allowed): [seeds, schedules]."""
+    y = labels[examples]
+    final = reward_score(task, reward, stacked.reward[:, :, examples], y)
+    start = reward_score(task, reward, stacked.root[:, examples], y)
+    return np.where(stacked.crashed, CRASH_RETURN, final - start[:, None])
+
+
+def _dev_scores(task: TaskSpec, stacked: StackedOutputs, labels: np.ndarray, examples: np.ndarray) -> np.ndarray:
+    """Each schedule's primary dev metric on the dev ``examples``: [seeds, schedules] (a crash: CRASH_RETURN)."""
+    final = metric_rows(task, task.primary_metric, stacked.dev[:, :, examples], labels[examples])
+    return np.where(stacked.crashed, CRASH_RETURN, final)
+
+
+def choose(table: Table, sequences: list[tuple[int, ...]], returns: np.ndarray,
+           rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every choice an out-of-sample figure scores, made on ``returns`` ([seeds, schedules]) of the
+    seeds at ``rows`` (default all; repeats allowed, as a bootstrap draws them): per drawn seed the
+    column of the oracle's schedule, the closed loop's, the best open-loop one and the best constant
+    one (the last two the same for every seed)."""
+    rows = np.arange(returns.shape[0]) if rows is None else np.asarray(rows)
+    drawn = returns[rows]
+    constants = constant_columns(table, sequences)
+    best_constant = constants[int(np.argmax(drawn[:, constants].mean(axis=0)))]
+    loop = closed_loop(table, sequences, returns, rows=[int(row) for row in rows])
+    return {"oracle": drawn.argmax(axis=1), "closed_loop": np.asarray(loop["columns"]),
+            "open_loop": np.full(len(rows), int(drawn.mean(axis=0).argmax())),
+            "best_constant": np.full(len(rows), best_constant)}
+
+
+def headrooms(choices: dict[str, np.ndarray], scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Per seed, each choice's score minus the best constant's, both on ``scores`` ([seeds, schedules])."""
+    rows = np.arange(scores.shape[0])
+    constant = scores[rows, choices["best_constant"]]
+    return {name: scores[rows, choices[name]] - constant for name in CHOICES}
+
+
+def _halves(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = rng.permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
+    return float(low), float(high)
+
+
+def _summary(per_seed: np.ndarray, draws: list[float], seeds: list[int]) -> dict[str, Any]:
+    return {"mean": float(per_seed.mean()), "ci": _interval(draws), "n": len(seeds),
+            "per_seed": {int(seed): float(value) for seed, value in zip(seeds, per_seed)}}
+
+
+def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain", halvings: int = HALVINGS,
+                  resamples: int = RESAMPLES, seed: int = 0, stacked: StackedOutputs | None = None) -> dict[str, Any]:
+    """The table's headroom over the best constant, chosen on one set of examples and scored on
+    another (the module's docstring), for the oracle, the closed loop and the best open-loop
+    schedule: cross-fitted on the reward split (with the in-sample figure at the same size and
+    their difference, the winner's curse), reward → dev and dev halves where leaves hold dev
+    outputs. Each with its mean over seeds and a 95% interval that resamples seeds and examples."""
+    if reward not in SCORED_REWARDS:
+        raise ValueError(f"reward {reward!r} cannot be scored from outputs; use one of {', '.join(SCORED_REWARDS)}")
+    task = get_task(table.task)
+    stacked = stacked or StackedOutputs.of(table)
+    if len(labels.reward) != stacked.reward.shape[2]:
+        raise ValueError(f"{len(labels.reward)} reward-split labels for outputs on {stacked.reward.shape[2]} examples")
+    rng = np.random.default_rng(seed)
+    n_seeds, n_reward = len(table.seeds), len(labels.reward)
+    sequences = stacked.sequences
+
+    def crossfit(scores, first: np.ndarray, second: np.ndarray, rows: np.ndarray, sample: bool):
+        """Choose on one half and score on the other, both ways (``scores(examples)``: [seeds,
+        schedules]): per drawn seed, (out of sample, in sample); ``sample``: each half's examples
+        drawn with replacement first."""
+        out, inside = {name: 0.0 for name in CHOICES}, {name: 0.0 for name in CHOICES}
+        for a, b in ((first, second), (second, first)):
+            if sample:
+                a, b = rng.choice(a, len(a)), rng.choice(b, len(b))
+            on_a, on_b = scores(a), scores(b)
+            choices = choose(table, sequences, on_a, rows)
+            for name, value in headrooms(choices, on_b[rows]).items():
+                out[name] = out[name] + value / 2
+            for name, value in headrooms(choices, on_a[rows]).items():
+                inside[name] = inside[name] + value / 2
+        return out, inside
+
+    def on_reward(examples: np.ndarray) -> np.ndarray:
+        return _returns(task, reward, stacked, labels.reward, examples)
+
+    def on_dev(examples: np.ndarray) -> np.ndarray:
+        return _dev_scores(task, stacked, labels.dev, examples)
+
+    def halvings_and_draws(scores, n: int, with_inside: bool) -> dict[str, dict[str, Any]]:
+        """The mean over ``halvings`` cross-fits of all seeds, and ``resamples`` bootstrap draws."""
+        all_rows = np.arange(n_seeds)
+        sums = {kind: {name: np.zeros(n_seeds) for name in CHOICES} for kind in ("out", "in")}
+        for _ in range(halvings):
+            out, inside = crossfit(scores, *_halves(rng, n), all_rows, sample=False)
+            for name in CHOICES:
+                sums["out"][name] += out[name] / halvings
+                sums["in"][name] += inside[name] / halvings
+        draws = {kind: {name: [] for name in CHOICES} for kind in ("out", "in", "curse")}
+        for _ in range(resamples):
+            rows = rng.integers(n_seeds, size=n_seeds)
+            out, inside = crossfit(scores, *_halves(rng, n), rows, sample=True)
+            for name in CHOICES:
+                draws["out"][name].append(float(out[name].mean()))
+                draws["in"][name].append(float(inside[name].mean()))
+                draws["curse"][name].append(float((inside[name] - out[name]).mean()))
+        result = {"crossfit": {name: _summary(sums["out"][name], draws["out"][name], table.seeds) for name in CHOICES}}
+        if with_inside:
+            result["in_sample_half"] = {name: _summary(sums["in"][name], draws["in"][name], table.seeds)
+                                        for name in CHOICES}
+            result["winners_curse"] = {name: _summary(sums["in"][name] - sums["out"][name], draws["curse"][name],
+                                                      table.seeds) for name in CHOICES}
+        return result
+
+    result: dict[str, Any] = {"reward": reward, "halvings": halvings, "resamples": resamples,
+                              "reward_examples": n_reward, "half_size": n_reward // 2,
+                              **halvings_and_draws(on_reward, n_reward, with_inside=True)}
+    if stacked.dev is None:
+        return result
+    n_dev = len(labels.dev)
+    if n_dev != stacked.dev.shape[2]:
+        raise ValueError(f"{n_dev} dev labels for outputs on {stacked.dev.shape[2]} dev examples")
+    everything, dev_all = np.arange(n_reward), np.arange(n_dev)
+    to_dev = headrooms(choose(table, sequences, on_reward(everything)), on_dev(dev_all))
+    to_dev_draws = {name: [] for name in CHOICES}
+    for _ in range(resamples):
+        rows = rng.integers(n_seeds, size=n_seeds)
+        picked = choose(table, sequences, on_reward(rng.choice(everything, n_reward)), rows)
+        for name, value in headrooms(picked, on_dev(rng.choice(dev_all, n_dev))[rows]).items():
+            to_dev_draws[name].append(float(value.mean()))
+    result["dev_examples"] = n_dev
+    result["reward_to_dev"] = {name: _summary(to_dev[name], to_dev_draws[name], table.seeds) for name in CHOICES}
+    result["dev_halves"] = halvings_and_draws(on_dev, n_dev, with_inside=False)["crossfit"]
+    return result
