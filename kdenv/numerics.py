@@ -30,6 +30,7 @@ bits. The one branch MKL runs identically on every x86-64 vendor, COMPATIBLE (SS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -120,6 +121,57 @@ def replay_class(record: dict[str, Any] | None) -> str | None:
         return f"MKL {branch}"
     vendor = record.get("cpu_vendor") or "unknown vendor"
     return f"MKL AUTO on {vendor}{' with AVX-512' if record.get('avx512') else ' without AVX-512'}"
+
+
+def numerics_key(record: dict[str, Any] | None) -> str | None:
+    """What must agree for records computed under two numerics records to be the same bits: the
+    portable mode's replay class, or native numerics on one CPU model."""
+    if not record:
+        return None
+    return f"portable ({replay_class(record)})" if record.get("portable") else f"native on {record.get('cpu')}"
+
+
+_cache_numerics_override: str | dict[str, str] | None = None
+
+
+def cache_numerics(device_type: str = "cpu", split: str | None = None) -> str:
+    """The numerics the teacher-knowledge cache of ``split`` is computed in, part of its key: on the
+    CPU this process's :func:`numerics_key` (teacher outputs computed in native and in portable
+    numerics differ in their last bits, and a table's records depend on them), on CUDA the device
+    type. Inside :func:`caches_computed_in` it is the numerics named there instead."""
+    override = _cache_numerics_override
+    if isinstance(override, dict):
+        override = override.get(split or "")
+    return own_cache_numerics(device_type) if device_type != "cpu" else override or own_cache_numerics(device_type)
+
+
+CACHE_SPLITS = ("reward", "dev", "train")
+
+
+def cache_numerics_record(device_type: str = "cpu") -> str | dict[str, str]:
+    """What a table records of the numerics its teacher caches are computed in: one key, or one per
+    split where they differ (inside :func:`caches_computed_in` with a per-split mapping)."""
+    keys = {split: cache_numerics(device_type, split) for split in CACHE_SPLITS}
+    return keys["train"] if len(set(keys.values())) == 1 else keys
+
+
+def own_cache_numerics(device_type: str = "cpu") -> str:
+    """The numerics this process computes teacher outputs in (the only ones it may compute a cache in)."""
+    return numerics_key(describe()) if device_type == "cpu" else device_type
+
+
+@contextlib.contextmanager
+def caches_computed_in(keys: str | dict[str, str]):
+    """Within: teacher caches are those computed in the numerics ``keys`` names (one for every
+    split, or one per split name: ``{"reward": ..., "dev": ..., "train": ...}``, a split left out
+    in this process's own), computed by another process (for instance one with
+    ``KDENV_NUMERICS=native``); this process reads them and never computes one in numerics not its own."""
+    global _cache_numerics_override
+    before, _cache_numerics_override = _cache_numerics_override, keys
+    try:
+        yield
+    finally:
+        _cache_numerics_override = before
 
 
 def replay_where(record: dict[str, Any] | None) -> str:

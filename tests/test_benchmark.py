@@ -425,7 +425,8 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     table = Table.load(table_dir)
     assert table.seeds == [0, 1] and all(len(nodes) == 21 for nodes in table.nodes.values())
     out = tmp_path / "oracle"
-    assert command("oracle").main(["--table", str(table_dir), "--output-dir", str(out)]) == 0
+    assert command("oracle").main(["--table", str(table_dir), "--output-dir", str(out), "--data-dir", str(glue_dir),
+                                   "--halvings", "2", "--resamples", "10"]) == 0
     report = json.loads((out / "oracle.json").read_text())
     result = report["results"]["metric_gain"]
     assert result["oracle"]["return"]["mean"] >= result["open_loop"]["return"]["mean"] >= \
@@ -434,7 +435,14 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
                                                                           "final_metric"}
     for name in ("oracle.md", "oracle_seed0.png", "open_loop.png", "best_constant.png"):
         assert (out / name).is_file(), name
-    assert "Headroom (oracle − best constant)" in (out / "oracle.md").read_text()
+    text = (out / "oracle.md").read_text()
+    # The table keeps outputs (the default): the report leads with the out-of-sample figures, every reward
+    # that outputs can score cross-fitted, and labels the in-sample one as an upper bound.
+    assert text.index("## Headroom out of sample") < text.index("## In sample, and the schedules")
+    assert set(report["out_of_sample"]) == {"metric_gain", "loss_decrease", "log_loss", "final_metric"}
+    assert "| metric_gain | half the reward split (8) → the other half; 2 halvings | seeds, examples |" in text
+    assert "| metric_gain | reward split (16) → dev (71, from outputs) | seeds, examples |" in text
+    assert "In-sample headroom (oracle − best constant, chosen and scored on the same reward examples: an upper bound)" in text
 
 
 def test_finished_seeds_are_shipped_mid_build_without_computing(built, glue_dir, tmp_path, monkeypatch, capsys):
@@ -449,7 +457,7 @@ def test_finished_seeds_are_shipped_mid_build_without_computing(built, glue_dir,
     monkeypatch.setattr(build_tree, "run_jobs", must_not_run)
     common = ["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "logits,gradient", "--phases", "2",
               "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16", "--no-progress",
-              "--output", str(tmp_path / "table"), "--finished"]
+              "--output", str(tmp_path / "table"), "--finished", "--no-outputs"]  # the fixture kept no outputs
     assert command("build_tree").main([*common, "--seeds", "0-2"]) == 0  # seeds 0 and 1 are built, 2 is not
     out = capsys.readouterr().out
     assert "not finished, left out: none part-built, [2] not started" in out

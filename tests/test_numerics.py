@@ -23,6 +23,12 @@ KNOWN_ANSWERS = {
     "MKL AVX2": "6c6c3603d0c33bfdfa31",
     "MKL AUTO on AuthenticAMD without AVX-512": "bbd3652aebb8c2fe9b3a",
 }
+# The inference a table records besides training (teacher-cache outputs and scoring; THREE_STEPS'
+# second half), per class. "MKL AVX2" measured on an Intel Xeon with AVX-512 VNNI and AMX (the
+# fourth CPU model, 2026-12-06); the AMD class's answer is still to be measured on an AMD EPYC.
+KNOWN_INFERENCE = {
+    "MKL AVX2": "8a785e9756a4e5581960",
+}
 
 THREE_STEPS = """
 import json, kdenv, torch
@@ -44,7 +50,26 @@ for _ in range(3):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-print(json.dumps({"fingerprint": model_fingerprint(model), "numerics": numerics.describe()}))
+
+# What a table records beyond training: the teacher cache's inference (eval mode, no gradients, a
+# padded batch with its attention mask, SDPA attention as the trainer loads models; logits, hidden
+# states and the confidence gradient GKD caches) and scoring (the student's eval-mode outputs).
+import hashlib
+from kdenv.engine.knowledge.base import teacher_outputs
+model.eval()
+inference = load_classifier("minilm", get_task("stsb"))
+inference.load_state_dict(model.state_dict())
+inference.eval()
+texts = ["a man is playing a guitar.", "two dogs run in the park while a child watches them from a bench",
+         "the sky is blue", "a woman slices an onion.", "nobody is here"]
+padded = tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
+outputs = teacher_outputs(inference, dict(padded), get_task("stsb"), {"logits", "hidden.3", "grad.embedding"})
+digest = hashlib.sha256()
+for name in sorted(outputs):
+    digest.update(name.encode())
+    digest.update(outputs[name].detach().float().contiguous().numpy().tobytes())
+print(json.dumps({"fingerprint": model_fingerprint(model), "inference": digest.hexdigest()[:20],
+                  "numerics": numerics.describe()}))
 """
 
 
@@ -57,7 +82,7 @@ def three_steps(**env_changes) -> dict:
 
 
 @pytest.mark.slow
-def test_three_pinned_steps_of_the_packaged_model_give_the_known_bits_of_this_replay_class():
+def test_three_pinned_steps_and_the_inference_a_table_records_give_the_known_bits_of_this_replay_class():
     found = three_steps()
     described = found["numerics"]
     assert described["portable"] is True and described["aten_cpu_capability"] == "AVX2"
@@ -71,6 +96,13 @@ def test_three_pinned_steps_of_the_packaged_model_give_the_known_bits_of_this_re
         f"the portable numerics mode gave other bits on this machine ({described['cpu']}, {klass}) than on the "
         "machine its class's known answer came from: tables of that class will not replay exactly here; see "
         "docs/numerics.md")
+    assert klass in KNOWN_INFERENCE, (
+        f"no known inference answer for this machine's replay class ({klass}): it measures {found['inference']}; "
+        "if the training answer above matched, record it in KNOWN_INFERENCE and docs/numerics.md")
+    assert found["inference"] == KNOWN_INFERENCE[klass], (
+        f"teacher-cache inference and scoring gave other bits on this machine ({described['cpu']}, {klass}: "
+        f"{found['inference']}) than on the machine of its class's known answer: the teacher caches and scores a "
+        "table records will differ here; see docs/numerics.md")
 
 
 def test_the_replay_class_is_mkls_branch_and_for_its_own_dispatch_the_cpu_vendor():

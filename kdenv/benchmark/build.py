@@ -24,7 +24,7 @@ from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
 from kdenv.engine.teacher_cache import split_fingerprint
 from kdenv.io import atomic_write, file_sha256
 from kdenv.jobs import JobRunner
-from kdenv.numerics import replay_class, replay_where
+from kdenv.numerics import numerics_key, replay_class, replay_where  # noqa: F401  (numerics_key re-exported)
 from kdenv.paths import runs_dir
 
 
@@ -183,14 +183,6 @@ def setup_differences(old: dict[str, Any], new: dict[str, Any],
     return list(dict.fromkeys(differences))
 
 
-def numerics_key(record: dict[str, Any] | None) -> str | None:
-    """What must agree for records computed under two numerics records to be the same bits: the
-    portable mode's replay class, or native numerics on one CPU model."""
-    if not record:
-        return None
-    return f"portable ({replay_class(record)})" if record.get("portable") else f"native on {record.get('cpu')}"
-
-
 def node_seconds(record: dict[str, Any]) -> float:
     """A node's measured build time: its phase and, at a leaf, its dev evaluation."""
     return record.get("wall_time_s", 0.0) + record.get("dev_wall_time_s", 0.0)
@@ -252,6 +244,7 @@ def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[
         "device": distillation.runtime.describe(),
         "software": software,
         "numerics": numerics.describe(),
+        "cache_numerics": numerics.cache_numerics_record(distillation.runtime.device.type),
         "dev_scoring": setup.dev.record(len(distillation.data["dev"])),
         "built": time.strftime("%Y-%m-%d"),
     }
@@ -264,6 +257,8 @@ def seed_provenance(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"teacher": teacher.get("fingerprint"),
             **{key: value for key, value in teacher.items() if key.startswith("dev_")},
             "numerics": manifest.get("numerics"),
+            # the numerics its teacher caches were computed in (absent: the seed's own numerics)
+            **({"cache_numerics": manifest["cache_numerics"]} if manifest.get("cache_numerics") else {}),
             "device": manifest.get("device"), "software": {key: software.get(key) for key in SAME_SOFTWARE},
             "built": manifest.get("built")}
 

@@ -170,10 +170,17 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
     constants = constant_columns(table, sequences)
     best_constant = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]
     oracle = returns[np.arange(len(seeds)), oracle_index]
-    # Does the reward's headroom show on dev? The oracle's schedules (chosen by reward) minus the best
-    # constant (chosen by reward), seed by seed, on the GLUE dev metric (analysis only).
-    on_dev = None if dev is None else dev[np.arange(len(seeds)), oracle_index] - dev[:, best_constant]
     loop = closed_loop(table, sequences, returns)
+    # Out of sample: does the reward's headroom show on dev? Each choice made by the reward (the
+    # oracle's schedule per seed, the closed loop's, the best open-loop and constant ones) scored
+    # on the GLUE dev metric, minus the best constant's there, seed by seed (analysis only).
+    rows = np.arange(len(seeds))
+    chosen = {"oracle": oracle_index, "closed_loop": np.asarray(loop["columns"]),
+              "open_loop": np.full(len(seeds), open_loop)}
+    to_dev = None if dev is None else {name: dev[rows, columns] - dev[:, best_constant]
+                                       for name, columns in chosen.items()}
+    if to_dev is not None and any(np.isnan(values).any() for values in to_dev.values()):
+        to_dev = None  # not every chosen leaf scored on dev
     policies = {}
     for name in named_policies(table):
         schedules = [policy_schedule(table, name, seed) for seed in seeds]
@@ -197,7 +204,8 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
         "open_loop_headroom": with_interval(returns[:, open_loop] - returns[:, best_constant]),
         "closed_loop": loop,
         "closed_loop_headroom": with_interval(np.array(loop["per_seed"]) - returns[:, best_constant]),
-        "headroom_on_dev": None if on_dev is None or np.isnan(on_dev).any() else with_interval(on_dev),
+        "headroom_on_dev": None if to_dev is None else with_interval(to_dev["oracle"]),
+        "reward_to_dev": None if to_dev is None else {name: with_interval(values) for name, values in to_dev.items()},
     }
 
 

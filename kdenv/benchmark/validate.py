@@ -11,10 +11,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from kdenv import numerics
-from kdenv.benchmark.build import TreeSetup, numerics_key, replay_promise
+from kdenv.numerics import numerics_key
+from kdenv.benchmark.build import TreeSetup, replay_promise
 from kdenv.benchmark.oracle import episode_return
 from kdenv.benchmark.table import Table, TableError
-from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict
+from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict, to_dict
 from kdenv.decision.factory import EnvironmentSetup
 from kdenv.engine.runtime import make_runtime
 from kdenv.engine.teacher import teacher_metadata
@@ -57,11 +58,78 @@ def rebuild_teacher(table: Table) -> str:
 
 
 def seed_record(table: Table, seed: int | str) -> dict[str, Any]:
-    """Where one seed of the table replays exactly: its teacher's fingerprint and its numerics
-    (seeds of one table may come from two replay classes, each with its own fine-tune of the teacher)."""
+    """Where one seed of the table replays exactly: its teacher's fingerprint, its numerics (seeds
+    of one table may come from two replay classes, each with its own fine-tune of the teacher) and
+    the numerics its teacher caches were computed in (absent from the record: its own)."""
     provenance = (table.manifest.get("seed_provenance") or {}).get(str(seed)) or {}
-    return {"teacher": provenance.get("teacher") or table.manifest["teacher"]["fingerprint"],
-            "numerics": provenance.get("numerics") or table.manifest.get("numerics")}
+    record = provenance.get("numerics") or table.manifest.get("numerics")
+    return {"teacher": provenance.get("teacher") or table.manifest["teacher"]["fingerprint"], "numerics": record,
+            "cache_numerics": provenance.get("cache_numerics") or numerics_key(record)}
+
+
+def native_here() -> str:
+    """The numerics key of this CPU's native numerics (what a ``KDENV_NUMERICS=native`` process computes in)."""
+    return numerics_key({"portable": False, "cpu": numerics.cpu_model()})
+
+
+def cache_keys(wanted: str | dict[str, str]) -> set[str]:
+    """The numerics keys a seed's teacher caches were computed in (one, or one per split)."""
+    return set(wanted.values()) if isinstance(wanted, dict) else {wanted}
+
+
+def plan_text(plan: str | dict[str, str]) -> str:
+    """A cache plan in words: one key, or the splits of each key (``reward, dev: native on ...; train: ...``)."""
+    if not isinstance(plan, dict):
+        return plan
+    by_key: dict[str, list[str]] = {}
+    for split in numerics.CACHE_SPLITS:
+        if split in plan:
+            by_key.setdefault(plan[split], []).append(split)
+    return "; ".join(f"{', '.join(splits)}: {key}" for key, splits in by_key.items())
+
+
+def caches_by_seed(table: Table, seeds: list[int], mine: dict[str, Any] | None) -> list[tuple[Any, list[int]]]:
+    """The seeds to replay grouped by the numerics their teacher caches must be computed in: None
+    for this process's own (the usual case), else a key or one key per split, for
+    :func:`kdenv.numerics.caches_computed_in`. Seeds built on an Intel Xeon before caches were keyed
+    by their numerics trained in the portable mode on caches computed in native numerics
+    (docs/numerics.md); a CPU of that model computes those in a native subprocess."""
+    groups: list[tuple[Any, list[int]]] = []
+    for seed in seeds:
+        wanted = seed_record(table, seed)["cache_numerics"]
+        plan = None if mine is None or cache_keys(wanted) == {numerics_key(mine)} else wanted
+        for known, members in groups:
+            if known == plan:
+                members.append(seed)
+                break
+        else:
+            groups.append((plan, [seed]))
+    return groups
+
+
+def build_caches_in(plan: str | dict[str, str], setup: TreeSetup) -> None:
+    """Computes the teacher caches of ``setup`` that ``plan`` wants in numerics other than this
+    process's (this CPU's native numerics only), in a subprocess that runs in them, for
+    :func:`kdenv.numerics.caches_computed_in` to read."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    others = cache_keys(plan) - {numerics.own_cache_numerics()}
+    if not others:
+        return
+    if others != {native_here()}:
+        raise TableError(f"the teacher caches of these seeds were computed in {', '.join(sorted(others))}; this machine "
+                         f"computes in {numerics_key(numerics.describe())} or {native_here()}, so a replay cannot match "
+                         "exactly: replay them on a machine of that kind, or compare statistically (--statistical N)")
+    payload = json.dumps({"data": to_dict(setup.data), "distill": to_dict(setup.distill), "env": to_dict(setup.env),
+                          "threads": setup.threads})
+    env = {**{k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}, numerics.MODE_ENV: "native"}
+    done = subprocess.run([sys.executable, "-m", "kdenv.benchmark.validate", payload], env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise TableError(f"computing the teacher caches in {native_here()} failed: {done.stderr.strip()[-600:]}")
 
 
 def table_teachers(table: Table, seeds: list[int] | None = None) -> dict[str, list[int]]:
@@ -125,7 +193,8 @@ def replay_refusal(table: Table, seeds: list[int], saved: dict[str, Any] | None,
     if why or mine is None:
         return why
     for seed in seeds:
-        theirs = seed_record(table, seed)["numerics"]
+        record = seed_record(table, seed)
+        theirs = record["numerics"]
         if theirs is None and mine["mode"] == "native":
             continue  # built before numerics were recorded: native on its own CPU, which cannot be checked here
         if numerics_key(theirs) != numerics_key(mine):
@@ -133,6 +202,10 @@ def replay_refusal(table: Table, seeds: list[int], saved: dict[str, Any] | None,
                     f"{replay_promise(mine)}, so a replay cannot match exactly. Replay where the seed's "
                     "numerics can be had (docs/numerics.md), the seeds of this machine's class only (--seed), "
                     "or compare statistically (--statistical N)")
+        if cache_keys(record["cache_numerics"]) - {numerics_key(mine), native_here()}:
+            return (f"seed {seed}'s teacher caches were computed in {record['cache_numerics']}; this machine computes in "
+                    f"{numerics_key(mine)} or {native_here()}, so a replay cannot match exactly. Replay it on a "
+                    "machine of that kind, or compare statistically (--statistical N)")
     return None
 
 
@@ -226,3 +299,15 @@ def statistical_replay(table: Table, seed: int, environment: EnvironmentSetup, s
     rho = spearmanr(live, tabled).statistic if len(set(live)) > 1 and len(set(tabled)) > 1 else float("nan")
     return {"seed": seed, "schedules": played, "max_abs_difference": float(np.abs(live - tabled).max()),
             "rank_correlation": float(rho), "reward": reward}
+
+
+if __name__ == "__main__":  # build_caches_in's subprocess: a setup's teacher caches, in this process's numerics
+    import json
+    import sys
+
+    import torch
+
+    _given = json.loads(sys.argv[1])
+    torch.set_num_threads(int(_given["threads"]))
+    TreeSetup(from_dict(DataConfig, _given["data"]), from_dict(DistillConfig, _given["distill"]),
+              from_dict(EnvConfig, _given["env"]), int(_given["threads"])).build_env(progress=False)

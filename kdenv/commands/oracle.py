@@ -4,14 +4,22 @@
     python agents/oracle.py --table mrpc --rewards metric_gain,loss_decrease
     python agents/oracle.py --table path/to/a/table/folder
 
-For each reward variant, from the table alone (no model, no data):
+First, the headroom out of sample (every choice made on one set of examples and scored on
+another): the reward's choices scored on GLUE dev; with a table that keeps per-example outputs
+(kdenv.benchmark.outofsample), also cross-fitted on halves of the reward split (choose on one half,
+score on the other), dev's own halves, and the winner's curse of the in-sample figure, with
+intervals that resample seeds and examples (labels read from the GLUE files: --data-dir or
+$KDENV_GLUE_DIR).
+
+Then, for each reward variant, from the table alone (no model, no data):
   - the hindsight-optimal schedule of each seed (the oracle);
   - the closed loop: the best a policy that reads the observation but cannot see the seed can do
     (every seed starts from the same student, so the first action is one choice for all seeds);
   - the best open-loop schedule: one fixed sequence, best on average over seeds;
   - the best constant action, and every named fixed policy (kd, gkd, all, none, only-*, ramps);
-  - the headroom: oracle minus best constant, mean with its bootstrap 95% interval over seeds
-    (and the closed-loop and open-loop headroom);
+  - the in-sample headroom: oracle minus best constant, chosen and scored on the same reward
+    examples (an upper bound), mean with its bootstrap 95% interval over seeds (and the
+    closed-loop and open-loop headroom);
   - whether the reward measures what we care about: Spearman's rank correlation over leaves
     between the final reward-split metric and the GLUE dev metric;
   - each schedule's GLUE dev metric, and the headroom measured on dev itself (hindsight-best
@@ -33,6 +41,9 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
+from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample
+from kdenv.benchmark.outputs import OutputsError, table_labels
+from kdenv.engine.data import DataError
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.cli import fail, run_main
 from kdenv.decision.rewards import REWARDS
@@ -47,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a shipped table's name (stsb, mrpc, stsb_h100_u8, ...: kdenv/tables/) or a table folder")
     parser.add_argument("--rewards", default=",".join(REWARDS), help=f"reward variants (default: all: {','.join(REWARDS)})")
     parser.add_argument("--output-dir", default=None, help="default runs/oracle/<table name>")
+    parser.add_argument("--data-dir", default=None,
+                        help="GLUE folder with the labels of a table that keeps outputs (default $KDENV_GLUE_DIR)")
+    parser.add_argument("--halvings", type=int, default=HALVINGS,
+                        help=f"random halvings of the examples for the cross-fitted figures (default {HALVINGS})")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES,
+                        help=f"bootstrap resamples of seeds and examples for their intervals (default {RESAMPLES})")
     return parser.parse_args(argv)
 
 
@@ -74,11 +91,70 @@ def schedule_text(schedule, names) -> str:
     return " → ".join(names[a] for a in schedule)
 
 
-def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: dict | None) -> str:
+def ci_cell(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return "n/a"
+    low, high = stats["ci"]
+    return f"{stats['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+CHOICE_COLUMNS = ("oracle", "closed_loop", "open_loop")
+
+
+def out_of_sample_lines(table: Table, results: dict[str, dict], crossfit: dict[str, dict],
+                        why_not: str | None) -> list[str]:
+    """The headline: headroom over the best constant, each choice made on one set of examples and
+    scored on another, with the in-sample figure below it, labelled as such."""
+    lines = ["## Headroom out of sample", "",
+             "Gain over the best constant of the oracle's schedule per seed, the closed loop's and the best open-loop "
+             "schedule, each chosen on one set of examples and scored on another (mean over seeds [bootstrap 95% "
+             f"interval], {len(table.seeds)} seeds). The in-sample rows choose and score on the same reward examples: "
+             "an upper bound that includes the winner's curse, not a headroom.", "",
+             "| reward | chosen on → scored on | intervals resample | oracle | closed loop | best open-loop |",
+             "|---|---|---|---|---|---|"]
+
+    def row(reward: str, label: str, resampled: str, figures: dict | None) -> None:
+        if figures:
+            lines.append(f"| {reward} | {label} | {resampled} | " +
+                         " | ".join(ci_cell(figures.get(name)) for name in CHOICE_COLUMNS) + " |")
+
+    for reward, result in results.items():
+        fitted = crossfit.get(reward)
+        if fitted and "reward_to_dev" in fitted:
+            row(reward, f"reward split ({fitted['reward_examples']}) → dev ({fitted['dev_examples']}, from outputs)",
+                "seeds, examples", fitted["reward_to_dev"])
+        else:
+            row(reward, "reward split → dev (records)", "seeds", result.get("reward_to_dev"))
+        if fitted:
+            row(reward, f"half the reward split ({fitted['half_size']}) → the other half; {fitted['halvings']} "
+                "halvings", "seeds, examples", fitted["crossfit"])
+            row(reward, f"in sample on a half ({fitted['half_size']}) (upper bound)", "seeds, examples",
+                fitted["in_sample_half"])
+            row(reward, "winner's curse: in sample on a half − cross-fitted", "seeds, examples",
+                fitted["winners_curse"])
+        row(reward, f"in sample: the whole reward split ({table.manifest.get('reward_split', {}).get('examples', '?')}) "
+            "(upper bound)", "seeds",
+            {"oracle": result["headroom"], "closed_loop": result["closed_loop_headroom"],
+             "open_loop": result["open_loop_headroom"]})
+    dev_halves = next((fitted["dev_halves"] for fitted in crossfit.values() if "dev_halves" in fitted), None)
+    if dev_halves:
+        lines += ["", "Do schedules differ on dev at all, whatever chooses them? Chosen on half of dev, scored on the "
+                  "other half (analysis only; nothing may choose by dev): oracle " + ci_cell(dev_halves["oracle"]) +
+                  ", closed loop " + ci_cell(dev_halves["closed_loop"]) + ", best open-loop " +
+                  ci_cell(dev_halves["open_loop"]) + "."]
+    if why_not:
+        lines += ["", f"Cross-fitted figures: {why_not}"]
+    return [*lines, ""]
+
+
+def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: dict | None,
+           crossfit: dict[str, dict] | None = None, why_not: str | None = None) -> str:
     names = action_names(table)
     lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
              f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", "",
              f"Dev figures cover {dev_coverage(table)}; rewards and returns never read dev.", ""]
+    lines += out_of_sample_lines(table, results, crossfit or {}, why_not)
+    lines += ["## In sample, and the schedules", ""]
     lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
                  f"{rho_text(correlation['pooled'])}; per seed " +
                  ", ".join(f"{seed}: {rho_text(value, seed in correlation['constant'])}"
@@ -114,7 +190,8 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
         for name, policy in result["policies"].items():
             lines.append(f"| {name} | {fmt(policy['return'])} | {dev_cell(policy)} | "
                          f"{schedule_text(policy['schedule'], names)} |")
-        lines += ["", f"Headroom (oracle − best constant): {fmt_ci(result['headroom'])}; "
+        lines += ["", f"In-sample headroom (oracle − best constant, chosen and scored on the same reward examples: an "
+                  f"upper bound): {fmt_ci(result['headroom'])}; "
                   f"closed loop − best constant: {fmt_ci(result['closed_loop_headroom'])}; "
                   f"open-loop − best constant: {fmt_ci(result['open_loop_headroom'])}. The best constant here is "
                   "chosen on these same seeds (the leaderboard chooses it on train folds)."
@@ -150,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [name for name in rewards if name not in REWARDS]
         if unknown or not rewards:
             raise ValueError(f"unknown rewards {unknown}; registered: {', '.join(REWARDS)}")
+        if args.halvings < 1 or args.resamples < 10:
+            raise ValueError(f"--halvings must be >= 1 and --resamples >= 10, not {args.halvings} and {args.resamples}")
         out = Path(args.output_dir) if args.output_dir else runs_dir() / "oracle" / table.directory.name
         check_writable(out)
     except (TableError, ValueError, OSError) as error:
@@ -157,13 +236,25 @@ def main(argv: list[str] | None = None) -> int:
     results = {reward: solve(table, reward) for reward in rewards}
     correlation = reward_dev_correlation(table)
     on_dev = dev_headroom(table)
-    text = report(table, results, correlation, on_dev)
+    crossfit, why_not = {}, None
+    if not table.has_outputs:
+        why_not = ("this table keeps no per-example outputs (built before kdenv kept them); only the reward → dev "
+                   "figure above is out of sample. Tables built now keep them (agents/build_tree.py).")
+    else:
+        try:
+            labels = table_labels(table.manifest, args.data_dir)
+            crossfit = {reward: out_of_sample(table, labels, reward, args.halvings, args.resamples)
+                        for reward in rewards if reward in SCORED_REWARDS}
+        except (OutputsError, DataError) as error:
+            why_not = f"not computed: {error}"
+    text = report(table, results, correlation, on_dev, crossfit, why_not)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "oracle.md") as handle:
         handle.write(text)
     with atomic_write(out / "oracle.json") as handle:
         json.dump({"table": str(table.directory), "manifest": table.manifest, "results": results,
+                   "out_of_sample": crossfit, "out_of_sample_missing": why_not,
                    "reward_dev_correlation": correlation, "dev_headroom": on_dev,
                    "action_names": action_names(table)}, handle, indent=2)
     primary = results[rewards[0]]

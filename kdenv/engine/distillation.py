@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdenv import numerics
 from kdenv.config import DataConfig, DistillConfig, FinetuneConfig
 from kdenv.engine.data import MODEL_INPUTS, EncodedSplit, TaskData, collate, load_task_data, to_device
 from kdenv.engine.knowledge import KNOWLEDGE_TYPES, KnowledgeError, KnowledgeType, build_knowledge_modules
@@ -124,10 +125,12 @@ def check_split_matches_teacher(data_config: DataConfig, metadata: dict[str, Any
             )
 
 
-def _cache_directory(task: str, split_name: str, split: EncodedSplit, keys: set[str], dtype: str) -> Any:
-    """One folder per (split contents, knowledge, dtype): runs that cap a split differently (e.g.
-    another reward-split size) get their own cache instead of rebuilding a shared one in place."""
-    tag = hashlib.sha256(json.dumps([sorted(keys), dtype, split_fingerprint(split)]).encode()).hexdigest()[:10]
+def _cache_directory(task: str, split_name: str, split: EncodedSplit, keys: set[str], dtype: str,
+                     numerics_of: str) -> Any:
+    """One folder per (split contents, knowledge, dtype, numerics): runs that cap a split
+    differently (e.g. another reward-split size) or compute in other numerics get their own cache
+    instead of rebuilding a shared one in place."""
+    tag = hashlib.sha256(json.dumps([sorted(keys), dtype, split_fingerprint(split), numerics_of]).encode()).hexdigest()[:10]
     return cache_dir() / "teacher_knowledge" / task / f"{split_name}-{tag}"
 
 
@@ -172,18 +175,20 @@ def prepare_distillation(
     eval_logits: dict[str, np.ndarray] = {}
     fingerprint = loaded["fingerprint"]  # load_teacher hashed (and checked) the weights already
     for split in [name for name in data.splits if name != "train"]:
+        numerics_of = numerics.cache_numerics(runtime.device.type, split)
         cache = TeacherCache.open(
-            _cache_directory(task.name, split, data[split], {"logits"}, "float32"), teacher, task, data[split],
-            {"logits"}, runtime, data.pad_token_id, dtype="float32", memory_budget_bytes=budget, progress=progress,
-            teacher_fingerprint=fingerprint,
+            _cache_directory(task.name, split, data[split], {"logits"}, "float32", numerics_of), teacher, task,
+            data[split], {"logits"}, runtime, data.pad_token_id, dtype="float32", memory_budget_bytes=budget,
+            progress=progress, teacher_fingerprint=fingerprint, numerics_of=numerics_of,
         )
         eval_logits[split] = np.asarray(cache.arrays["logits"])
         reports[split] = cache.info.reason
     if config.teacher_mode == "cache" and train_keys:
+        numerics_of = numerics.cache_numerics(runtime.device.type, "train")
         source = TeacherCache.open(
-            _cache_directory(task.name, "train", data["train"], train_keys, config.cache_dtype), teacher, task,
-            data["train"], train_keys, runtime, data.pad_token_id, dtype=config.cache_dtype,
-            memory_budget_bytes=budget, progress=progress, teacher_fingerprint=fingerprint,
+            _cache_directory(task.name, "train", data["train"], train_keys, config.cache_dtype, numerics_of), teacher,
+            task, data["train"], train_keys, runtime, data.pad_token_id, dtype=config.cache_dtype,
+            memory_budget_bytes=budget, progress=progress, teacher_fingerprint=fingerprint, numerics_of=numerics_of,
         )
         reports["train"] = f"{source.info.reason}, {source.info.bytes / 1e6:.0f} MB" + (
             ", memory-mapped" if source.info.memory_mapped else "")

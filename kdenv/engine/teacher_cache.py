@@ -26,6 +26,7 @@ from kdenv.engine.data import EncodedSplit, collate, length_bucketed_batches
 from kdenv.engine.knowledge.base import parse_teacher_keys, teacher_outputs
 from kdenv.engine.runtime import Runtime
 from kdenv.engine.tasks import TaskSpec
+from kdenv import numerics
 from kdenv.io import atomic_directory, file_sha256
 
 CACHE_FORMAT = 1
@@ -93,6 +94,10 @@ class CacheInfo:
     memory_mapped: bool
 
 
+class CacheError(RuntimeError):
+    """A teacher cache that this process may not compute; the message says how to make it."""
+
+
 class TeacherCache:
     """Cached teacher outputs for one split. Build or load with :meth:`open`."""
 
@@ -119,10 +124,14 @@ class TeacherCache:
         batch_size: int = 32,
         progress: bool = True,
         teacher_fingerprint: str | None = None,
+        numerics_of: str | None = None,
     ) -> TeacherCache:
         """Loads the cache in ``directory`` if it matches and is intact, else (re)builds it.
         ``teacher_fingerprint``: ``model_fingerprint(teacher)`` when the caller already has it
-        (hashing the weights costs a pass over them; several caches of one teacher share it)."""
+        (hashing the weights costs a pass over them; several caches of one teacher share it).
+        ``numerics_of``: the numerics the outputs must be computed in (default this process's,
+        :func:`kdenv.numerics.cache_numerics`); a missing cache of other numerics is refused, not
+        computed in the wrong ones."""
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"cache dtype must be one of {list(STORAGE_DTYPES)}, not {dtype!r}")
         parse_teacher_keys(keys)  # unknown names fail before any work
@@ -134,8 +143,16 @@ class TeacherCache:
             "examples": len(split),
             "keys": sorted(keys),
             "dtype": dtype,
+            # The numerics the outputs are computed in: native and portable kernels give other last
+            # bits, and a table's records depend on them (a cache made in native numerics and reused
+            # by portable builds kept tables from replaying elsewhere).
+            "numerics": numerics_of or numerics.cache_numerics(runtime.device.type),
         }
         reason = cls._check(directory, key)
+        if reason is not None and key["numerics"] != numerics.own_cache_numerics(runtime.device.type):
+            raise CacheError(f"the teacher cache in {directory} ({reason}) must hold outputs computed in "
+                             f"{key['numerics']}, which this process does not compute in; build it in a process with "
+                             "those numerics first (validate_table.py does so for the seeds that need it)")
         if reason is not None:
             cls._build(directory, key, teacher, task, split, keys, runtime, pad_token_id, dtype, batch_size, progress)
         manifest = json.loads((directory / "manifest.json").read_text())
