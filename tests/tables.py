@@ -13,12 +13,13 @@ from kdenv.io import file_sha256
 
 
 def table_with_outputs(directory, task: str, knowledge: list[str], phases: int, reward_labels: np.ndarray,
-                       dev_labels: np.ndarray, outputs, seeds=(0, 1)) -> Table:
+                       dev_labels: np.ndarray, outputs, seeds=(0, 1), teacher=None) -> Table:
     """A table whose leaves hold the given outputs: ``outputs(seed, schedule, split)`` returns the
     student's outputs ([examples, columns]) on ``split`` ("reward" or "dev") after ``schedule``
     (``()`` for the initial student; inner nodes get the initial student's). Records carry the
     metrics computed from those outputs; every seed shares the root observation, and the
-    observations after the first phase tell seeds apart."""
+    observations after the first phase tell seeds apart. ``teacher(split)``: the teacher's outputs
+    there (none stored without it)."""
     from kdenv.benchmark.outofsample import metric_rows
 
     spec = get_task(task)
@@ -59,6 +60,9 @@ def table_with_outputs(directory, task: str, knowledge: list[str], phases: int, 
 
         arrays_by_seed[seed] = {"histories": padded(histories), "reward": np.stack(reward).astype(np.float16),
                                 "dev_histories": padded(dev_histories), "dev": np.stack(dev).astype(np.float16)}
+        if teacher is not None:
+            arrays_by_seed[seed].update({f"teacher_{split}": np.asarray(teacher(split), np.float16)
+                                         for split in ("reward", "dev")})
     files = {outputs_file(seed): file_sha256(write_outputs(directory, seed, arrays))
              for seed, arrays in arrays_by_seed.items()}
     nodes = sum(actions**d for d in range(phases + 1))

@@ -426,7 +426,7 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     assert table.seeds == [0, 1] and all(len(nodes) == 21 for nodes in table.nodes.values())
     out = tmp_path / "oracle"
     assert command("oracle").main(["--table", str(table_dir), "--output-dir", str(out), "--data-dir", str(glue_dir),
-                                   "--halvings", "2", "--resamples", "10"]) == 0
+                                   "--halvings", "2", "--resamples", "10", "--reward-curve"]) == 0
     report = json.loads((out / "oracle.json").read_text())
     result = report["results"]["metric_gain"]
     assert result["oracle"]["return"]["mean"] >= result["open_loop"]["return"]["mean"] >= \
@@ -443,6 +443,10 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     assert "| metric_gain | half the reward split (8) → the other half; 2 halvings | seeds, examples |" in text
     assert "| metric_gain | reward split (16) → dev (71, from outputs) | seeds, examples |" in text
     assert "In-sample headroom (oracle − best constant, chosen and scored on the same reward examples: an upper bound)" in text
+    curve = json.loads((out / "reward_curve.json").read_text())
+    assert {row["reward"] for row in curve["rows"]} == {"metric_gain", "loss_decrease", "log_loss", "teacher_agreement"}
+    assert [row["examples"] for row in curve["rows"] if row["reward"] == "metric_gain"] == [16]
+    assert "## The reward as an instrument" in text and "| teacher_agreement | 16 |" in text
 
 
 def test_finished_seeds_are_shipped_mid_build_without_computing(built, glue_dir, tmp_path, monkeypatch, capsys):

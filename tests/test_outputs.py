@@ -57,7 +57,12 @@ def noise_table(directory, signal: float, seeds=(0, 1, 2, 3), examples=64, dev_e
         noise = 2.0 - (signal if schedule == (0, 1) else 0.0)
         return (labels + noise * local.normal(size=len(labels)))[:, None]
 
-    table = table_with_outputs(directory, "stsb", ["logits", "hidden"], 2, reward_labels, dev_labels, outputs, seeds)
+    def teacher(split):
+        labels = reward_labels if split == "reward" else dev_labels
+        return (labels + 0.5 * np.random.default_rng(7).normal(size=len(labels)))[:, None]
+
+    table = table_with_outputs(directory, "stsb", ["logits", "hidden"], 2, reward_labels, dev_labels, outputs, seeds,
+                               teacher)
     return table, TableLabels(reward_labels, dev_labels)
 
 
@@ -82,6 +87,21 @@ def test_a_schedule_that_is_really_better_shows_out_of_sample_on_the_reward_spli
     # The open-loop choice finds the one better schedule on every seed: its out-of-sample gain is close
     # to the oracle's, which adds only noise picked on the other half.
     assert result["reward_to_dev"]["open_loop"]["mean"] >= result["reward_to_dev"]["oracle"]["mean"] - 0.05
+
+
+def test_the_reward_curve_ranks_schedules_as_dev_does_better_with_more_examples(tmp_path):
+    from kdenv.benchmark.outofsample import reward_curve
+
+    table, labels = noise_table(tmp_path, signal=1.0, examples=128)
+    curve = reward_curve(table, labels, sizes=[8, 64], rewards=("metric_gain", "loss_decrease", "teacher_agreement"),
+                         draws=12)
+    rows = {(row["reward"], row["examples"]): row for row in curve["rows"]}
+    assert set(rows) == {(r, n) for r in ("metric_gain", "loss_decrease", "teacher_agreement") for n in (8, 64)}
+    # 64 examples measure the one better schedule more surely than 8: closer to dev, more reliable.
+    assert rows["metric_gain", 64]["agreement"] > rows["metric_gain", 8]["agreement"]
+    assert rows["metric_gain", 64]["reliability"] > rows["metric_gain", 8]["reliability"]
+    assert rows["metric_gain", 64]["to_dev"] > 0 and 0 < curve["dev_reliability"] <= 1
+    assert curve["reward_examples"] == 128 and curve["seeds"] == 4
 
 
 def test_an_edited_outputs_file_is_refused_and_a_table_without_outputs_says_how_to_get_them(tmp_path):

@@ -186,6 +186,11 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     # The summary answers for the one trained row: headroom, then A2C's gain with its interval.
     summary = next(line for line in text.splitlines() if line.startswith(f"| {tmp_path / 'table'} | 4 |"))
     assert f"| A2C | {ci_text(rows['A2C']['gain'])} |" in summary
+    # It leads with the out-of-sample headroom: the reward's choices scored on dev (here dev = the return):
+    # only seed 3's oracle (0, 1) beats the constant (1, 1) picked by the reward, by 0.3.
+    on_dev = board["tables"][str(tmp_path / "table")]["reward_to_dev"]["oracle"]
+    assert on_dev["mean"] == pytest.approx(0.3 / 4) and on_dev["n"] == 4
+    assert summary.startswith(f"| {tmp_path / 'table'} | 4 | +0.0750 [")
     assert (tmp_path / "board.png").stat().st_size > 1000
     # A rerun trains nothing new: every (held-out seed, agent seed) is in the result file.
     capsys.readouterr()

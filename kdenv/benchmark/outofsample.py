@@ -291,3 +291,101 @@ def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain"
     result["reward_to_dev"] = {name: _summary(to_dev[name], to_dev_draws[name], table.seeds) for name in CHOICES}
     result["dev_halves"] = halvings_and_draws(on_dev, n_dev, with_inside=False)["crossfit"]
     return result
+
+
+# --------------------------------------------------------------------------- the reward as an instrument
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rank correlation of each row of ``a`` with the same row of ``b`` ([seeds, schedules])."""
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    return np.where(denominator > 0, (ra * rb).sum(axis=1) / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+def _defined_mean(values) -> float | None:
+    """The mean of the defined (non-NaN) values; None where none is (every schedule tied)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def teacher_agreement_score(task: TaskSpec, outputs: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """Agreement with the teacher on the same examples (a candidate reward): the correlation of the
+    scores for regression, the share of equal predicted labels for classification."""
+    if task.is_regression:
+        return _pearson_rows(np.asarray(outputs, np.float64)[..., 0], np.asarray(teacher, np.float64)[:, 0])
+    return (np.asarray(outputs).argmax(axis=-1) == np.asarray(teacher).argmax(axis=-1)).mean(axis=-1)
+
+
+CURVE_REWARDS = ("metric_gain", "loss_decrease", "log_loss", "teacher_agreement")
+
+
+def reward_curve(table: Table, labels: TableLabels, sizes: list[int] | None = None, rewards=CURVE_REWARDS,
+                 draws: int = 20, seed: int = 0, stacked: StackedOutputs | None = None) -> dict[str, Any]:
+    """How well each reward ranks a seed's schedules as GLUE dev does, as the reward split grows.
+
+    For each size n (default: 32, 64, ... up to the reward split) and reward: ``draws`` random
+    subsets of n reward examples; per seed, Spearman's correlation over the schedules between the
+    reward's return on the subset and the dev metric on every dev example (``agreement``), between
+    the returns on two disjoint subsets of n (``reliability``, where 2n fit), and the gain on dev of
+    the schedule the reward picks per seed over the constant it picks (``to_dev``); means over
+    seeds and draws. Dev's own split-half reliability (two halves of dev) is the ceiling an
+    agreement can reach (``dev_reliability``)."""
+    task = get_task(table.task)
+    stacked = stacked or StackedOutputs.of(table)
+    if stacked.dev is None:
+        raise ValueError("the reward curve needs dev outputs at every leaf; this table scored only some leaves on dev")
+    n_reward, rng = len(labels.reward), np.random.default_rng(seed)
+    sizes = sizes or [n for n in (16, 32, 64, 128, 256, 512, 1024) if n <= n_reward]
+    teacher = StackedTeacher.of(table)
+    dev_all = _dev_scores(task, stacked, labels.dev, np.arange(len(labels.dev)))
+    dev_halves = []
+    for _ in range(draws):
+        a, b = _halves(rng, len(labels.dev))
+        dev_halves.append(_defined_mean(_spearman_rows(_dev_scores(task, stacked, labels.dev, a),
+                                                       _dev_scores(task, stacked, labels.dev, b))))
+
+    def returns(reward: str, examples: np.ndarray) -> np.ndarray:
+        if reward == "teacher_agreement":
+            final = teacher_agreement_score(task, stacked.reward[:, :, examples], teacher.reward[examples])
+            start = teacher_agreement_score(task, stacked.root[:, examples], teacher.reward[examples])
+            return np.where(stacked.crashed, CRASH_RETURN, final - start[:, None])
+        return _returns(task, reward, stacked, labels.reward, examples)
+
+    rows = []
+    for reward in rewards:
+        for n in sizes:
+            agreement, reliability, to_dev = [], [], []
+            for _ in range(draws):
+                order = rng.permutation(n_reward)
+                first = returns(reward, order[:n])
+                agreement.append(_defined_mean(_spearman_rows(first, dev_all)))
+                if 2 * n <= n_reward:
+                    reliability.append(_defined_mean(_spearman_rows(first, returns(reward, order[n: 2 * n]))))
+                to_dev.append(float(headrooms(choose(table, stacked.sequences, first), dev_all)["oracle"].mean()))
+            defined = [value for value in agreement if value is not None]
+            rows.append({"reward": reward, "examples": n, "agreement": _defined_mean(defined) if defined else None,
+                         "agreement_ci": _interval(defined) if defined else None,
+                         "reliability": _defined_mean([v for v in reliability if v is not None] or [np.nan]),
+                         "to_dev": float(np.mean(to_dev)), "to_dev_ci": _interval(to_dev)})
+    return {"table": table.name, "seeds": len(table.seeds), "draws": draws, "reward_examples": n_reward,
+            "dev_examples": len(labels.dev), "rows": rows,
+            "dev_reliability": _defined_mean([v for v in dev_halves if v is not None] or [np.nan])}
+
+
+@dataclass
+class StackedTeacher:
+    """The teacher's outputs on the reward split and the dev examples (the same for every seed)."""
+
+    reward: np.ndarray
+    dev: np.ndarray | None
+
+    @classmethod
+    def of(cls, table: Table) -> StackedTeacher:
+        outputs = table.outputs(table.seeds[0]).teacher
+        if "reward" not in outputs:
+            raise ValueError("the table's outputs hold no teacher outputs on the reward split")
+        return cls(np.asarray(outputs["reward"], np.float32), outputs.get("dev"))

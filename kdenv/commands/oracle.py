@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
-from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample
+from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample, reward_curve
 from kdenv.benchmark.outputs import OutputsError, table_labels
 from kdenv.engine.data import DataError
 from kdenv.benchmark.table import Table, TableError, resolve_table
@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="GLUE folder with the labels of a table that keeps outputs (default $KDENV_GLUE_DIR)")
     parser.add_argument("--halvings", type=int, default=HALVINGS,
                         help=f"random halvings of the examples for the cross-fitted figures (default {HALVINGS})")
+    parser.add_argument("--reward-curve", action="store_true",
+                        help="for a table that keeps outputs, also measure each reward as an instrument: how it ranks "
+                             "a seed's schedules against GLUE dev, its split-half reliability and the dev gain of its "
+                             "choice, as the reward split grows (reward_curve.md / .json; docs/benchmark.md)")
     parser.add_argument("--resamples", type=int, default=RESAMPLES,
                         help=f"bootstrap resamples of seeds and examples for their intervals (default {RESAMPLES})")
     return parser.parse_args(argv)
@@ -208,6 +212,29 @@ def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: di
     return "\n".join(lines) + "\n"
 
 
+def signed(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:+.3f}"
+
+
+def curve_text(curve: dict[str, Any]) -> str:
+    """The reward curve (kdenv.benchmark.outofsample.reward_curve) as a markdown section."""
+    lines = ["## The reward as an instrument", "",
+             f"Per reward and reward-split size n: Spearman's correlation over a seed's schedules between the reward's "
+             f"return on n random reward examples and the dev metric on all {curve['dev_examples']} dev examples "
+             "(agreement), between the returns on two disjoint draws of n (reliability), and the dev gain of the "
+             f"schedule the reward picks per seed over the constant it picks; means over {curve['seeds']} seeds and "
+             f"{curve['draws']} draws [2.5%, 97.5% of the draws]; undefined where every schedule ties. Dev's own "
+             f"split-half reliability, the ceiling: {signed(curve['dev_reliability'])}.", "",
+             "| reward | n | agreement with dev | reliability | dev gain of its choice |", "|---|---|---|---|---|"]
+    for row in curve["rows"]:
+        agreement = "undefined" if row["agreement"] is None else (
+            f"{row['agreement']:+.3f} [{row['agreement_ci'][0]:+.3f}, {row['agreement_ci'][1]:+.3f}]")
+        reliability = "n/a (2n > split, or ties)" if row["reliability"] is None else f"{row['reliability']:+.3f}"
+        lines.append(f"| {row['reward']} | {row['examples']} | {agreement} | {reliability} | "
+                     f"{row['to_dev']:+.4f} [{row['to_dev_ci'][0]:+.4f}, {row['to_dev_ci'][1]:+.4f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def dev_coverage(table: Table) -> str:
     """What a table's GLUE dev figures were computed on (its build's recorded choice)."""
     recorded = table.manifest.get("dev_scoring")
@@ -248,10 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         except (OutputsError, DataError) as error:
             why_not = f"not computed: {error}"
     text = report(table, results, correlation, on_dev, crossfit, why_not)
+    curve = None
+    if args.reward_curve:
+        if not crossfit:
+            return fail(ValueError(f"--reward-curve needs a table that keeps outputs and its labels: {why_not}"))
+        curve = reward_curve(table, labels)
+        text += "\n" + curve_text(curve)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "oracle.md") as handle:
         handle.write(text)
+    if curve is not None:
+        with atomic_write(out / "reward_curve.json") as handle:
+            json.dump(curve, handle, indent=2)
     with atomic_write(out / "oracle.json") as handle:
         json.dump({"table": str(table.directory), "manifest": table.manifest, "results": results,
                    "out_of_sample": crossfit, "out_of_sample_missing": why_not,

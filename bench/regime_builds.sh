@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The regime survey's builds (issue "Headroom that generalises", docs/benchmark.md): tables that keep
+# per-example outputs, in regimes that give time-varying knowledge selection its best chance, each
+# built to 4 seeds, two one-thread queues in the background, resumable across sessions.
+#
+#   bash bench/regime_builds.sh estimate   # each regime's projected hours, before anything is built
+#   bash bench/regime_builds.sh teachers   # fine-tune the teachers the regimes need (nohup; on a new machine)
+#   bash bench/regime_builds.sh start      # start both queues (nohup; logs in runs/logs/regime_*.log)
+#   bash bench/regime_builds.sh pause      # SIGSTOP every build (before the test suite); resume: SIGCONT
+#   bash bench/regime_builds.sh resume
+#   bash bench/regime_builds.sh ship       # write each table with the seeds finished so far (computes nothing)
+#   bash bench/regime_builds.sh status     # what runs, and each table's shipped seeds
+#
+# Needs KDENV_GLUE_DIR (default ../shared/data/glue). runs/ does not travel: on a new machine run
+# `teachers` first; seeds already shipped are never rebuilt (each queue builds the seeds a table lacks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KDENV_GLUE_DIR="${KDENV_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+mkdir -p runs/logs
+
+# name|build flags|seeds. Every regime keeps outputs (build_tree's default), scores dev on all of it or
+# on 1,000 examples where it is larger, and keeps a reward split of up to 512 examples, so that the
+# reward's size can be studied below it (issue section 3).
+COMMON="--phases 3 --threads 1 --max-reward-examples 512"
+REGIMES=(
+  # the control: stsb_u8's regime (3 types, 3 phases x 8 updates), rebuilt with outputs
+  "stsb_u8_o|--task stsb --updates-per-phase 8 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_u8_o|0-3"
+  # a low-resource task: RTE (2,490 train examples), where the teacher's knowledge may help early, hurt late
+  "rte_u8|--task rte --updates-per-phase 8 $COMMON --output kdenv/tables/rte_u8|0-3"
+  # a longer horizon: 2 types, 3 phases x 128 updates (0.4 epoch of STS-B per phase)
+  "stsb_k2_u128|--task stsb --knowledge hidden,gradient --updates-per-phase 128 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_k2_u128|0-3"
+  # a larger capacity gap: a 1-layer student of the 6-layer teacher
+  "stsb_l1_u8|--task stsb --student-layers 1 --updates-per-phase 8 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_l1_u8|0-3"
+)
+# Queue a: the control, then the long horizon; queue b: RTE, then the capacity gap.
+QUEUE_A=(stsb_u8_o stsb_k2_u128)
+QUEUE_B=(rte_u8 stsb_l1_u8)
+
+flags_of() { local entry name flags; for entry in "${REGIMES[@]}"; do IFS="|" read -r name flags _ <<< "$entry"
+  [ "$name" = "$1" ] && { echo "$flags"; return; }; done; echo "no regime $1" >&2; return 1; }
+seeds_of() { local entry name seeds; for entry in "${REGIMES[@]}"; do IFS="|" read -r name _ seeds <<< "$entry"
+  [ "$name" = "$1" ] && { echo "$seeds"; return; }; done; echo "no regime $1" >&2; return 1; }
+
+unshipped() {  # the regime's seeds that its shipped table does not hold yet, comma-separated (may be empty)
+    $PYTHON - "kdenv/tables/$1/manifest.json" "$(seeds_of "$1")" <<'PY'
+import json, os, sys
+from kdenv.cli import parse_seeds
+have = set(json.load(open(sys.argv[1]))["seeds"]) if os.path.exists(sys.argv[1]) else set()
+print(",".join(str(seed) for seed in parse_seeds(sys.argv[2]) if seed not in have))
+PY
+}
+
+queue() {  # name, then regimes: each regime's unshipped seeds one at a time, shipping each seed as it finishes
+    local name=$1; shift
+    if pgrep -f "regime-queue-$name" > /dev/null; then echo "queue $name already running"; return; fi
+    local script="set -u; " regime seed
+    for regime in "$@"; do
+        for seed in $(unshipped "$regime" | tr ',' ' '); do
+            script+="$PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $seed --no-progress >> runs/logs/regime_$name.log 2>&1; "
+        done
+    done
+    nohup bash -c "exec -a regime-queue-$name bash -c '$script'" > /dev/null 2>&1 &
+    echo "queue $name started: $* (log runs/logs/regime_$name.log)"
+}
+
+case "${1:-status}" in
+    estimate)
+        for entry in "${REGIMES[@]}"; do
+            IFS="|" read -r name flags seeds <<< "$entry"
+            echo "== $name (seeds $seeds)"
+            $PYTHON agents/build_tree.py $flags --seeds "$seeds" --estimate --no-progress 2>&1 | grep -E "^(per seed|one phase|tree for)"
+        done
+        ;;
+    teachers)
+        if pgrep -f "regime-teachers" > /dev/null; then echo "teachers already being fine-tuned"; exit 0; fi
+        CMD=""
+        for task in stsb rte; do
+            [ -f "runs/teachers/$task/kdenv.json" ] || CMD+="$PYTHON agents/finetune_teacher.py --task $task --no-progress; "
+        done
+        [ -n "$CMD" ] || { echo "every teacher is here"; exit 0; }
+        nohup bash -c "exec -a regime-teachers bash -c '{ $CMD } >> runs/logs/regime_teachers.log 2>&1'" > /dev/null 2>&1 &
+        echo "teachers started (log runs/logs/regime_teachers.log): start the queues when it ends"
+        ;;
+    start)
+        queue a "${QUEUE_A[@]}"
+        queue b "${QUEUE_B[@]}"
+        ;;
+    pause) pkill -STOP -f "agents/build_tree.py" || true; echo "paused" ;;
+    resume) pkill -CONT -f "agents/build_tree.py" || true; echo "resumed" ;;
+    ship)
+        for entry in "${REGIMES[@]}"; do
+            IFS="|" read -r name flags seeds <<< "$entry"
+            $PYTHON agents/build_tree.py $flags --seeds "$seeds" --finished --no-progress 2>&1 | grep -vE "Warning|^\s*$" | tail -2
+        done
+        ;;
+    status)
+        pgrep -af "regime-queue|agents/build_tree.py" | grep -v pgrep || echo "no build runs"
+        for entry in "${REGIMES[@]}"; do
+            IFS="|" read -r name _ seeds <<< "$entry"
+            echo "$name: seeds $seeds, not shipped: $(unshipped "$name")"
+        done
+        ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
+esac
