@@ -56,6 +56,8 @@ queue() {  # name, then regimes: each regime's unshipped seeds one at a time, sh
     if pgrep -f "regime-queue-$name" > /dev/null; then echo "queue $name already running"; return; fi
     local script="set -u; " regime seed
     for regime in "$@"; do
+        # each regime's projected hours first, in the log, before its build starts
+        script+="echo == $regime: projected cost >> runs/logs/regime_$name.log; $PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $(seeds_of "$regime") --estimate --no-progress >> runs/logs/regime_$name.log 2>&1; "
         for seed in $(unshipped "$regime" | tr ',' ' '); do
             script+="$PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $seed --no-progress >> runs/logs/regime_$name.log 2>&1; "
         done
