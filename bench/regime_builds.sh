@@ -33,9 +33,9 @@ REGIMES=(
   # a larger capacity gap: a 1-layer student of the 6-layer teacher
   "stsb_l1_u8|--task stsb --student-layers 1 --updates-per-phase 8 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_l1_u8|0-3"
 )
-# Queue a: the control, then the long horizon; queue b: RTE, then the capacity gap.
+# Queue a: the control, then the long horizon; queue b: the capacity gap, then RTE (its teacher may still be training).
 QUEUE_A=(stsb_u8_o stsb_k2_u128)
-QUEUE_B=(rte_u8 stsb_l1_u8)
+QUEUE_B=(stsb_l1_u8 rte_u8)
 
 flags_of() { local entry name flags; for entry in "${REGIMES[@]}"; do IFS="|" read -r name flags _ <<< "$entry"
   [ "$name" = "$1" ] && { echo "$flags"; return; }; done; echo "no regime $1" >&2; return 1; }
@@ -84,9 +84,9 @@ case "${1:-status}" in
         nohup bash -c "exec -a regime-teachers bash -c '{ $CMD } >> runs/logs/regime_teachers.log 2>&1'" > /dev/null 2>&1 &
         echo "teachers started (log runs/logs/regime_teachers.log): start the queues when it ends"
         ;;
-    start)
-        queue a "${QUEUE_A[@]}"
-        queue b "${QUEUE_B[@]}"
+    start)  # both queues; `start a` or `start b` for one
+        [ "${2:-a}" = a ] && queue a "${QUEUE_A[@]}"
+        [ "${2:-b}" = b ] && queue b "${QUEUE_B[@]}"
         ;;
     pause) pkill -STOP -f "agents/build_tree.py" || true; echo "paused" ;;
     resume) pkill -CONT -f "agents/build_tree.py" || true; echo "resumed" ;;
