@@ -138,15 +138,22 @@ def parse_seeds(text, flag: str = "--seeds") -> list[int]:
 
 
 def run_main(main: Callable[..., int]) -> Callable[..., int]:
-    """Wraps a program's ``main``: a failing disk (full, read-only, out of quota) ends it with one
-    ``error:`` line naming the file and the way on, exit code 2, instead of a traceback; the
-    program's finished work stays where a rerun of the same command finds it."""
+    """Wraps a program's ``main``: an unknown ``KDENV_NUMERICS`` and a failing disk (full,
+    read-only, out of quota) end it with one ``error:`` line naming the problem and the way on,
+    exit code 2, instead of a traceback; the program's finished work stays where a rerun of the
+    same command finds it."""
     import functools
 
     from kdenv.io import DISK_ERRNOS, disk_error
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:
+        from kdenv import numerics
+
+        try:
+            numerics.requested_mode()  # a mistyped KDENV_NUMERICS stops here, before any work
+        except ValueError as error:
+            return fail(error)
         try:
             return main(*args, **kwargs)
         except OSError as error:

@@ -46,17 +46,23 @@ _torch_was_loaded_first: bool | None = None
 def requested_mode() -> str:
     mode = os.environ.get(MODE_ENV, "portable").strip().lower() or "portable"
     if mode not in MODES:
-        raise ValueError(f"{MODE_ENV}={mode!r}: choose one of {', '.join(MODES)}")
+        raise ValueError(f"{MODE_ENV}={mode!r}: choose one of {', '.join(MODES)} (or unset it: portable)")
     return mode
 
 
 def apply() -> None:
     """Pins the kernels for the portable mode, if torch has not started yet (``import kdenv`` does
-    this first thing). A variable the user set already is left as it is."""
+    this first thing). A variable the user set already is left as it is. An unknown mode pins
+    nothing here (an import is no place to stop a program): every program's ``main`` refuses it
+    with one ``error:`` line (``kdenv.cli.run_main``), and anything that asks for the mode raises."""
     global _torch_was_loaded_first
     if _torch_was_loaded_first is None:
         _torch_was_loaded_first = "torch" in sys.modules
-    if requested_mode() == "portable" and not _torch_was_loaded_first:
+    try:
+        mode = requested_mode()
+    except ValueError:
+        return
+    if mode == "portable" and not _torch_was_loaded_first:
         for name, value in PORTABLE_ENV.items():
             os.environ.setdefault(name, value)
 

@@ -142,3 +142,13 @@ def test_native_numerics_are_a_choice_that_is_recorded(monkeypatch):
     monkeypatch.setenv(numerics.MODE_ENV, "fast")
     with pytest.raises(ValueError, match="KDENV_NUMERICS='fast': choose one of portable, native"):
         numerics.requested_mode()
+
+
+@pytest.mark.slow
+def test_a_mistyped_numerics_mode_is_one_error_line_not_an_import_traceback(tmp_path):
+    env = {**os.environ, numerics.MODE_ENV: "garbage", "KDENV_RUNS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "agents/oracle.py", "--table", "stsb"], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: KDENV_NUMERICS='garbage': choose one of portable, native (or unset it: portable)")
