@@ -39,12 +39,35 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_whole(value: Any) -> bool:
+    """A whole number: a Python or NumPy integer, never a boolean (True is not 1 update)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _plain_numbers(config: Any) -> None:
+    """NumPy scalars in a config's fields become Python ones (``np.int64(8)`` is a whole number, as 8
+    is); booleans stay booleans, and are refused wherever a number is meant."""
+    import numpy as np
+
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, np.bool_):
+            value = bool(value)
+        elif isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        else:
+            continue
+        object.__setattr__(config, item.name, value)
+
+
 def _positive_or_none(name: str, value: int | None) -> None:
-    _require(value is None or (isinstance(value, int) and value >= 1), f"{name} must be a whole number >= 1 or unset, not {value!r}")
+    _require(value is None or (_is_whole(value) and value >= 1), f"{name} must be a whole number >= 1 or unset, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -90,13 +113,14 @@ class DataConfig:
     cache_tokenization: bool = option(True, "keep tokenised splits under runs/cache/tokenized", flag=False)
 
     def __post_init__(self) -> None:
+        _plain_numbers(self)
         size = self.reward_size
         if isinstance(size, float) and size >= 1 and size.is_integer():
             self.reward_size = size = int(size)
         _require(not isinstance(size, bool) and (
-            (isinstance(size, float) and 0 < size < 1) or (isinstance(size, int) and size >= 1)),
+            (isinstance(size, float) and 0 < size < 1) or (_is_whole(size) and size >= 1)),
             f"reward_size {size!r}: give a fraction in (0, 1) (0.1 = 10% of train) or a whole count of examples (250)")
-        _require(isinstance(self.max_length, int) and 8 <= self.max_length <= 512,
+        _require(_is_whole(self.max_length) and 8 <= self.max_length <= 512,
                  f"max_length must be a whole number in 8..512, not {self.max_length!r}")
         _positive_or_none("max_reward_examples", self.max_reward_examples)
         _positive_or_none("max_train_examples", self.max_train_examples)
@@ -122,8 +146,9 @@ class FinetuneConfig:
     max_steps: int | None = option(None, "stop after this many updates (smoke tests); unset: full epochs")
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a whole number >= 1, not {self.epochs!r}")
-        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
+        _plain_numbers(self)
+        _require(_is_whole(self.epochs) and self.epochs >= 1, f"epochs must be a whole number >= 1, not {self.epochs!r}")
+        _require(_is_whole(self.batch_size) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
         _require(_finite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be > 0, not {self.learning_rate!r}")
         _require(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay!r}")
         _require(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
@@ -172,13 +197,14 @@ class DistillConfig:
     precision: str = option("auto", "precision", flag=False)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.student_layers, int) and self.student_layers >= 1,
+        _plain_numbers(self)
+        _require(_is_whole(self.student_layers) and self.student_layers >= 1,
                  f"student_layers must be >= 1, not {self.student_layers!r}")
         _require(self.student_init in STUDENT_INITS, f"student_init must be one of {STUDENT_INITS}, not {self.student_init!r}")
         _require(self.student_dropout is None or (_finite(self.student_dropout) and 0 <= self.student_dropout < 1),
                  f"student_dropout must be in [0, 1) or unset, not {self.student_dropout!r}")
         _require(_finite(self.epochs) and self.epochs > 0, f"epochs must be > 0, not {self.epochs!r}")
-        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
+        _require(_is_whole(self.batch_size) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
         _require(_finite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be > 0, not {self.learning_rate!r}")
         _require(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay!r}")
         _require(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio!r}")
@@ -211,6 +237,7 @@ class EnvConfig:
     probe_size: int = option(16, "reward examples in the [CLS] probe batch", flag=False)
 
     def __post_init__(self) -> None:
+        _plain_numbers(self)
         self.knowledge = list(self.knowledge)
         _require(len(self.knowledge) > 0, "offer at least one knowledge type (e.g. knowledge=['logits', 'gradient'])")
         duplicates = sorted({name for name in self.knowledge if self.knowledge.count(name) > 1})
@@ -220,9 +247,9 @@ class EnvConfig:
         for name, weight in self.base_weights.items():
             _require(_finite(weight) and weight >= 0, f"base weight of {name!r} must be a finite number >= 0, not {weight!r}")
         _require(self.action_space in ACTION_SPACES, f"action_space must be one of {ACTION_SPACES}, not {self.action_space!r}")
-        _require(isinstance(self.phases, int) and not isinstance(self.phases, bool) and self.phases >= 1,
+        _require(_is_whole(self.phases) and self.phases >= 1,
                  f"phases must be a whole number >= 1, not {self.phases!r}")
-        _require(isinstance(self.updates_per_phase, int) and self.updates_per_phase >= 1,
+        _require(_is_whole(self.updates_per_phase) and self.updates_per_phase >= 1,
                  f"updates_per_phase must be a whole number >= 1, not {self.updates_per_phase!r}")
         _require(self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
                  f"epochs must be > 0 or unset, not {self.epochs!r}")
@@ -231,7 +258,7 @@ class EnvConfig:
         _require(_finite(self.exploration_bonus) and self.exploration_bonus >= 0,
                  f"exploration_bonus must be a finite number >= 0, not {self.exploration_bonus!r}")
         _require(_finite(self.crash_penalty), f"crash_penalty must be finite, not {self.crash_penalty!r}")
-        _require(isinstance(self.probe_size, int) and self.probe_size >= 1, f"probe_size must be >= 1, not {self.probe_size!r}")
+        _require(_is_whole(self.probe_size) and self.probe_size >= 1, f"probe_size must be >= 1, not {self.probe_size!r}")
 
     def resolved(self, train_examples: int, batch_size: int) -> EnvConfig:
         """This config with ``updates_per_phase`` settled: with ``epochs`` set, the updates that make

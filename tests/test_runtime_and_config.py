@@ -50,3 +50,20 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_numpy_numbers_are_numbers_and_booleans_are_refused_wherever_a_number_is_meant():
+    import numpy as np
+    import pytest
+
+    from kdenv.config import ConfigError, DataConfig, DistillConfig, EnvConfig
+
+    env = EnvConfig(phases=np.int64(3), updates_per_phase=np.int32(8))
+    assert env.phases == 3 and type(env.phases) is int and type(env.updates_per_phase) is int
+    assert DataConfig(max_reward_examples=np.int64(128), reward_size=np.float64(0.1)).max_reward_examples == 128
+    for make, field in ((EnvConfig, "phases"), (EnvConfig, "updates_per_phase"), (DistillConfig, "student_layers"),
+                        (DataConfig, "max_reward_examples"), (DataConfig, "max_length")):
+        with pytest.raises(ConfigError, match=field):
+            make(**{field: True})
+        with pytest.raises(ConfigError, match=field):
+            make(**{field: np.bool_(True)})
