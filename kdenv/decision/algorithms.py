@@ -228,7 +228,6 @@ class SavedAgent:
         unless ``allow_pickle``."""
         import copy
 
-        pickled = pickled_entries(self.path)
         hyperparams = Hyperparams.from_dict(self.record["agent"].get("hyperparams") or {})
         try:
             fresh = self.algorithm.build(hyperparams.policy, spaces_env, seed=0, verbose=0,
@@ -236,14 +235,7 @@ class SavedAgent:
         except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as error:
             raise ValueError(f"the run record beside agent {self.path} does not rebuild a {self.algorithm.name} agent "
                              f"({type(error).__name__}: {error})") from None
-        custom = {key: None if key in RUNTIME_STATE else getattr(fresh, key)
-                  for key in pickled if key in RUNTIME_STATE or key in vars(fresh)}
-        unknown = [key for key in pickled if key not in custom]
-        if unknown and not allow_pickle:
-            raise ValueError(f"agent file {self.path} holds pickled entries {unknown} that kdenv cannot rebuild; "
-                             "unpickling them would run any code the file holds, so it is refused. Use agent files "
-                             "written by kdenv, or pass --unsafe-load-agents if you trust this file and its author")
-        return custom
+        return safe_custom_objects(self.path, fresh, allow_pickle)
 
     def check_safe(self, allow_pickle: bool = False) -> None:
         """Refuses now, before any expensive work, a file that :meth:`load` would refuse."""
@@ -253,6 +245,22 @@ class SavedAgent:
 # Training-time state an agent zip may carry: not needed to act or to continue training (SB3 resets it).
 RUNTIME_STATE = ("_last_obs", "_last_original_obs", "_last_episode_starts", "ep_info_buffer", "ep_success_buffer",
                  "_last_lstm_states")
+
+
+def safe_custom_objects(path: str | Path, fresh, allow_pickle: bool = False) -> dict[str, Any]:
+    """In place of every pickled item of the agent zip at ``path``, what ``fresh`` (a new agent of
+    the same algorithm, hyperparameters and spaces) holds (``None`` for training-time state), for
+    stable-baselines3's ``custom_objects``: with them, loading unpickles nothing. Refuses a zip with
+    a pickled item beyond those, unless ``allow_pickle``."""
+    pickled = pickled_entries(path)
+    custom = {key: None if key in RUNTIME_STATE else getattr(fresh, key)
+              for key in pickled if key in RUNTIME_STATE or key in vars(fresh)}
+    unknown = [key for key in pickled if key not in custom]
+    if unknown and not allow_pickle:
+        raise ValueError(f"agent file {path} holds pickled entries {unknown} that kdenv cannot rebuild; "
+                         "unpickling them would run any code the file holds, so it is refused. Use agent files "
+                         "written by kdenv, or pass --unsafe-load-agents if you trust this file and its author")
+    return custom
 
 
 def pickled_entries(path: str | Path) -> list[str]:
