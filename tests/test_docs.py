@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), REPO / "kdenv" / "tables" / "README.md"]
-PLACEHOLDERS = {"<run>": "run", "<time>": "20260101-000000", "<task>": "stsb", "<algo>": "ppo", "<N>": "0",
+PLACEHOLDERS = {"<table>": "stsb_u8", "<run>": "run", "<time>": "20260101-000000", "<task>": "stsb", "<algo>": "ppo", "<N>": "0",
                 "<path>": "runs/x/agent.zip"}
 
 

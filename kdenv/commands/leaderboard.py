@@ -508,7 +508,7 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
     lines = ["## Summary", "",
              "Out of sample: the oracle's schedule per seed and the closed loop's, chosen by the reward split, minus the "
              "constant the reward split picks, all scored on GLUE dev (bootstrap 95% interval over seeds; analysis "
-             "only, no policy sees dev; `python agents/oracle.py` adds the cross-fitted figures for tables that keep "
+             "only, no policy sees dev; `python agents/oracle.py --table <table>` adds the cross-fitted figures for tables that keep "
              "outputs). In sample: the oracle's gain over the best constant chosen on the train folds, chosen and "
              "scored on the same reward examples, an upper bound that includes the winner's curse. Agents: the "
              f"\"{CHOSEN_ROW}\" row (for each fold, the agent row with the best mean return on the other "
