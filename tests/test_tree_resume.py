@@ -183,11 +183,18 @@ def test_a_build_resumed_where_its_records_cannot_be_reproduced_stops_before_com
     check_work_provenance(setup, Setup)  # the same process again: continues
     path = setup.work_dir() / PROVENANCE
     recorded = json.loads(path.read_text())
-    path.write_text(json.dumps({**recorded, "numerics": "native on AMD EPYC 9654 96-Core Processor"}))
+    recorded.pop("sha256")
+
+    def written_elsewhere(record):  # as a build on another machine writes it, checksum and all
+        from kdenv.benchmark.build import _provenance_checksum
+
+        path.write_text(json.dumps({**record, "sha256": _provenance_checksum(record)}))
+
+    written_elsewhere({**recorded, "numerics": "native on AMD EPYC 9654 96-Core Processor"})
     with pytest.raises(TableError, match="numerics native on AMD EPYC.*this process has numerics portable"):
         check_work_provenance(setup, Setup)
     # Recorded before replay classes: every such build ran on an Intel Xeon, in MKL's AVX2 branch.
-    path.write_text(json.dumps({**recorded, "numerics": "portable"}))
+    path.write_text(json.dumps({**recorded, "numerics": "portable"}))  # (records of then carried no checksum)
     if recorded["numerics"] == "portable (MKL AVX2)":
         check_work_provenance(setup, Setup)
     else:
@@ -297,3 +304,43 @@ def test_rewriting_a_seed_already_in_the_table_keeps_the_other_seeds_and_their_p
     write_table(setup, environment, [1], out)
     table = Table.load(out)
     assert table.seeds == [0, 1] and table.manifest["seed_provenance"]["0"] == before
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", "edited"])
+def test_a_damaged_provenance_record_is_healed_only_where_its_records_recompute(built, monkeypatch, tmp_path,  # noqa: F811
+                                                                                damage, capsys):
+    import shutil
+
+    from kdenv.benchmark.build import PROVENANCE, check_work_provenance, read_provenance
+    from kdenv.benchmark.table import TableError
+
+    setup, environment = built["setup"], built["environment"]
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
+    source = setup.work_dir()
+    monkeypatch.setenv("KDENV_RUNS_DIR", str(tmp_path / "runs"))
+    shutil.copytree(source, setup.work_dir())  # the built records, in a folder of this test's own
+    path = setup.work_dir() / PROVENANCE
+    check_work_provenance(setup, environment)
+    good = json.loads(path.read_text())
+    assert len(good.pop("sha256")) == 64 and read_provenance(path) == (good, None)
+    path.write_text(json.dumps({**good, "teacher": "0" * 20, "sha256": "0" * 64}) if damage == "edited" else damage)
+    check_work_provenance(setup, environment)  # the recorded roots recompute here: healed, not refused
+    assert "healed" in capsys.readouterr().out and read_provenance(path)[0] == good
+    # Records this process does not recompute (another teacher made them): refused, not rewritten.
+    job = JobFile(setup.work_dir() / "seed0" / "prefix-0.jsonl")
+    root = dict(job.records[""])
+    job.close()
+    lines = [json.loads(line) for line in lines_of(job.path)]
+    with open(job.path, "w") as handle:
+        for item in lines:
+            item.pop("sha256")
+            if item.get("history") == [] and not item.get("complete"):
+                item["agreement"] = root["agreement"] + 0.5
+            handle.write(JobFile._line(item))
+    for other in setup.work_dir().glob("seed*/prefix-*.jsonl"):
+        if other != job.path:
+            other.unlink()
+    path.write_text(damage if damage != "edited" else json.dumps({**good, "sha256": "1" * 64}))
+    with pytest.raises(TableError, match="is damaged .* do not recompute in this process"):
+        check_work_provenance(setup, environment)
+    assert path.read_text() == (damage if damage != "edited" else json.dumps({**good, "sha256": "1" * 64}))

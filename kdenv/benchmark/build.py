@@ -323,28 +323,71 @@ PROVENANCE = "provenance.json"
 
 def check_work_provenance(setup: TreeSetup, environment: EnvironmentSetup) -> None:
     """A build resumed on another machine continues exactly or stops before computing anything:
-    the work folder records the numerics, software and teacher its records were computed with,
-    and a process that cannot reproduce them is refused with what to do."""
+    the work folder records the numerics, software and teacher its records were computed with
+    (``provenance.json``, with a checksum of itself), and a process that cannot reproduce them is
+    refused with what to do. A damaged record (not JSON, not a mapping, an edit the checksum shows)
+    is never simply rewritten with this process's values: it is rebuilt only when what it vouched
+    for can be proved here (no records yet, or a recorded root node recomputes exactly), else the
+    build is refused with the ways out."""
     record = {"numerics": numerics_key(numerics.describe()), "software": {k: v for k, v in environment_record().items()
                                                                          if k in SAME_SOFTWARE},
               "teacher": environment.distillation.teacher_fingerprint, "threads": setup.threads}
     path = setup.work_dir() / PROVENANCE
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except ValueError:
-            recorded = None
-        if recorded is not None:
-            if recorded.get("numerics") == "portable":  # recorded before replay classes: every such build ran on Intel
-                recorded["numerics"] = "portable (MKL AVX2)"
-            differing = sorted(key for key in record if recorded.get(key) != record[key])
-            if differing:
-                raise TableError(
-                    f"the records in {setup.work_dir()} were computed with {', '.join(f'{k} {recorded.get(k)}' for k in differing)}; "
-                    f"this process has {', '.join(f'{k} {record[k]}' for k in differing)}, so its nodes would not be the same "
-                    "bits. Continue the build where those match (the portable numerics mode matches on CPUs of "
-                    "one replay class: docs/numerics.md; the software and teacher must be the same), or build "
-                    "elsewhere with --output and a fresh work folder ($KDENV_RUNS_DIR)")
-            return
+    recorded, damage = read_provenance(path)
+    if recorded is not None:
+        if recorded.get("numerics") == "portable":  # recorded before replay classes: every such build ran on Intel
+            recorded["numerics"] = "portable (MKL AVX2)"
+        differing = sorted(key for key in record if recorded.get(key) != record[key])
+        if differing:
+            raise TableError(
+                f"the records in {setup.work_dir()} were computed with {', '.join(f'{k} {recorded.get(k)}' for k in differing)}; "
+                f"this process has {', '.join(f'{k} {record[k]}' for k in differing)}, so its nodes would not be the same "
+                "bits. Continue the build where those match (the portable numerics mode matches on CPUs of "
+                "one replay class: docs/numerics.md; the software and teacher must be the same), or build "
+                "elsewhere with --output and a fresh work folder ($KDENV_RUNS_DIR)")
+        return
+    if damage is not None and recomputes_a_recorded_root(setup, environment) is False:
+        raise TableError(f"{path} is damaged ({damage}), and the records in {setup.work_dir()} do not recompute in this "
+                         "process (another teacher, numerics or software made them). Continue the build where they were "
+                         "computed (restore the teacher, software and machine kind that made them), or move the work "
+                         "folder away to build afresh")
     with atomic_write(path) as handle:
-        json.dump(record, handle, indent=2)
+        json.dump({**record, "sha256": _provenance_checksum(record)}, handle, indent=2)
+    if damage is not None:
+        print(f"healed {path} ({damage}): the records there recompute exactly in this process")
+
+
+def _provenance_checksum(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def read_provenance(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A work folder's provenance record and, where it is unusable, why: (record, None), (None,
+    None) for no record, or (None, what is wrong). A record written before records carried a
+    checksum is read as it is."""
+    if not path.is_file():
+        return None, None
+    try:
+        recorded = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        return None, f"not JSON: {error}"
+    if not isinstance(recorded, dict):
+        return None, f"a JSON {type(recorded).__name__}, not a record"
+    checksum = recorded.pop("sha256", None)
+    if checksum is not None and checksum != _provenance_checksum(recorded):
+        return None, "its checksum does not match its content (edited)"
+    return recorded, None
+
+
+def recomputes_a_recorded_root(setup: TreeSetup, environment: EnvironmentSetup) -> bool | None:
+    """Whether this process recomputes a recorded root node of the work folder exactly (it depends on
+    the teacher, the numerics and the software as every node does); None when nothing is recorded."""
+    from kdenv.benchmark.tree import JobFile, _comparable
+
+    for path in sorted(setup.work_dir().glob("seed*/prefix-*.jsonl")):
+        root = JobFile(path, lock=False).records.get("")
+        if root is None:
+            continue
+        live = setup.builder(environment).root_record(int(path.parent.name.removeprefix("seed")))
+        return _comparable(live) == _comparable(root)
+    return None

@@ -308,9 +308,7 @@ class TreeBuilder:
                 if progress is not None:
                     progress.update(self.job_nodes(prefix))
                 return stats
-            self._seed = seed
-            observation, _ = self.env.reset(seed=seed)
-            self._store(job, self._record((), observation, None, None), stats, progress)
+            self._store(job, self.root_record(seed), stats, progress)
             history: tuple[int, ...] = ()
             for action in prefix:  # the path down to the job's subtree
                 observation, _, terminated, _, info = self.env.step(action)
@@ -325,6 +323,12 @@ class TreeBuilder:
             job.close()
             stats.seconds = time.perf_counter() - start
         return stats
+
+    def root_record(self, seed: int) -> dict[str, Any]:
+        """Resets the environment to ``seed``'s initial student and returns its root record."""
+        self._seed = seed
+        observation, _ = self.env.reset(seed=seed)
+        return self._record((), observation, None, None)
 
     def time_nodes(self, seed: int) -> dict[str, Any]:
         """Measures what a node costs, writing nothing: one phase of every action from ``seed``'s
