@@ -79,3 +79,12 @@ def test_a_table_built_on_native_caches_replays_on_native_caches_computed_in_a_s
                                            "--schedule", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"seeds [0]: teacher caches computed in {plan_text(key)} (a subprocess" in out and "seed 0, schedule [3]: exact match" in out
+
+
+def test_validation_without_the_tables_teacher_refuses_at_once_with_the_command_that_makes_it(capsys):
+    """It used to fine-tune a teacher with default settings (another fingerprint) after minutes of work."""
+    for extra in ([], ["--statistical", "2"]):
+        assert command("validate_table").main(["--table", "stsb_u8", "--seed", "0", *extra, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "no stsb teacher on this machine" in err
+        assert "python agents/finetune_teacher.py --task stsb --force --batch-size 16 --epochs 4" in err

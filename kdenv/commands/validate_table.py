@@ -15,7 +15,7 @@ import contextlib
 import sys
 
 from kdenv import numerics
-from kdenv.benchmark.oracle import solve
+from kdenv.benchmark.oracle import all_returns
 from kdenv.benchmark.table import TableError, resolve_table
 from kdenv.benchmark.tree import parse_prefix
 from kdenv.benchmark.validate import (
@@ -26,6 +26,7 @@ from kdenv.benchmark.validate import (
     check_teacher,
     replay_context,
     replayable_seeds,
+    saved_teacher_refusal,
     statistical_replay,
     table_setup,
     validate,
@@ -33,6 +34,7 @@ from kdenv.benchmark.validate import (
 from kdenv.cli import add_common_arguments, fail, parse_seeds, run_main
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
+from kdenv.engine.teacher import teacher_metadata
 from kdenv.engine.runtime import quiet_transformers
 
 
@@ -59,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_transformers()
     try:
         table = resolve_table(args.table)
+        if args.statistical < 0:
+            raise ValueError(f"--statistical must be >= 0, not {args.statistical}")
+        # A replay needs the table's teacher on this machine: refused now, with the command that makes
+        # it, rather than fine-tuned with defaults after minutes of preparation (another teacher).
+        if teacher_metadata(table.task) is None:
+            raise TableError(saved_teacher_refusal(table, None, None, required=True))
         if args.seed is not None:
             seeds = parse_seeds(args.seed, "--seed")
             unknown = [seed for seed in seeds if seed not in table.seeds]
@@ -70,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             seeds, elsewhere = replayable_seeds(table, args.device)
             if elsewhere:
                 print(f"seeds {sorted(elsewhere)} left out (not replayable exactly here): {next(iter(elsewhere.values()))}")
-        oracle = dict(zip(table.seeds, solve(table, "metric_gain")["oracle"]["schedules"]))
-        schedules = {seed: list(parse_prefix(args.schedule)) if args.schedule else oracle[seed] for seed in seeds}
-        if args.statistical < 0:
-            raise ValueError(f"--statistical must be >= 0, not {args.statistical}")
+        if args.schedule:
+            schedules = {seed: list(parse_prefix(args.schedule)) for seed in seeds}
+        else:  # each seed's oracle schedule
+            sequences, returns = all_returns(table, "metric_gain")
+            schedules = {seed: list(sequences[int(returns[row].argmax())]) for row, seed in enumerate(table.seeds)}
         if not args.statistical:
             check_before_replay(table, args.device, seeds)  # the teacher and the numerics, before minutes of preparation
         if args.statistical:
