@@ -136,6 +136,24 @@ def test_the_cost_estimate_times_every_action_once_and_writes_nothing(built, tmp
     assert result.ok, result.mismatches
 
 
+def test_an_estimate_of_an_absurd_budget_returns_in_seconds_scaled_from_a_few_updates(built, tmp_path):
+    """--updates-per-phase 1000000000 used to time a full phase of every action: it never returned."""
+    import dataclasses
+    import time
+
+    env = built["environment"].env
+    config = env.config
+    env.config = dataclasses.replace(config, updates_per_phase=10**9)
+    try:
+        start = time.perf_counter()
+        cost = TreeBuilder(env, tmp_path / "work").time_nodes(0)
+        assert time.perf_counter() - start < 120
+    finally:
+        env.config = config
+    assert min(cost["phase_seconds"]) > 10**9 / 16 * 1e-4  # scaled from 16 timed updates of at least 0.1 ms
+    assert env.config == config and validate(Table.load(built["table"]), [3, 0], 0, built["environment"]).ok
+
+
 def test_build_tree_estimate_prints_the_projected_cost(built, glue_dir, monkeypatch, capsys):
     import torch
 

@@ -31,6 +31,7 @@ from kdenv.decision.env import KnowledgeDistillationEnv
 from kdenv.decision.rewards import REWARDS, RewardInput
 
 RECORD_FORMAT = 1
+TIMED_UPDATES = 16  # --estimate times a phase over at most this many updates, then scales
 VOLATILE = ("wall_time_s", "dev_wall_time_s")  # measured, not computed: never compared
 
 
@@ -335,15 +336,29 @@ class TreeBuilder:
         initial student (each subset once, as every level of the tree has them) and one dev
         evaluation (what a leaf adds). Every level enumerates the actions uniformly, so the mean
         phase time is the mean at every depth; a few first nodes of the depth-first order are not
-        (their actions are the cheap, low-numbered subsets)."""
+        (their actions are the cheap, low-numbered subsets). A phase of more than ``TIMED_UPDATES``
+        updates is timed over that many and scaled (the reward-split evaluation timed once), so an
+        estimate of any budget returns in seconds."""
+        import dataclasses
+
+        config, updates = self.env.config, self.env.config.updates_per_phase
+        timed = min(updates, TIMED_UPDATES)
         self.env.reset(seed=seed)
         state = self.env.get_state()
+        tick = time.perf_counter()
+        self.env.trainer.evaluate("reward")
+        evaluation = time.perf_counter() - tick
         phases = []
-        for action in range(self.num_actions):
-            self.env.set_state(state)
-            tick = time.perf_counter()
-            self.env.step(action)
-            phases.append(time.perf_counter() - tick)
+        self.env.config = dataclasses.replace(config, updates_per_phase=timed)
+        try:
+            for action in range(self.num_actions):
+                self.env.set_state(state)
+                tick = time.perf_counter()
+                self.env.step(action)
+                seconds = time.perf_counter() - tick
+                phases.append(evaluation + max(seconds - evaluation, 0.0) * updates / timed)
+        finally:
+            self.env.config = config
         tick = time.perf_counter()
         self.env.trainer.evaluate("dev", self.dev_indices)
         dev = time.perf_counter() - tick
