@@ -117,6 +117,33 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         raise
 
 
+def write_all(files: dict[Path, bytes]) -> None:
+    """Writes a set of outputs all or nothing: every file to a temporary beside it first (where a
+    full disk fails, leaving the old set whole), then each renamed over its target."""
+    temporaries: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
+            fd, name = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
+            temporaries.append((name, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, 0o666 & ~_umask())
+    except BaseException as error:
+        for name, _ in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        if isinstance(error, OSError) and error.errno in DISK_ERRNOS and error.filename is None:
+            raise disk_error(error, temporaries[-1][1] if temporaries else "the outputs") from None
+        raise
+    for name, path in temporaries:
+        os.replace(name, path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""

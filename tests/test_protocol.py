@@ -280,3 +280,75 @@ def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
 def test_returns_above_the_oracle_are_refused_as_a_unit_mix_up(view):
     with pytest.raises(ValueError, match="beats the oracle.*not in metric_gain"):
         score_policy(view, [([0, 1, 2], [3])], {3: np.array([0.9])})
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: r["returns"]["1"].__setitem__(0, "0.2"), "are not a list of finite numbers"),
+    (lambda r: r["returns"]["1"].__setitem__(0, float("nan")), "are not a list of finite numbers"),
+    (lambda r: r["returns"]["1"].__setitem__(0, True), "are not a list of finite numbers"),
+    (lambda r: r["returns"]["2"].__setitem__(0, 0.9), "leave the range of its schedules' returns"),
+    (lambda r: r["returns"]["0"].extend([0.1, 0.1]), "has 4 returns for 2 agent seeds"),
+    (lambda r: r["returns"].__setitem__("7", [0.1]), "returns for seed '7', which the table does not have"),
+])
+def test_an_edited_result_file_is_refused_naming_the_problem(tmp_path, capsys, edit, problem):
+    import json
+
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "2", "--episodes", "30", "--agents", "a2c",
+            "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress"]
+    assert command("leaderboard").main([*args, "--retrain"]) == 0
+    path = tmp_path / "results" / "table" / "a2c.json"
+    result = json.loads(path.read_text())
+    edit(result)
+    path.write_text(json.dumps(result))
+    capsys.readouterr()
+    assert command("leaderboard").main(args) == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_a_result_file_with_too_few_returns_is_not_a_finished_row(tmp_path, capsys):
+    import json
+
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "2", "--episodes", "30", "--agents", "a2c",
+            "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress"]
+    assert command("leaderboard").main([*args, "--retrain"]) == 0
+    path = tmp_path / "results" / "table" / "a2c.json"
+    result = json.loads(path.read_text())
+    result["returns"]["3"] = result["returns"]["3"][:1]
+    path.write_text(json.dumps(result))
+    assert command("leaderboard").main(args) == 0
+    assert "seeds [3] hold fewer than 2 agents' returns" in capsys.readouterr().out
+    board = json.loads((tmp_path / "board.json").read_text())
+    assert "A2C" not in board["tables"][str(tmp_path / "table")]["rows"]  # not labelled "4 x 2" with a seed short
+
+
+def test_a_full_disk_while_the_board_is_written_leaves_the_old_set_whole(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    from kdenv import io as kio
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--results-dir", str(tmp_path / "results"),
+            "--output", str(tmp_path / "board"), "--no-progress"]
+    assert command("leaderboard").main(args) == 0
+    before = {suffix: (tmp_path / f"board{suffix}").read_bytes() for suffix in (".md", ".json", ".png")}
+    real = tempfile.mkstemp
+
+    def full_at_the_figure(*a, **kw):
+        if str(kw.get("prefix", "")).startswith(".board.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(kio.tempfile, "mkstemp", full_at_the_figure)
+    capsys.readouterr()
+    assert command("leaderboard").main([*args[:2], "--k", "4", *args[4:]]) == 2  # another board: 4 folds
+    assert "No space left on device" in capsys.readouterr().err
+    assert {suffix: (tmp_path / f"board{suffix}").read_bytes() for suffix in before} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -29,6 +29,7 @@ file is used only for the table it was trained on (its seed files' checksums are
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -47,7 +48,7 @@ from kdenv.benchmark.table import Table, TableError, available_tables, resolve_t
 from kdenv.cli import fail, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
-from kdenv.io import atomic_write
+from kdenv.io import atomic_write, write_all
 from kdenv.jobs import JobError, JobRunner, add_job_arguments
 
 
@@ -129,11 +130,43 @@ def load_result(path: Path, table: Table, k: int) -> dict[str, Any] | None:
         return None
     try:
         result = json.loads(path.read_text())
-    except ValueError as error:
+    except (ValueError, UnicodeDecodeError) as error:
         raise TableError(f"{path} is damaged ({error}); restore it (git checkout) or retrain (--retrain)") from None
+    if not isinstance(result, dict) or not isinstance(result.get("returns"), dict):
+        raise TableError(f"{path} is not an agent result file (a mapping with returns per seed); restore it "
+                         "(git checkout) or retrain (--retrain)")
     if result.get("table_files") != table.manifest["files"] or result.get("k") != k:
         return None
+    check_returns(result, path, table)
     return result
+
+
+def check_returns(result: dict[str, Any], path: Path, table: Table) -> None:
+    """A result file's returns are what agents can score on its table: per seed of the table a list
+    of finite numbers, each within the seed's range of returns (no schedule does better than the
+    oracle nor worse than the worst), at most one per agent seed. A file that breaks this was
+    edited or written for another table: refused, naming the first problem."""
+    from kdenv.benchmark.oracle import all_returns
+
+    agent_seeds = len((result.get("config") or {}).get("agent_seeds") or []) or None
+    _, returns = all_returns(table, REPORT_REWARD)
+    bounds = {seed: (returns[row].min(), returns[row].max()) for row, seed in enumerate(table.seeds)}
+    problem = None
+    for key, values in result["returns"].items():
+        seed = int(key) if str(key).isdigit() else None
+        if seed not in bounds:
+            problem = f"returns for seed {key!r}, which the table does not have"
+        elif not isinstance(values, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                     and np.isfinite(v) for v in values):
+            problem = f"seed {key}'s returns {values!r} are not a list of finite numbers"
+        elif agent_seeds is not None and len(values) > agent_seeds:
+            problem = f"seed {key} has {len(values)} returns for {agent_seeds} agent seeds"
+        elif any(not bounds[seed][0] - 1e-9 <= v <= bounds[seed][1] + 1e-9 for v in values):
+            problem = (f"seed {key}'s returns {values} leave the range of its schedules' returns "
+                       f"[{bounds[seed][0]:+.4f}, {bounds[seed][1]:+.4f}]")
+        if problem:
+            raise TableError(f"{path} is damaged: {problem}; restore it (git checkout) or retrain (--retrain)")
+
 
 
 def row_config(agent: str, args) -> dict[str, Any]:
@@ -387,8 +420,16 @@ def finished_returns(name: str, table: Table, results_dir: Path, k: int) -> dict
     the result, and its returns on each held-out seed (an array over agent seeds)."""
     finished = {}
     for agent in AGENTS:
-        result = load_result(result_path(results_dir, Path(name).name, agent), table, k)
-        if result is None or any(str(seed) not in result["returns"] for seed in table.seeds):
+        path = result_path(results_dir, Path(name).name, agent)
+        result = load_result(path, table, k)
+        if result is None:
+            continue
+        wanted = len(result["config"]["agent_seeds"])
+        short = [seed for seed in table.seeds if len(result["returns"].get(str(seed), [])) < wanted]
+        if short:  # still being trained (or cut short): not a row yet; --retrain resumes it
+            if len(short) < len(table.seeds):
+                print(f"{path}: seeds {short} hold fewer than {wanted} agents' returns; the row waits for "
+                      "`--retrain` to finish them")
             continue
         finished[agent] = result, {seed: np.array(result["returns"][str(seed)]) for seed in table.seeds}
     return finished
@@ -570,7 +611,7 @@ def average_ranks(board: dict[str, Any]) -> dict[str, float]:
     return dict(sorted(zip(common, (ranks / len(tables)).tolist()), key=lambda item: item[1]))
 
 
-def write_markdown(board: dict[str, Any], path: Path) -> None:
+def markdown_text(board: dict[str, Any]) -> str:
     lines = ["# Leaderboard: knowledge schedules on the shipped tables", "",
              f"Made by `{board['command']}` from the shipped tables and the agent result files in "
              "[leaderboard/results/](leaderboard/results/). Protocol: k-fold over each table's seeds (every seed "
@@ -619,11 +660,10 @@ def write_markdown(board: dict[str, Any], path: Path) -> None:
                          f"{ci_text(scores['gain'])} | {improvement_text(scores['improvement'])} | {ci_text(scores['gain_target'])} | "
                          f"{scores['seeds']} x {scores['agent_seeds']} |")
         lines.append("")
-    with atomic_write(path) as handle:
-        handle.write("\n".join(lines))
+    return "\n".join(lines)
 
 
-def write_figure(board: dict[str, Any], path: Path) -> None:
+def figure_png(board: dict[str, Any]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -642,9 +682,10 @@ def write_figure(board: dict[str, Any], path: Path) -> None:
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("gain over the best constant (mean, 95% CI)", fontsize=8)
     fig.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 @run_main
@@ -664,6 +705,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--agents {args.agents!r}: choose among {', '.join(AGENTS)}")
     except (TableError, ConfigError, ValueError) as error:
         return fail(error)
+    try:
+        return board_and_files(tables, agents, args)
+    except TableError as error:  # a damaged result file, read while retraining or building the board
+        return fail(error)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished agents are kept in {args.results_dir}: run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def board_and_files(tables: dict[str, Table], agents: list[str], args: argparse.Namespace) -> int:
+    """Retrains what ``--retrain`` asks for, then writes the board's three files, all or nothing."""
     results_dir = Path(args.results_dir)
     if args.retrain:
         import torch
@@ -689,10 +742,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retrained in {(time.perf_counter() - start) / 60:.1f} min")
     board = leaderboard(tables, args, results_dir)
     output = Path(args.output)
-    write_markdown(board, output.with_suffix(".md"))
-    with atomic_write(output.with_suffix(".json")) as handle:
-        json.dump(board, handle, indent=2)
-    write_figure(board, output.with_suffix(".png"))
+    write_all({output.with_suffix(".md"): markdown_text(board).encode(),
+               output.with_suffix(".json"): json.dumps(board, indent=2).encode(),
+               output.with_suffix(".png"): figure_png(board)})
     print(f"leaderboard written to {output.with_suffix('.md')} (and .json, .png)")
     return 0
 
