@@ -56,6 +56,7 @@ from kdenv.commands.leaderboard import (
 )
 from kdenv.config import ConfigError, save_run_config
 from kdenv.decision.algorithms import SavedAgent, get_algorithm, save_agent
+from kdenv.decision.policies import check_policy
 from kdenv.engine.tasks import get_task
 from kdenv.io import atomic_write, check_writable
 from kdenv.jobs import JobError, JobRunner, add_job_arguments, job_flags
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no finished leaderboard result for {args.row} on {table_name} in {path}; run: python "
                               f"agents/leaderboard.py --retrain --tables {args.table} --agents {args.row}")
         first = max(table.seeds) + 1 if args.first_seed is None else args.first_seed
+        if first < 0:
+            raise ConfigError(f"--first-seed {first}: episode seeds are whole numbers >= 0; pass --first-seed "
+                              f"{max(table.seeds) + 1} or more")
         seeds = list(range(first, first + args.seeds))
         if set(seeds) & set(table.seeds):
             raise ConfigError(f"episode seeds {sorted(set(seeds) & set(table.seeds))} are in the table: a live check "
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline_column = view.best_constant(table.seeds)
         baseline = constant_policy(table, view.sequences[baseline_column][0])
         extra = [name.strip() for name in args.extra.split(",") if name.strip() and name.strip() != baseline]
+        for name in extra:  # what evaluate.py would refuse after the agents train, refused now (dry runs too)
+            check_policy(name, table.knowledge)
         out = Path(args.output_dir) if args.output_dir else runs_dir() / "live" / table_name / args.row
         check_writable(out)
         JobRunner.from_args(args).check()  # before any agent trains: Ray installed, the cluster reachable
