@@ -607,6 +607,11 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     # The live runs can go to Ray (evaluate.py's jobs): an unreachable cluster is refused before any agent trains.
     assert command("live_check").main([*live, "--ray-address", "127.0.0.1:1"]) == 2
     assert "no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err and not (tmp_path / "live").exists()
+    # What evaluate.py would refuse after the agents train is refused now, by the dry run too.
+    assert command("live_check").main([*live, "--extra", "nosuch", "--dry-run"]) == 2
+    assert "unknown policy 'nosuch'" in capsys.readouterr().err
+    assert command("live_check").main([*live, "--first-seed", "-20", "--dry-run"]) == 2
+    assert "--first-seed -20: episode seeds are whole numbers >= 0" in capsys.readouterr().err
     assert command("live_check").main(best) == 0  # the row with the larger mean gain on the leaderboard
     report = json.loads((tmp_path / "live" / "live_check.json").read_text())
     rows = json.loads((tmp_path / "board.json").read_text())["tables"][str(built["table"])]["rows"]
