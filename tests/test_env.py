@@ -101,13 +101,13 @@ def test_same_seed_same_episode():
 def test_rewards_only_ever_use_the_reward_split():
     env = make_tiny_env()
     asked = []
-    evaluate = env.trainer.evaluate
+    evaluate = env.trainer.evaluate_with_outputs  # what the environment evaluates with (it keeps the outputs)
 
-    def recording(split="reward"):
+    def recording(split="reward", indices=None):
         asked.append(split)
-        return evaluate(split)
+        return evaluate(split, indices)
 
-    env.trainer.evaluate = recording
+    env.trainer.evaluate_with_outputs = recording
     env.reset(seed=0)
     for _ in range(2):
         env.step(np.ones(3, np.int8))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdenv.benchmark.outofsample import metric_rows, out_of_sample
-from kdenv.benchmark.outputs import OutputsError, TableLabels, decode, encode, outputs_file, table_labels
+from kdenv.benchmark.outofsample import TableLabels, metric_rows, out_of_sample, table_labels
+from kdenv.benchmark.outputs import OutputsError, decode, encode, outputs_file
 from kdenv.benchmark.table import Table, TableError
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.metrics import task_metrics

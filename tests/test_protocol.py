@@ -282,15 +282,9 @@ def test_returns_above_the_oracle_are_refused_as_a_unit_mix_up(view):
         score_policy(view, [([0, 1, 2], [3])], {3: np.array([0.9])})
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (lambda r: r["returns"]["1"].__setitem__(0, "0.2"), "are not a list of finite numbers"),
-    (lambda r: r["returns"]["1"].__setitem__(0, float("nan")), "are not a list of finite numbers"),
-    (lambda r: r["returns"]["1"].__setitem__(0, True), "are not a list of finite numbers"),
-    (lambda r: r["returns"]["2"].__setitem__(0, 0.9), "leave the range of its schedules' returns"),
-    (lambda r: r["returns"]["0"].extend([0.1, 0.1]), "has 4 returns for 2 agent seeds"),
-    (lambda r: r["returns"].__setitem__("7", [0.1]), "returns for seed '7', which the table does not have"),
-])
-def test_an_edited_result_file_is_refused_naming_the_problem(tmp_path, capsys, edit, problem):
+def retrained_then_edited(tmp_path, edit) -> list[str]:
+    """An A2C row retrained on the synthetic table (2 folds x 2 agent seeds), its result file then
+    edited by ``edit``; returns the leaderboard's arguments."""
     import json
 
     from tests.conftest import command
@@ -303,6 +297,21 @@ def test_an_edited_result_file_is_refused_naming_the_problem(tmp_path, capsys, e
     result = json.loads(path.read_text())
     edit(result)
     path.write_text(json.dumps(result))
+    return args
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: r["returns"]["1"].__setitem__(0, "0.2"), "are not a list of finite numbers"),
+    (lambda r: r["returns"]["1"].__setitem__(0, float("nan")), "are not a list of finite numbers"),
+    (lambda r: r["returns"]["1"].__setitem__(0, True), "are not a list of finite numbers"),
+    (lambda r: r["returns"]["2"].__setitem__(0, 0.9), "leave the range of its schedules' returns"),
+    (lambda r: r["returns"]["0"].extend([0.1, 0.1]), "has 4 returns for 2 agent seeds"),
+    (lambda r: r["returns"].__setitem__("7", [0.1]), "returns for seed '7', which the table does not have"),
+])
+def test_an_edited_result_file_is_refused_naming_the_problem(tmp_path, capsys, edit, problem):
+    from tests.conftest import command
+
+    args = retrained_then_edited(tmp_path, edit)
     capsys.readouterr()
     assert command("leaderboard").main(args) == 2
     assert problem in capsys.readouterr().err
@@ -313,14 +322,7 @@ def test_a_result_file_with_too_few_returns_is_not_a_finished_row(tmp_path, caps
 
     from tests.conftest import command
 
-    synthetic_table(tmp_path / "table", RETURNS)
-    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "2", "--episodes", "30", "--agents", "a2c",
-            "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress"]
-    assert command("leaderboard").main([*args, "--retrain"]) == 0
-    path = tmp_path / "results" / "table" / "a2c.json"
-    result = json.loads(path.read_text())
-    result["returns"]["3"] = result["returns"]["3"][:1]
-    path.write_text(json.dumps(result))
+    args = retrained_then_edited(tmp_path, lambda result: result["returns"].__setitem__("3", result["returns"]["3"][:1]))
     assert command("leaderboard").main(args) == 0
     assert "seeds [3] hold fewer than 2 agents' returns" in capsys.readouterr().out
     board = json.loads((tmp_path / "board.json").read_text())

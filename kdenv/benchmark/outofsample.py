@@ -35,15 +35,52 @@ import numpy as np
 from scipy.stats import rankdata
 
 from kdenv.benchmark.oracle import CRASH_RETURN, all_sequences, closed_loop, constant_columns
-from kdenv.benchmark.outputs import TableLabels
+from kdenv.benchmark.outputs import OutputsError, labels_fingerprint
 from kdenv.benchmark.stats import CONFIDENCE
 from kdenv.benchmark.table import Table
+from kdenv.benchmark.tree import DevScoring
 from kdenv.engine.tasks import TaskSpec, get_task
 
 HALVINGS = 50
 RESAMPLES = 200
 SCORED_REWARDS = ("metric_gain", "final_metric", "loss_decrease", "log_loss")
 CHOICES = ("oracle", "closed_loop", "open_loop")
+
+
+@dataclass
+class TableLabels:
+    """The labels outputs are scored against: the reward split's and the scored dev examples'."""
+
+    reward: np.ndarray
+    dev: np.ndarray
+
+
+def table_labels(manifest: dict[str, Any], data_dir: str | None = None) -> TableLabels:
+    """Reads the labels of a table's reward split and scored dev examples from the GLUE files
+    (``data_dir``, else ``$KDENV_GLUE_DIR``), carved as the table's data config says, and checks
+    them against the fingerprints its build recorded."""
+    from kdenv.config import DataConfig
+    from kdenv.engine.data import load_raw_splits, split_indices
+
+    recorded = manifest.get("outputs")
+    if not recorded:
+        raise OutputsError("this table keeps no per-example outputs (built before they were kept, or without "
+                           "them); rebuild it with agents/build_tree.py to score it on other examples")
+    config = DataConfig(**{**manifest["data"], "data_dir": data_dir})
+    task = get_task(config.task)
+    raw = load_raw_splits(task, config.data_dir)
+    _, held_out = split_indices(task, config, raw["train"].labels)
+    scoring = manifest["dev_scoring"]
+    dev_indices = DevScoring(scoring["examples"], scoring["leaves"], scoring["seed"]).indices(len(raw["dev"]))
+    labels = TableLabels(raw["train"].labels[held_out],
+                         raw["dev"].labels if dev_indices is None else raw["dev"].labels[dev_indices])
+    for split in ("reward", "dev"):
+        found = labels_fingerprint(getattr(labels, split))
+        if found != recorded["labels"][split]:
+            raise OutputsError(f"the {split} labels read from the GLUE files (fingerprint {found}) are not those the "
+                               f"table was built with ({recorded['labels'][split]}): point KDENV_GLUE_DIR (or "
+                               "--data-dir) at the GLUE files the table was built from")
+    return labels
 
 
 # --------------------------------------------------------------------------- metrics, row by row

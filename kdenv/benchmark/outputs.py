@@ -8,7 +8,7 @@ compressed NumPy file per seed beside them (``seed<N>.outputs.npz``, read with
 ``allow_pickle=False`` and checksummed in the manifest): the seed files stay small and load as
 before, and a kdenv that ignores outputs reads the table unchanged.
 
-Labels are not stored: they are GLUE data. :func:`table_labels` reads them from the GLUE files
+Labels are not stored: they are GLUE data. :func:`kdenv.benchmark.outofsample.table_labels` reads them from the GLUE files
 the table was built from (the same splits, carved by the recorded data config) and checks them
 against the fingerprints the build recorded, so outputs are never scored against other labels.
 """
@@ -140,41 +140,3 @@ class SeedOutputs:
 
         return cls(by_history(arrays["histories"], arrays["reward"]), by_history(arrays["dev_histories"], arrays["dev"]),
                    {name.removeprefix("teacher_"): value for name, value in arrays.items() if name.startswith("teacher_")})
-
-
-@dataclass
-class TableLabels:
-    """The labels outputs are scored against: the reward split's and the scored dev examples'."""
-
-    reward: np.ndarray
-    dev: np.ndarray
-
-
-def table_labels(manifest: dict[str, Any], data_dir: str | None = None) -> TableLabels:
-    """Reads the labels of a table's reward split and scored dev examples from the GLUE files
-    (``data_dir``, else ``$KDENV_GLUE_DIR``), carved as the table's data config says, and checks
-    them against the fingerprints its build recorded."""
-    from kdenv.benchmark.tree import DevScoring
-    from kdenv.config import DataConfig
-    from kdenv.engine.data import load_raw_splits, split_indices
-    from kdenv.engine.tasks import get_task
-
-    recorded = manifest.get("outputs")
-    if not recorded:
-        raise OutputsError("this table keeps no per-example outputs (built before they were kept, or without "
-                           "them); rebuild it with agents/build_tree.py to score it on other examples")
-    config = DataConfig(**{**manifest["data"], "data_dir": data_dir})
-    task = get_task(config.task)
-    raw = load_raw_splits(task, config.data_dir)
-    _, held_out = split_indices(task, config, raw["train"].labels)
-    scoring = manifest["dev_scoring"]
-    dev_indices = DevScoring(scoring["examples"], scoring["leaves"], scoring["seed"]).indices(len(raw["dev"]))
-    labels = TableLabels(raw["train"].labels[held_out],
-                         raw["dev"].labels if dev_indices is None else raw["dev"].labels[dev_indices])
-    for split in ("reward", "dev"):
-        found = labels_fingerprint(getattr(labels, split))
-        if found != recorded["labels"][split]:
-            raise OutputsError(f"the {split} labels read from the GLUE files (fingerprint {found}) are not those the "
-                               f"table was built with ({recorded['labels'][split]}): point KDENV_GLUE_DIR (or "
-                               "--data-dir) at the GLUE files the table was built from")
-    return labels

@@ -11,7 +11,6 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from kdenv import numerics
-from kdenv.numerics import numerics_key
 from kdenv.benchmark.build import TreeSetup, replay_promise
 from kdenv.benchmark.oracle import episode_return
 from kdenv.benchmark.table import Table, TableError
@@ -19,6 +18,7 @@ from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict, to_dic
 from kdenv.decision.factory import EnvironmentSetup
 from kdenv.engine.runtime import make_runtime
 from kdenv.engine.teacher import teacher_metadata
+from kdenv.numerics import numerics_key
 
 
 @dataclass

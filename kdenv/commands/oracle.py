@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
-from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample, reward_curve
-from kdenv.benchmark.outputs import OutputsError, table_labels
-from kdenv.engine.data import DataError
+from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample, reward_curve, table_labels
+from kdenv.benchmark.outputs import OutputsError
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.cli import fail, run_main
 from kdenv.decision.rewards import REWARDS
 from kdenv.decision.schedules import heatmap_png
+from kdenv.engine.data import DataError
 from kdenv.io import atomic_write, check_writable
 from kdenv.paths import runs_dir
 

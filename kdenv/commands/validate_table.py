@@ -22,8 +22,8 @@ from kdenv.benchmark.validate import (
     build_caches_in,
     caches_by_seed,
     check_before_replay,
-    plan_text,
     check_teacher,
+    plan_text,
     replay_context,
     replayable_seeds,
     saved_teacher_refusal,
@@ -34,8 +34,8 @@ from kdenv.benchmark.validate import (
 from kdenv.cli import add_common_arguments, fail, parse_seeds, run_main
 from kdenv.engine.data import DataError
 from kdenv.engine.models import ModelError
-from kdenv.engine.teacher import teacher_metadata
 from kdenv.engine.runtime import quiet_transformers
+from kdenv.engine.teacher import teacher_metadata
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdenv import numerics
 from kdenv.engine.data import EncodedSplit, collate, length_bucketed_batches
 from kdenv.engine.knowledge.base import parse_teacher_keys, teacher_outputs
 from kdenv.engine.runtime import Runtime
 from kdenv.engine.tasks import TaskSpec
-from kdenv import numerics
 from kdenv.io import atomic_directory, file_sha256
 
 CACHE_FORMAT = 1
