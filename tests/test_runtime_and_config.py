@@ -67,3 +67,19 @@ def test_numpy_numbers_are_numbers_and_booleans_are_refused_wherever_a_number_is
             make(**{field: True})
         with pytest.raises(ConfigError, match=field):
             make(**{field: np.bool_(True)})
+
+
+def test_a_bad_number_is_one_clear_error_not_a_traceback_deep_inside(capsys):
+    import pytest
+
+    import kdenv  # noqa: F401
+    from kdenv.benchmark.table import resolve_table
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from tests.conftest import command
+
+    table = resolve_table("stsb")
+    for value in ("x", None, float("nan"), True):
+        with pytest.raises(ValueError, match="reward_scale must be a finite number"):
+            KnowledgeSelectionTableEnv(table, reward_scale=value)
+    assert command("build_tree").main(["--task", "stsb", "--threads", "-2", "--estimate"]) == 2
+    assert "--threads -2: give a whole number of torch threads >= 1" in capsys.readouterr().err

@@ -30,6 +30,10 @@ class KnowledgeSelectionTableEnv(gym.Env):
     def __init__(self, table: Table, seeds: list[int] | None = None, reward: str = "metric_gain",
                  reward_scale: float = 10.0, action_space: str = "discrete", exploration_bonus: float = 0.0):
         super().__init__()
+        for name, value in (("reward_scale", reward_scale), ("exploration_bonus", exploration_bonus)):
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+                    or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value!r}; e.g. {name}=10.0")
         if not exploration_bonus >= 0:
             raise ValueError(f"exploration_bonus must be >= 0, not {exploration_bonus!r}")
         self.exploration_bonus = float(exploration_bonus)

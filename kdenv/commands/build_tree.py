@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         # Records are exact for one torch thread count: the Ray tasks' CPUs, or this process's threads.
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: give a whole number of torch threads >= 1 (or leave it out)")
         threads = int(runner.num_cpus) if runner.ray else args.threads or torch.get_num_threads()
         dev = DevScoring(None if args.dev_examples.strip().lower() == "all" else parse_count(args.dev_examples),
                          args.dev_leaves, args.dev_seed)
