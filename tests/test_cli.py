@@ -102,3 +102,10 @@ def test_distill_runs_end_to_end_and_writes_results(knowledge, tiny_teacher, glu
 def test_distill_rejects_unknown_knowledge(tiny_teacher, glue_dir, capsys):
     assert command("distill").main(["--task", "wnli", "--data-dir", str(glue_dir), "--knowledge", "soft", "--no-progress"]) == 2
     assert "unknown knowledge 'soft'" in capsys.readouterr().err
+
+
+def test_the_old_table_command_of_train_py_points_to_train_table(capsys):
+    from tests.conftest import command
+
+    assert command("train").main(["--algo", "ppo", "--table", "stsb"]) == 2
+    assert "python agents/train_table.py --algo ALGO --table NAME" in capsys.readouterr().err

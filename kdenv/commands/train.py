@@ -157,6 +157,10 @@ def agent_settings(args, algorithm) -> tuple[Hyperparams, dict, SavedAgent | Non
 
 @run_main
 def main(argv: list[str] | None = None, default_algo: str | None = None, description: str | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if any(word == "--table" or word.startswith("--table=") for word in given):  # the command before train_table.py
+        return fail("train.py learns on the live trainer (--task); to learn on a schedule table, run: python "
+                    "agents/train_table.py --algo ALGO --table NAME")
     args = parse_args(argv, default_algo, description)
     quiet_transformers()
     try:
