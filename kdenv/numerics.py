@@ -148,7 +148,9 @@ def cache_numerics(device_type: str = "cpu", split: str | None = None) -> str:
     override = _cache_numerics_override
     if isinstance(override, dict):
         override = override.get(split or "")
-    return own_cache_numerics(device_type) if device_type != "cpu" else override or own_cache_numerics(device_type)
+    if device_type != "cpu" or override is None:
+        return own_cache_numerics(device_type)
+    return override
 
 
 CACHE_SPLITS = ("reward", "dev", "train")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from kdenv import numerics
 from kdenv.benchmark.outputs import outputs_file, split_records, write_outputs
 from kdenv.benchmark.table import MANIFEST, Table, TableError, write_manifest, write_seed
-from kdenv.benchmark.tree import DevScoring, JobBusy, TreeBuilder, collect_seed, tree_size
+from kdenv.benchmark.tree import DevScoring, JobBusy, JobFile, TreeBuilder, _comparable, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
@@ -382,8 +382,6 @@ def read_provenance(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 def recomputes_a_recorded_root(setup: TreeSetup, environment: EnvironmentSetup) -> bool | None:
     """Whether this process recomputes a recorded root node of the work folder exactly (it depends on
     the teacher, the numerics and the software as every node does); None when nothing is recorded."""
-    from kdenv.benchmark.tree import JobFile, _comparable
-
     for path in sorted(setup.work_dir().glob("seed*/prefix-*.jsonl")):
         root = JobFile(path, lock=False).records.get("")
         if root is None:

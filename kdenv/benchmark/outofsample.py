@@ -36,7 +36,7 @@ from scipy.stats import rankdata
 
 from kdenv.benchmark.oracle import CRASH_RETURN, all_sequences, closed_loop, constant_columns
 from kdenv.benchmark.outputs import OutputsError, labels_fingerprint
-from kdenv.benchmark.stats import CONFIDENCE
+from kdenv.benchmark.stats import percentile_interval
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.tree import DevScoring
 from kdenv.engine.tasks import TaskSpec, get_task
@@ -234,13 +234,8 @@ def _halves(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: n // 2]), np.sort(order[n // 2:])
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
-    return float(low), float(high)
-
-
 def _summary(per_seed: np.ndarray, draws: list[float], seeds: list[int]) -> dict[str, Any]:
-    return {"mean": float(per_seed.mean()), "ci": _interval(draws), "n": len(seeds),
+    return {"mean": float(per_seed.mean()), "ci": percentile_interval(draws), "n": len(seeds),
             "per_seed": {int(seed): float(value) for seed, value in zip(seeds, per_seed)}}
 
 
@@ -405,9 +400,9 @@ def reward_curve(table: Table, labels: TableLabels, sizes: list[int] | None = No
                 to_dev.append(float(headrooms(choose(table, stacked.sequences, first), dev_all)["oracle"].mean()))
             defined = [value for value in agreement if value is not None]
             rows.append({"reward": reward, "examples": n, "agreement": _defined_mean(defined) if defined else None,
-                         "agreement_ci": _interval(defined) if defined else None,
+                         "agreement_ci": percentile_interval(defined) if defined else None,
                          "reliability": _defined_mean([v for v in reliability if v is not None] or [np.nan]),
-                         "to_dev": float(np.mean(to_dev)), "to_dev_ci": _interval(to_dev)})
+                         "to_dev": float(np.mean(to_dev)), "to_dev_ci": percentile_interval(to_dev)})
     return {"table": table.name, "seeds": len(table.seeds), "draws": draws, "reward_examples": n_reward,
             "dev_examples": len(labels.dev), "rows": rows,
             "dev_reliability": _defined_mean([v for v in dev_halves if v is not None] or [np.nan])}

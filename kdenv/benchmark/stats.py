@@ -54,7 +54,8 @@ def _two_level_draws(groups: list[np.ndarray], resamples: int, seed: int) -> tup
     return chosen, draws
 
 
-def _percentiles(values: np.ndarray) -> tuple[float, float]:
+def percentile_interval(values) -> tuple[float, float]:
+    """The central 95% of bootstrap draws (or of any sample of an estimate)."""
     low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
     return float(low), float(high)
 
@@ -68,7 +69,7 @@ def bootstrap_interval(per_seed: list[np.ndarray], statistic: str = "mean", resa
     if not groups:
         return float("nan"), float("nan")
     _, draws = _two_level_draws(groups, resamples, seed)
-    return _percentiles(np.nanmean(draws, axis=1) if statistic == "mean" else _row_iqm(draws))
+    return percentile_interval(np.nanmean(draws, axis=1) if statistic == "mean" else _row_iqm(draws))
 
 
 def bootstrap_ratio(per_seed: list[np.ndarray], denominators: list[float], resamples: int = RESAMPLES,
