@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kdenv.config import ConfigError
+from kdenv.errors import KdenvError
 
 
 def add_common_arguments(add: Callable, progress_help: str = "hide progress bars", precision: bool = True) -> None:
@@ -106,6 +107,11 @@ def config_from_args(cls: type, args: argparse.Namespace, prefix: str, **base: A
     return cls(**{**base, **given_fields(args, prefix)})
 
 
+# What a program reports as one ``error:`` line where it checks its inputs: kdenv's own errors, and
+# the ValueError / OSError of what it was handed (a file that is missing, a number out of range).
+CLEAR_ERRORS = (KdenvError, ValueError, OSError)
+
+
 def fail(error: Exception | str, code: int = 2) -> int:
     """Prints a clear one-line error (no traceback) and returns the exit code."""
     print(f"error: {error}", file=sys.stderr)
@@ -137,8 +143,49 @@ def parse_seeds(text, flag: str = "--seeds") -> list[int]:
     return seeds
 
 
+def add_seed_arguments(add: Callable, count: int, what: str, first_help: str) -> None:
+    """``--seeds LIST`` (a seed list, as everywhere: ``0-3``, ``16-31``, ``0,2,5``), or
+    ``--num-seeds N`` seeds from ``--first-seed``: the episode seeds of a program that plays on them."""
+    add("--seeds", default=None, metavar="LIST",
+        help=f"{what} as a list, e.g. 0-3, 16-31 or 0,2,5 (default: --num-seeds of them from --first-seed)")
+    add("--num-seeds", type=int, default=count, metavar="N", help=f"how many {what}, from --first-seed (default {count})")
+    add("--first-seed", type=int, default=None, help=first_help)
+
+
+def chosen_seeds(args, first: int) -> list[int]:
+    """The seeds ``add_seed_arguments``' flags name (``first``: the first seed when --first-seed is
+    not given). A bare number after --seeds is the old spelling of a count: it still works, for
+    one release, with a one-line deprecation message."""
+    if args.seeds is not None:
+        text = str(args.seeds).strip()
+        if text.isdigit():
+            print(f"warning: --seeds {text} as a count is deprecated (--seeds is a seed list everywhere); "
+                  f"write --num-seeds {text}", file=sys.stderr)
+            args.num_seeds, args.seeds = int(text), None
+        elif args.first_seed is not None:
+            raise ConfigError("--seeds names the seeds itself; --first-seed goes with --num-seeds")
+        else:
+            return parse_seeds(text, "--seeds")
+    if args.num_seeds < 1:
+        raise ConfigError(f"--num-seeds must be >= 1, not {args.num_seeds}")
+    start = first if args.first_seed is None else args.first_seed
+    if start < 0:
+        raise ConfigError(f"--first-seed {start}: episode seeds are whole numbers >= 0")
+    return list(range(start, start + args.num_seeds))
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """``seeds 0-3``, ``seeds 0, 2, 5`` or ``seed 4``: how reports name a seed list."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
 def run_main(main: Callable[..., int]) -> Callable[..., int]:
-    """Wraps a program's ``main``: an unknown ``KDENV_NUMERICS`` and a failing disk (full,
+    """Wraps a program's ``main``: any :class:`~kdenv.errors.KdenvError` it lets through (a bad
+    flag, file, table or model), an unknown ``KDENV_NUMERICS`` and a failing disk (full,
     read-only, out of quota) end it with one ``error:`` line naming the problem and the way on,
     exit code 2, instead of a traceback; the program's finished work stays where a rerun of the
     same command finds it."""
@@ -156,6 +203,8 @@ def run_main(main: Callable[..., int]) -> Callable[..., int]:
             return fail(error)
         try:
             return main(*args, **kwargs)
+        except KdenvError as error:
+            return fail(error)
         except OSError as error:
             if error.errno not in DISK_ERRNOS:
                 raise

@@ -19,10 +19,11 @@ from typing import Any
 import yaml
 
 from kdenv import numerics
+from kdenv.errors import KdenvError
 from kdenv.io import atomic_write
 
 
-class ConfigError(ValueError):
+class ConfigError(KdenvError, ValueError):
     """A configuration value that cannot work; the message says which and how to fix it."""
 
 
@@ -271,6 +272,15 @@ class EnvConfig:
     @property
     def total_updates(self) -> int:
         return self.phases * self.updates_per_phase
+
+
+def crash_return(config: EnvConfig | None = None) -> float:
+    """A crashed episode's penalty in task-reward units (the units of returns before scaling, in
+    which tables, the oracle and every leaderboard figure are stated): the crash penalty the
+    environment gives as a reward, divided by its reward scale. The one definition: the table
+    environment gives ``crash_return() * reward_scale`` and a return adds ``crash_return()``."""
+    config = config or EnvConfig()
+    return config.crash_penalty / config.reward_scale
 
 
 def budget_env_fields(budget: Budget, given: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -21,10 +22,20 @@ from pathlib import Path
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+# A folder a program names by the time it started (runs/<task>/<algo>_<time>/, runs/eval/<task>/<time>/):
+# the same command run again would start a new one.
+_TIMED_FOLDER = re.compile(r"(^|_)\d{8}-\d{6}$")
+
+
 def disk_error(error: OSError, path: str | os.PathLike) -> OSError:
-    """``error`` restated with the file it hit and the way on."""
+    """``error`` restated with the file it hit and the way on. Inside a folder named by the time its
+    run started, the way on names that folder (--output-dir): the same command alone would start a
+    new one and leave the finished work behind."""
+    timed = next((parent for parent in [Path(path), *Path(path).parents] if _TIMED_FOLDER.search(parent.name)), None)
+    again = (f"rerun the same command with --output-dir {timed} (finished work there is kept)" if timed is not None
+             else "rerun the same command (finished work is kept)")
     return OSError(error.errno, f"cannot write {path} ({error.strerror or error}); free space or choose another "
-                                f"folder, then rerun the same command (finished work is kept)")
+                                f"folder, then {again}")
 
 
 def _umask() -> int:
@@ -165,3 +176,32 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp_dir, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def record_checksum(record: dict) -> str:
+    """The SHA-256 of a JSON record (keys sorted), as a checked record stores it."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_checked_record(path: Path, record: dict) -> None:
+    """Writes a work folder's record (a JSON mapping) atomically, with a checksum of itself."""
+    with atomic_write(path) as handle:
+        json.dump({**record, "sha256": record_checksum(record)}, handle, indent=2)
+
+
+def read_checked_record(path: Path) -> tuple[dict | None, str | None]:
+    """A record written by :func:`write_checked_record` and, where it is unusable, why: (record,
+    None), (None, None) for no file, or (None, what is wrong: not JSON, not a mapping, a checksum
+    that does not match). A record written before records carried a checksum is read as it is."""
+    if not Path(path).is_file():
+        return None, None
+    try:
+        recorded = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        return None, f"not JSON: {error}"
+    if not isinstance(recorded, dict):
+        return None, f"a JSON {type(recorded).__name__}, not a record"
+    checksum = recorded.pop("sha256", None)
+    if checksum is not None and checksum != record_checksum(recorded):
+        return None, "its checksum does not match its content (edited)"
+    return recorded, None

@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kdenv.errors import KdenvError
+
 ENV_PREFIXES = ("KDENV_",)  # environment variables every worker needs (runs folder, GLUE folder)
 
 
-class JobError(RuntimeError):
+class JobError(KdenvError, RuntimeError):
     """A job runner that cannot start; the message says what to do."""
 
 

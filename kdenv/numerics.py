@@ -36,6 +36,8 @@ import platform
 import sys
 from typing import Any
 
+from kdenv.errors import KdenvError
+
 MODE_ENV = "KDENV_NUMERICS"
 MODES = ("portable", "native")
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}
@@ -223,7 +225,7 @@ def describe() -> dict[str, Any]:
     }
 
 
-class NumericsError(RuntimeError):
+class NumericsError(KdenvError, RuntimeError):
     """Work that must replay exactly was asked for in numerics that cannot promise it."""
 
 

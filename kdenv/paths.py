@@ -1,8 +1,8 @@
 """Where kdenv reads its shipped data and keeps its outputs: the one place that knows both.
 
 Shipped with the package (so a wheel install has them, found through ``importlib.resources``):
-the schedule tables (``kdenv/tables/<name>/``, or ``$KDENV_BENCHMARKS_DIR``) and the algorithms'
-default hyperparameters (``kdenv/decision/hyperparams/<algo>.yaml``). Outputs all live under one
+the schedule tables (``kdenv/tables/<name>/``, or ``$KDENV_BENCHMARKS_DIR``), the leaderboard's agent
+result files (``kdenv/results/leaderboard/``) and the algorithms' default hyperparameters (``kdenv/decision/hyperparams/<algo>.yaml``). Outputs all live under one
 runs folder (``./runs`` by default, or ``$KDENV_RUNS_DIR``).
 """
 
@@ -46,6 +46,12 @@ def tables_dir() -> Path:
     """Where tables are looked up by name and written by default: ``$KDENV_BENCHMARKS_DIR`` if
     set, else the shipped tables."""
     return Path(os.environ.get(BENCHMARKS_DIR_ENV) or shipped_tables_dir())
+
+
+def leaderboard_results_dir() -> Path:
+    """The leaderboard's committed agent result files (``kdenv/results/leaderboard/<table>/<row>.json``),
+    shipped with the package: the board's inputs."""
+    return _package_folder("results", "leaderboard")
 
 
 def hyperparams_dir() -> Path:

@@ -74,3 +74,33 @@ def table_with_outputs(directory, task: str, knowledge: list[str], phases: int, 
                     "labels": {"reward": labels_fingerprint(reward_labels), "dev": labels_fingerprint(dev_labels)}},
         "outputs_files": files})
     return Table.load(directory)
+
+
+def synthetic_table(directory, returns_by_seed, dev=lambda value: value, observe_seed=False):
+    """A 1-type, 2-phase table whose leaf returns are given: rewards 0 at depth 1, the return at
+    depth 2, and dev accuracy ``dev(return)`` at the leaves. Actions 0/1 = logits off/on. Every seed
+    shares the root observation; after the first phase the observations tell seeds apart only with
+    ``observe_seed``."""
+    nodes_by_seed = {}
+    for seed, returns in returns_by_seed.items():
+        records = [{"history": [], "depth": 0, "observation": [0.0] * 11, "metric": 0.0, "loss": 1.0}]
+        for a in range(2):
+            records.append({"history": [a], "depth": 1, "observation": [0.5, seed * observe_seed] + [0.0] * 9, "metric": 0.0,
+                            "loss": 1.0, "status": "ok", "terminal": False, "weights": {"logits": float(a)},
+                            "rewards": {"metric_gain": 0.0}})
+            for b in range(2):
+                value = returns[(a, b)]
+                records.append({"history": [a, b], "depth": 2, "observation": [1.0] + [0.0] * 10, "metric": value,
+                                "loss": 1.0, "status": "ok", "terminal": True, "weights": {"logits": float(b)},
+                                "rewards": {"metric_gain": value}, "dev": {"accuracy": dev(value)}})
+        write_seed(directory, seed, records)
+        nodes_by_seed[seed] = records
+    write_manifest(directory, {"task": "rte", "seeds": list(returns_by_seed), "knowledge": ["logits"], "phases": 2,
+                               "nodes_per_seed": 7, "env": {"knowledge": ["logits"], "phases": 2, "updates_per_phase": 1}})
+    return Table.load(directory)
+
+
+def obvious_table(directory):
+    """Switching logits on pays +0.1 per phase on every seed: the oracle is (1, 1), return 0.2."""
+    returns = {(0, 0): 0.0, (0, 1): 0.1, (1, 0): 0.1, (1, 1): 0.2}
+    return synthetic_table(directory, {0: returns, 1: returns, 2: returns})

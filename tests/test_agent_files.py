@@ -116,7 +116,7 @@ def test_evaluate_refuses_a_crafted_agent_before_any_work(tmp_path, glue_dir, ca
     tamper(path, "surprise", marker)
     out = tmp_path / "eval"
     code = command("evaluate").main(["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"agent:{path}",
-                                     "--seeds", "1", "--output-dir", str(out), "--no-progress"])
+                                     "--num-seeds", "1", "--output-dir", str(out), "--no-progress"])
     assert code == 2 and "--unsafe-load-agents" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
 

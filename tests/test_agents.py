@@ -69,6 +69,7 @@ def test_fixed_policies_choose_what_they_promise():
         FixedPolicy("best", env)
 
 
+@pytest.mark.slow  # a subprocess
 def test_train_a2c_help_runs():
     result = subprocess.run([sys.executable, str(REPO / "agents" / "train_a2c.py"), "--help"],
                             capture_output=True, text=True, check=True)

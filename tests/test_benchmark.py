@@ -17,12 +17,13 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import kdenv
 from kdenv.benchmark.build import TreeSetup, run_jobs, write_table
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
-from kdenv.benchmark.table import Table, TableError, write_manifest, write_seed
+from kdenv.benchmark.table import Table, TableError, write_manifest
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
 from kdenv.benchmark.validate import validate
 from kdenv.commands.oracle import report as oracle_report
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
+from tests.tables import synthetic_table
 
 
 def tiny_setup(glue_dir):
@@ -264,30 +265,6 @@ def test_table_env_rewards_and_seed_splits(built):
         KnowledgeSelectionTableEnv(table, seeds=[5])
     with pytest.raises(TableError, match="table_seed 1 is not among"):
         env.reset(options={"table_seed": 1})
-
-
-def synthetic_table(directory, returns_by_seed, dev=lambda value: value, observe_seed=False):
-    """A 1-type, 2-phase table whose leaf returns are given: rewards 0 at depth 1, the return at
-    depth 2, and dev accuracy ``dev(return)`` at the leaves. Actions 0/1 = logits off/on. Every seed
-    shares the root observation; after the first phase the observations tell seeds apart only with
-    ``observe_seed``."""
-    nodes_by_seed = {}
-    for seed, returns in returns_by_seed.items():
-        records = [{"history": [], "depth": 0, "observation": [0.0] * 11, "metric": 0.0, "loss": 1.0}]
-        for a in range(2):
-            records.append({"history": [a], "depth": 1, "observation": [0.5, seed * observe_seed] + [0.0] * 9, "metric": 0.0,
-                            "loss": 1.0, "status": "ok", "terminal": False, "weights": {"logits": float(a)},
-                            "rewards": {"metric_gain": 0.0}})
-            for b in range(2):
-                value = returns[(a, b)]
-                records.append({"history": [a, b], "depth": 2, "observation": [1.0] + [0.0] * 10, "metric": value,
-                                "loss": 1.0, "status": "ok", "terminal": True, "weights": {"logits": float(b)},
-                                "rewards": {"metric_gain": value}, "dev": {"accuracy": dev(value)}})
-        write_seed(directory, seed, records)
-        nodes_by_seed[seed] = records
-    write_manifest(directory, {"task": "rte", "seeds": list(returns_by_seed), "knowledge": ["logits"], "phases": 2,
-                               "nodes_per_seed": 7, "env": {"knowledge": ["logits"], "phases": 2, "updates_per_phase": 1}})
-    return Table.load(directory)
 
 
 def test_oracle_known_answers(tmp_path):
@@ -576,7 +553,7 @@ def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, gl
     out = tmp_path / "live"
     assert command("evaluate").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_run / 'agent_seed0.zip'}",
-         "--seeds", "2", "--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32",
+         "--num-seeds", "2", "--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32",
          "--max-reward-examples", "16", "--output-dir", str(out), "--no-progress"]) == 0
     runs = json.loads((out / "runs.json").read_text())
     live = next(run for run in runs if run["seed"] == 1)["schedule"]  # weights per phase, in knowledge order
@@ -591,7 +568,7 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
 
     monkeypatch.setenv("KDENV_RUNS_DIR", str(built["root"] / "runs"))
     results, table = tmp_path / "results", Table.load(built["table"])
-    live = ["--table", str(built["table"]), "--row", "a2c", "--seeds", "2", "--agent-seeds", "2", "--k", "2",
+    live = ["--table", str(built["table"]), "--row", "a2c", "--num-seeds", "2", "--agent-seeds", "2", "--k", "2",
             "--results-dir", str(results), "--output-dir", str(tmp_path / "live"), "--data-dir", str(glue_dir),
             "--no-progress"]
     assert command("live_check").main(live) == 2  # the leaderboard row must exist first

@@ -11,6 +11,7 @@ from kdenv.engine.teacher import load_teacher
 from tests.conftest import REPO, command
 
 
+@pytest.mark.slow  # a subprocess
 def test_finetune_teacher_help_explains_every_flag():
     result = subprocess.run([sys.executable, str(REPO / "agents" / "finetune_teacher.py"), "--help"],
                             capture_output=True, text=True, check=True)
@@ -75,6 +76,7 @@ def test_finetune_teacher_bad_input_gives_one_clear_error(args, message, capsys,
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess
 def test_distill_help_lists_presets_and_flags():
     result = subprocess.run([sys.executable, str(REPO / "agents" / "distill.py"), "--help"],
                             capture_output=True, text=True, check=True)

@@ -55,7 +55,7 @@ def test_token_saliency_of_identical_models_is_identical_and_ignores_padding():
 
 
 def test_paired_difference_removes_the_seed_effect_shared_by_two_policies():
-    from kdenv.benchmark.stats import paired_difference
+    from kdenv.stats import paired_difference
 
     # Seed 1 is a bad seed for both policies; the agent is ahead by 0.01, 0.02, 0.03.
     reference = {0: 0.80, 1: 0.70, 2: 0.78}

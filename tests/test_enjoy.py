@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from tests.conftest import command
-from tests.test_table_agents import obvious_table
+from tests.tables import obvious_table
 from tests.test_zoo import ZOO, zoo
 
 pytestmark = pytest.mark.slow

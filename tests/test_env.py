@@ -164,7 +164,7 @@ def test_both_environments_refuse_the_same_bad_actions_and_accept_the_same_good_
     (what a vectorised agent hands over) is accepted by both."""
     from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
     from kdenv.decision.env import action_weights
-    from tests.test_benchmark import synthetic_table
+    from tests.tables import synthetic_table
 
     for action in BAD_ACTIONS[space]:
         with pytest.raises(ValueError, match="action"):

@@ -11,6 +11,7 @@ from kdenv.config import DataConfig, DistillConfig, EnvConfig
 from kdenv.decision.algorithms import SavedAgent
 from kdenv.decision.factory import make_env
 from kdenv.decision.schedules import run_episode
+from kdenv.paths import runs_dir
 from tests.conftest import command
 
 TINY = ["--phases", "2", "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples", "16"]
@@ -36,11 +37,11 @@ def test_saved_agent_reproduces_its_recorded_schedule(tiny_teacher, glue_dir, tm
     assert replay.rewards == recorded["rewards"]
 
 
-def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, tmp_path, monkeypatch):
+def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, tmp_path, monkeypatch, capsys):
     agent_path = train_tiny_agent(glue_dir, tmp_path / "agent_run")
     evaluate = command("evaluate")
     args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"kd,only-hidden+gradient,agent:{agent_path}",
-            "--baseline", "kd", "--seeds", "2", *TINY, "--no-progress"]
+            "--baseline", "kd", "--num-seeds", "2", *TINY, "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval1")]) == 0
     out = tmp_path / "eval1"
     for name in ("results.md", "results.csv", "runs.json", "metric_by_policy.png"):
@@ -85,21 +86,45 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was recomputed")
 
-    monkeypatch.setattr(evaluate, "run_evaluation_job", must_not_run)
-    assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
+    from kdenv.decision import evaluation
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation, "run_evaluation_job", must_not_run)
+        assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
     assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
 
+    # A cached run edited into valid JSON (a better dev score) fails its checksum: named, run again, not used.
+    cache = sorted((runs_dir() / "eval" / "wnli" / "cache").glob("kd_*_seed0.json"))
+    assert len(cache) == 1, cache
+    edited = json.loads(cache[0].read_text())
+    edited["dev"]["accuracy"] = 0.99
+    cache[0].write_text(json.dumps(edited))
+    assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval3")]) == 0
+    rerun = json.loads((tmp_path / "eval3" / "runs.json").read_text())
+    def timeless(run):  # a recomputed run differs in its wall time (and so its checksum) only
+        return {key: value for key, value in run.items() if key not in ("wall_time_s", "sha256")}
 
-def test_first_seed_moves_the_episode_seeds(tiny_teacher, glue_dir, tmp_path):
-    """--first-seed 3 --seeds 2 runs episode seeds 3 and 4, and its runs are those of seeds 3 and 4 in a
-    0..4 evaluation (the same cache entries): seeds a table never held are reachable."""
+    assert [timeless(r) for r in rerun] == [timeless(r) for r in runs]
+    assert "checksum does not match" in capsys.readouterr().out
+
+
+def test_first_seed_moves_the_episode_seeds(tiny_teacher, glue_dir, tmp_path, capsys):
+    """--seeds 3-4 (a seed list, as everywhere) runs episode seeds 3 and 4, as do --first-seed 3
+    --num-seeds 2 and, for one release, the old count spelling --first-seed 3 --seeds 2 (with a
+    deprecation line); their runs are those of seeds 3 and 4 in a 0..4 evaluation (the same cache
+    entries): seeds a table never held are reachable."""
     evaluate = command("evaluate")
     common = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd", *TINY, "--no-progress"]
-    assert evaluate.main([*common, "--first-seed", "3", "--seeds", "2", "--output-dir", str(tmp_path / "late")]) == 0
+    assert evaluate.main([*common, "--seeds", "3-4", "--output-dir", str(tmp_path / "late")]) == 0
     late = json.loads((tmp_path / "late" / "runs.json").read_text())
     assert sorted(r["seed"] for r in late) == [3, 4]
     assert "seeds 3-4" in (tmp_path / "late" / "results.md").read_text()
-    assert evaluate.main([*common, "--seeds", "5", "--output-dir", str(tmp_path / "all")]) == 0
+    capsys.readouterr()
+    for spelling, deprecated in ((["--first-seed", "3", "--num-seeds", "2"], False), (["--first-seed", "3", "--seeds", "2"], True)):
+        assert evaluate.main([*common, *spelling, "--output-dir", str(tmp_path / "again")]) == 0
+        assert json.loads((tmp_path / "again" / "runs.json").read_text()) == late
+        assert ("--seeds 2 as a count is deprecated" in capsys.readouterr().err) == deprecated
+    assert evaluate.main([*common, "--num-seeds", "5", "--output-dir", str(tmp_path / "all")]) == 0
     runs = {r["seed"]: r for r in json.loads((tmp_path / "all" / "runs.json").read_text())}
     assert sorted(runs) == [0, 1, 2, 3, 4]
     assert [runs[r["seed"]] for r in late] == late
@@ -112,7 +137,7 @@ def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_di
          "--max-steps", "2", "--no-progress"]) == 0
     out = tmp_path / "transfer"
     assert command("evaluate").main(
-        ["--task", "rte", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_path}", "--seeds", "1",
+        ["--task", "rte", "--data-dir", str(glue_dir), "--policies", f"agent:{agent_path}", "--num-seeds", "1",
          *TINY, "--output-dir", str(out), "--no-progress"]) == 0
     runs = json.loads((out / "runs.json").read_text())
     assert runs[0]["config"]["task"] == "rte" and runs[0]["policy"].startswith("agent:a2c")
@@ -120,7 +145,9 @@ def test_an_agent_trained_on_one_task_evaluates_on_another(tiny_teacher, glue_di
 
 
 def test_loyalty_means_skip_undefined_values_without_a_numpy_warning():
-    defined_mean = command("evaluate").defined_mean
+    from kdenv.decision.evaluation_report import defined_mean
+
+   
     assert defined_mean([0.5, float("nan"), 0.7]) == pytest.approx(0.6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "Mean of empty slice" would raise here

@@ -33,6 +33,7 @@ def train(glue_dir, out, *extra, algo="a2c"):
 # ------------------------------------------------------------------ 1. async vector environments
 
 
+@pytest.mark.slow  # a subprocess
 def test_async_vector_env_steps_with_the_default_fork_start_method(tiny_teacher, glue_dir, private_runs_dir):
     """gymnasium.make_vec(..., "async") builds a dummy env in the parent (torch threads live), then
     forks: without kdenv's at-fork hook the workers hang in their first parallel kernel."""
@@ -62,7 +63,7 @@ def test_async_vector_env_steps_with_the_default_fork_start_method(tiny_teacher,
 
 def test_evaluation_reruns_after_the_teacher_is_fine_tuned_again(tiny_teacher, glue_dir, tmp_path, capsys):
     evaluate = command("evaluate")
-    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd", "--seeds", "1", *TINY, "--no-progress"]
+    args = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", "kd", "--num-seeds", "1", *TINY, "--no-progress"]
     assert evaluate.main([*args, "--output-dir", str(tmp_path / "first")]) == 0
     first = json.loads((tmp_path / "first" / "runs.json").read_text())[0]
     assert command("finetune_teacher").main(
@@ -123,6 +124,27 @@ def test_interrupted_training_saves_the_agent_and_resume_uses_its_settings(tiny_
     assert resumed.learning_rate == 0.001 and resumed.n_steps == 2
 
 
+def test_resume_refuses_another_environment_unless_asked(tiny_teacher, glue_dir, tmp_path, capsys):
+    """`--resume` typed without the run's flags would continue the agent on another environment
+    (phases, updates, data caps): refused before any work, naming each difference and the way on;
+    --new-environment continues it there on purpose."""
+    assert train(glue_dir, tmp_path / "run", "--hp", "n_steps=2") == 0
+    saved = str(tmp_path / "run" / "agent.zip")
+    capsys.readouterr()
+    assert command("train").main(["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), "--phases", "3",
+                                  "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples",
+                                  "24", "--total-timesteps", "3", "--output-dir", str(tmp_path / "other"),
+                                  "--no-progress", "--baselines", "", "--resume", saved]) == 2
+    err = capsys.readouterr().err
+    assert "env.phases 2 -> 3" in err and "data.max_reward_examples 16 -> 24" in err and "--new-environment" in err
+    assert not (tmp_path / "other").exists()
+    assert train(glue_dir, tmp_path / "same", "--resume", saved) == 0  # the run's own flags: resumed
+    assert command("train").main(["--algo", "a2c", "--task", "wnli", "--data-dir", str(glue_dir), "--phases", "3",
+                                  "--updates-per-phase", "1", "--max-train-examples", "32", "--max-reward-examples",
+                                  "16", "--total-timesteps", "3", "--output-dir", str(tmp_path / "moved"),
+                                  "--no-progress", "--baselines", "", "--resume", saved, "--new-environment"]) == 0
+
+
 # ------------------------------------------------------------------ 5. agents carry their env spec
 
 
@@ -131,7 +153,7 @@ def test_an_agent_trained_with_cls_state_evaluates(tiny_teacher, glue_dir, tmp_p
     out = tmp_path / "eval"
     assert command("evaluate").main(
         ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", f"agent:{tmp_path / 'cls' / 'agent.zip'}",
-         "--seeds", "1", *TINY, "--output-dir", str(out), "--no-progress"]) == 0
+         "--num-seeds", "1", *TINY, "--output-dir", str(out), "--no-progress"]) == 0
     assert json.loads((out / "runs.json").read_text())[0]["config"]["env"]["cls_state"] is True
 
 
@@ -272,9 +294,11 @@ def test_evaluate_prints_clear_errors(glue_dir, tmp_path, capsys):
         (["--policies", "kd,telepathy"], "unknown policy 'telepathy'"),
         (["--policies", "only-attention"], "'attention' is not offered"),
         (["--policies", "only-hidden+hidden"], "name the types to keep on once each"),
-        (["--policies", "kd", "--baseline", "gkd"], "--baseline 'gkd' is not one of --policies"),
-        (["--seeds", "0"], "--seeds must be >= 1"),
-        (["--first-seed", "-1"], "--first-seed must be >= 0"),
+        (["--policies", "kd", "--baseline", "gkd"], "baseline 'gkd' is not one of the policies (kd)"),
+        (["--num-seeds", "0"], "--num-seeds must be >= 1"),
+        (["--first-seed", "-1"], "--first-seed -1: episode seeds are whole numbers >= 0"),
+        (["--seeds", "0-2", "--first-seed", "1"], "--first-seed goes with --num-seeds"),
+        (["--seeds", "2-1"], "--seeds"),
     ]
     for extra, message in cases:
         code = evaluate.main(["--task", "wnli", "--data-dir", str(glue_dir), "--no-progress",
@@ -292,6 +316,7 @@ def test_a_teacher_built_on_another_split_can_be_matched_by_flags(tiny_teacher, 
     assert train(glue_dir, tmp_path / "matched", "--split-seed", "3", "--hp", "n_steps=2") == 0
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_killed_cache_build_leaves_no_hidden_folder_behind(tmp_path):
     target = tmp_path / "cache" / "train-abc"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

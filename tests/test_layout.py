@@ -1,7 +1,8 @@
 """The package's floor plan: imports run one way. The engine (data, models, knowledge, teacher,
 cache, trainer) never imports the decision layer (env, rewards, policies, agents), neither imports
 the benchmark (tree, tables, oracle, table studies), nothing imports the programs
-(``kdenv.commands``, the top floor), and no module imports, even lazily inside a function, one
+(``kdenv.commands``, the top floor; not even another program), the statistics and the error base
+sit below everything, and no module imports, even lazily inside a function, one
 that imports it back. The scripts in agents/ import only kdenv."""
 
 import ast
@@ -41,11 +42,21 @@ def graph():
     ("kdenv.decision", ("kdenv.benchmark", "kdenv.commands")),
     ("kdenv.benchmark", ("kdenv.commands",)),
     ("kdenv.config", ("kdenv.engine", "kdenv.decision", "kdenv.benchmark", "kdenv.commands")),
+    ("kdenv.stats", ("kdenv.engine", "kdenv.decision", "kdenv.benchmark", "kdenv.commands")),
+    ("kdenv.errors", ("kdenv.",)),
 ])
 def test_lower_floors_never_import_higher_ones(graph, lower, higher):
     upward = {(name, target) for name, targets in graph.items() if name.startswith(lower)
               for target in targets if target.startswith(higher)}
     assert not upward
+
+
+def test_no_program_imports_another(graph):
+    """A program (``kdenv.commands.<name>``) calls the library, never another program: what two
+    programs share lives in the package below them."""
+    between = {(name, target) for name, targets in graph.items() if name.startswith("kdenv.commands.")
+               for target in targets if target.startswith("kdenv.commands.")}
+    assert not between
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, folds, score_policy
-from kdenv.benchmark.stats import bootstrap_interval, bootstrap_ratio, improvement, iqm, summarise
-from tests.test_benchmark import synthetic_table
+from kdenv.stats import bootstrap_interval, bootstrap_ratio, improvement, iqm, summarise
+from tests.tables import synthetic_table
 
 # Four seeds. Constant "logits" (1, 1) is best on average; seed 3 prefers (0, 1).
 RETURNS = {
@@ -75,7 +75,8 @@ def test_the_closed_loop_bound_opens_with_one_action_for_every_seed_and_scores_t
 
 
 def test_the_chosen_agent_row_is_picked_on_the_other_folds_never_on_the_seeds_it_is_scored_on(view):
-    from kdenv.commands.leaderboard import chosen_row, chosen_text
+    from kdenv.benchmark.board import chosen_row
+    from kdenv.benchmark.board_report import chosen_text
 
     splits = fold_splits([0, 1, 2, 3], 4)
     # Row "a" is best on seed 3 alone, row "b" on every other seed: held out, seed 3 gets b's
@@ -93,7 +94,7 @@ def test_the_chosen_agent_row_is_picked_on_the_other_folds_never_on_the_seeds_it
 
 
 def test_average_ranks_cover_the_rows_of_every_table_and_share_ties():
-    from kdenv.commands.leaderboard import average_ranks
+    from kdenv.benchmark.board import average_ranks
 
     def table(**returns):
         return {"rows": {row: {"return": {"mean": value}} for row, value in returns.items()}}
@@ -147,7 +148,7 @@ def test_intervals_cover_the_estimate_narrow_with_more_data_and_count_seeds_and_
 def test_the_vectorised_iqm_is_scipys_trimmed_mean_row_by_row():
     from scipy import stats
 
-    from kdenv.benchmark.stats import _row_iqm
+    from kdenv.stats import _row_iqm
 
     rng = np.random.default_rng(1)
     values = rng.normal(size=(50, 13))
@@ -164,7 +165,9 @@ def test_iqm_is_the_mean_of_the_middle_half():
 def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys):
     import json
 
-    from kdenv.commands.leaderboard import ci_text
+    from kdenv.benchmark.oracle import episode_return
+    from kdenv.benchmark.table import Table
+    from kdenv.stats import ci_text
     from tests.conftest import command
 
     synthetic_table(tmp_path / "table", RETURNS)
@@ -199,6 +202,30 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     before = (tmp_path / "results" / "table" / "a2c.json").read_text()
     assert command("leaderboard").main([*args, "--retrain"]) == 0
     assert (tmp_path / "results" / "table" / "a2c.json").read_text() == before
+
+    # The result file stores every agent's schedule beside its return (format 2): --verify replays
+    # each on the table and agrees, writing nothing.
+    path = tmp_path / "results" / "table" / "a2c.json"
+    assert result["format"] == 2 and all(len(result["schedules"][seed]) == 2 for seed in result["returns"])
+    capsys.readouterr()
+    assert command("leaderboard").main([*args, "--verify"]) == 0
+    assert "verified 8 stored agent returns on 1 tables" in capsys.readouterr().out
+    # An edited schedule (another path of the table, a return in range) is found...
+    table = Table.load(tmp_path / "table")
+    edited = json.loads(before)
+    schedule = edited["schedules"]["0"][0]
+    other = next(s for s in ([0, 0], [0, 1], [1, 0], [1, 1]) if s != schedule
+                 and episode_return(table, 0, tuple(s), "metric_gain") != edited["returns"]["0"][0])
+    edited["schedules"]["0"][0] = other
+    path.write_text(json.dumps(edited))
+    assert command("leaderboard").main([*args, "--verify"]) == 1
+    assert f"seed 0, agent seed 0: schedule {other} returns" in capsys.readouterr().err
+    # ...and a file of the old format (returns only) cannot be replayed: said, with the way on.
+    del edited["schedules"], edited["format"]
+    path.write_text(json.dumps(edited))
+    assert command("leaderboard").main([*args, "--verify"]) == 1
+    assert "format 1, returns without schedules" in capsys.readouterr().err
+    path.write_text(before)
 
 
 def test_a_tuned_row_searches_inside_each_fold_and_never_sees_its_held_out_seeds(tmp_path, capsys, monkeypatch):
@@ -245,7 +272,7 @@ def test_the_leaderboard_plays_agents_of_one_task_on_another(tmp_path):
     import json
 
     from kdenv.benchmark.table import write_manifest
-    from kdenv.commands.leaderboard import ci_text
+    from kdenv.stats import ci_text
     from tests.conftest import command
 
     synthetic_table(tmp_path / "rte", RETURNS)
@@ -354,3 +381,83 @@ def test_a_full_disk_while_the_board_is_written_leaves_the_old_set_whole(tmp_pat
     assert "No space left on device" in capsys.readouterr().err
     assert {suffix: (tmp_path / f"board{suffix}").read_bytes() for suffix in before} == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_crash_costs_one_return_in_one_unit_everywhere(tmp_path):
+    """A schedule whose last phase crashed: the oracle's episode return, the table environment
+    played by a policy (as the leaderboard and table studies score agents) and the environment's
+    own reward all count the crash as kdenv.config.crash_return() in task-reward units, at any
+    reward scale."""
+    from kdenv.benchmark.oracle import episode_return
+    from kdenv.benchmark.study import play
+    from kdenv.benchmark.table import Table, write_manifest, write_seed
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from kdenv.config import EnvConfig, crash_return
+
+    records = [{"history": [], "depth": 0, "observation": [0.0] * 11, "metric": 0.0, "loss": 1.0}]
+    for a in range(2):
+        records.append({"history": [a], "depth": 1, "observation": [0.5] + [0.0] * 10, "metric": 0.1, "loss": 1.0,
+                        "status": "ok", "terminal": False, "weights": {"logits": float(a)},
+                        "rewards": {"metric_gain": 0.1}})
+        for b in range(2):
+            leaf = {"history": [a, b], "depth": 2, "observation": [1.0] + [0.0] * 10, "metric": 0.2, "loss": 1.0,
+                    "status": "ok", "terminal": True, "weights": {"logits": float(b)}, "rewards": {"metric_gain": 0.1}}
+            if (a, b) == (1, 1):
+                leaf.update(status="non_finite", crash="hidden loss is nan", rewards={"metric_gain": 0.0})
+            records.append(leaf)
+    write_seed(tmp_path, 0, records)
+    write_manifest(tmp_path, {"task": "rte", "seeds": [0], "knowledge": ["logits"], "phases": 2, "nodes_per_seed": 7,
+                              "env": {"knowledge": ["logits"], "phases": 2, "updates_per_phase": 1}})
+    table = Table.load(tmp_path)
+    expected = 0.1 + crash_return()
+    assert crash_return() == EnvConfig().crash_penalty / EnvConfig().reward_scale
+    assert episode_return(table, 0, (1, 1), "metric_gain") == pytest.approx(expected)
+
+    class Always:  # a policy that switches logits on in every phase
+        def predict(self, observation, state=None, episode_start=None, deterministic=True):
+            return 1, None
+
+    for scale in (10.0, 3.0):
+        env = KnowledgeSelectionTableEnv(table, reward_scale=scale)
+        assert play(Always(), env, env, 0)[0] == pytest.approx(expected)
+        env.reset(options={"table_seed": 0})
+        env.step(1)
+        _, reward, terminated, _, info = env.step(1)
+        assert terminated and info["status"] == "non_finite" and reward == pytest.approx(crash_return() * scale)
+
+
+def test_a_headroom_has_one_interval_in_the_oracle_report_and_on_the_leaderboard(tmp_path):
+    """The closed-loop bound's gain over the best constant, where every fold picks the same
+    constant, is one figure: the oracle report (solve) and the leaderboard's protocol
+    (score_policy, fold by fold) resample the same seeds in the same order, so they print one interval."""
+    from kdenv.benchmark.oracle import solve
+
+    rng = np.random.default_rng(3)
+    returns = {seed: {(a, b): float(v) for (a, b), v in zip([(0, 0), (0, 1), (1, 0), (1, 1)], rng.normal(0.1, 0.05, 4))}
+               for seed in range(8)}
+    for seed in returns:  # the constant (1, 1) best on every fold's train seeds
+        returns[seed][(1, 1)] = 0.3
+    table = synthetic_table(tmp_path, returns)
+    view, splits = FoldView(table, "metric_gain"), fold_splits(table.seeds, 4)
+    assert {view.best_constant(train) for train, _ in splits} == {view.constants[1]}
+    bound = baseline_returns(view, splits, [])["closed-loop bound"]
+    board = score_policy(view, splits, bound)["gain"]
+    report = solve(table, "metric_gain")["closed_loop_headroom"]
+    assert board["mean"] == pytest.approx(report["mean"]) and board["mean_ci"] == report["ci"]
+
+
+def test_the_live_checks_advice_never_loops(tmp_path, capsys):
+    """Its advice leads somewhere: a one-seed table (no leaderboard row can exist) and --k 1 are
+    refused for what they are, and the retrain command it names carries a non-default --k."""
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "one", {0: RETURNS[0]})
+    assert command("live_check").main(["--table", str(tmp_path / "one"), "--row", "a2c", "--dry-run"]) == 2
+    assert "no row exists to check here; build more seeds first" in capsys.readouterr().err
+    synthetic_table(tmp_path / "four", RETURNS)
+    with pytest.raises(SystemExit):
+        command("live_check").main(["--table", str(tmp_path / "four"), "--row", "a2c", "--k", "1", "--dry-run"])
+    assert "--k >= 2" in capsys.readouterr().err
+    assert command("live_check").main(["--table", str(tmp_path / "four"), "--row", "a2c", "--k", "3",
+                                       "--results-dir", str(tmp_path / "results"), "--dry-run"]) == 2
+    assert "--retrain --tables" in (err := capsys.readouterr().err) and err.rstrip().endswith("--agents a2c --k 3")

@@ -49,6 +49,7 @@ def test_a_table_is_named_or_given_as_a_folder_and_an_unknown_name_lists_the_shi
         resolve_table(tmp_path)
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_evidence_build_script_builds_exactly_the_seeds_a_shipped_table_lacks(tmp_path):
     """bench/evidence_builds.sh's `unshipped` decides what `start` builds and whether `finish` may
     run: a table's range in the script minus the seeds of its shipped manifest. It must fail, not

@@ -9,19 +9,13 @@ import pytest
 from kdenv.benchmark.study import TableStudy
 from kdenv.decision.algorithms import ALGORITHMS
 from tests.conftest import command
-from tests.test_benchmark import synthetic_table
+from tests.tables import obvious_table, synthetic_table
 
 SMALL = {
     "a2c": ["n_steps=4"], "ppo": ["n_steps=16", "batch_size=16", "n_epochs=2"], "trpo": ["n_steps=16", "batch_size=16"],
     "recurrent_ppo": ["n_steps=16", "batch_size=16", "n_epochs=1"], "dqn": ["learning_starts=4"],
     "sac": ["learning_starts=4"], "td3": ["learning_starts=4"], "ddpg": ["learning_starts=4"],
 }
-
-
-def obvious_table(directory):
-    """Switching logits on pays +0.1 per phase on every seed: the oracle is (1, 1), return 0.2."""
-    returns = {(0, 0): 0.0, (0, 1): 0.1, (1, 0): 0.1, (1, 1): 0.2}
-    return synthetic_table(directory, {0: returns, 1: returns, 2: returns})
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))

@@ -9,7 +9,7 @@ import pytest
 
 from kdenv.benchmark.table import Table, TableError, manifest_checksum, seed_file, write_seed
 from kdenv.io import file_sha256
-from tests.test_benchmark import synthetic_table
+from tests.tables import synthetic_table
 
 RETURNS = {(0, 0): 0.1, (0, 1): 0.3, (1, 0): 0.0, (1, 1): 0.2}
 
@@ -111,3 +111,35 @@ def test_one_seed_syntax_everywhere(table_dir):
     assert env.seeds == [1] and env.reset(seed=0)[1]["table_seed"] == 1
     with pytest.raises(TableError, match="table_seed 1.0 is not among"):
         env.reset(options={"table_seed": 1.0})
+
+
+def test_the_fast_action_path_agrees_with_the_one_action_check(tmp_path):
+    """Agents' arrays take a fast path in the table env (bench/table_env.py: every space at CartPole's
+    speed or more); it must give the subset the one action check gives, and everything it does not
+    take (wrong dtype, shape, values, bools) still meets that check and its errors."""
+    import itertools
+
+    import numpy as np
+
+    from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+    from kdenv.decision.env import action_weights
+
+    table = synthetic_table(tmp_path, {0: {(a, b): 0.1 * (a + b) for a in range(2) for b in range(2)}})
+    for space in ("discrete", "multibinary", "box"):
+        env = KnowledgeSelectionTableEnv(table, action_space=space)
+        if space == "discrete":
+            actions = [0, 1, np.int64(1), np.int32(0), np.array(1), np.array([1])]
+        elif space == "multibinary":
+            actions = [np.array(bits, dtype=dtype) for bits in itertools.product((0, 1), repeat=1)
+                       for dtype in (np.int8, np.int64, np.float32, bool)]
+        else:
+            actions = [np.array([value], dtype=dtype) for value in (-0.5, 0.0, 0.49, 0.5, 0.7, 3.0)
+                       for dtype in (np.float32, np.float64)]
+        for action in actions:
+            weights = action_weights(action, env.knowledge, space)
+            assert env.action_index(action) == sum(int(weights[n] >= 0.5) << k for k, n in enumerate(env.knowledge))
+        bad = {"discrete": [2, -1, True, 0.0], "multibinary": [np.array([2]), np.array([0, 1]), np.array([0.5])],
+               "box": [np.array([np.nan]), np.array([np.inf], dtype=np.float32), np.array([0.5, 0.5])]}[space]
+        for action in bad:
+            with pytest.raises(ValueError):
+                env.action_index(action)

@@ -186,9 +186,9 @@ def test_a_build_resumed_where_its_records_cannot_be_reproduced_stops_before_com
     recorded.pop("sha256")
 
     def written_elsewhere(record):  # as a build on another machine writes it, checksum and all
-        from kdenv.benchmark.build import _provenance_checksum
+        from kdenv.io import record_checksum
 
-        path.write_text(json.dumps({**record, "sha256": _provenance_checksum(record)}))
+        path.write_text(json.dumps({**record, "sha256": record_checksum(record)}))
 
     written_elsewhere({**recorded, "numerics": "native on AMD EPYC 9654 96-Core Processor"})
     with pytest.raises(TableError, match="numerics native on AMD EPYC.*this process has numerics portable"):

@@ -2,12 +2,13 @@
 resumable study, and default against tuned on the held-out seeds with paired differences."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import command
-from tests.test_table_agents import obvious_table
+from tests.tables import obvious_table, synthetic_table
 
 FAST = ["--trial-episodes", "24", "--trial-agents", "1", "--episodes", "24", "--agent-seeds", "2", "--no-progress"]
 
@@ -85,6 +86,7 @@ def test_tuning_refuses_bad_input_before_any_work(tmp_path, capsys):
     assert "not in the table" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_make_table_study_is_one_target_per_table_and_algorithm():
     """`make -j2 table-study` can only run studies side by side if each is its own target."""
     import os
@@ -108,11 +110,62 @@ def test_a_trial_cut_short_by_a_kill_is_marked_failed_not_left_running(tmp_path,
 
     obvious_table(tmp_path / "table")
     out = tmp_path / "tune"
-    out.mkdir()
-    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    args = ["--algo", "a2c", "--table", str(tmp_path / "table"), "--output-dir", str(out), *FAST]
+    assert command("tune_table").main([*args, "--trials", "1"]) == 0
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}")
     study.ask()  # as a killed run leaves it: RUNNING forever
-    assert command("tune_table").main(["--algo", "a2c", "--table", str(tmp_path / "table"), "--trials", "1",
-                                       "--output-dir", str(out), *FAST]) == 0
+    assert command("tune_table").main([*args, "--trials", "2"]) == 0
     states = [t.state for t in optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}").trials]
-    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert "cut short by an earlier run" in capsys.readouterr().out
+
+
+def test_a_study_folder_refuses_another_table_budget_or_reward_and_a_damaged_record(tmp_path, capsys):
+    """A study folder remembers what its trials ran on (study.json, with a checksum): resumed with
+    another table, trial budget or reward it refuses before any trial, naming what differs; an
+    edited record, or trials without one, are refused with the way out. Nothing is added."""
+    import json
+
+    import optuna
+
+    obvious_table(tmp_path / "table")
+    other = synthetic_table(tmp_path / "other", {s: {(a, b): 0.1 * (a + b) + 0.01 * s for a in range(2) for b in range(2)}
+                                                 for s in range(3)})
+    assert other.seeds == [0, 1, 2]
+    out = tmp_path / "tune"
+    args = ["--algo", "a2c", "--table", str(tmp_path / "table"), "--output-dir", str(out), *FAST, "--trials", "1"]
+    assert command("tune_table").main(args) == 0
+    storage = f"sqlite:///{out / 'study.db'}"
+    capsys.readouterr()
+    for change, named in ((["--table", str(tmp_path / "other")], "table"), (["--trial-episodes", "7"], "trial_episodes"),
+                          (["--reward-scale", "5"], "reward_scale")):
+        assert command("tune_table").main([*args, *change, "--trials", "2"]) == 2
+        err = capsys.readouterr().err
+        assert f"holds a study of another {named}" in err and "pass another --output-dir" in err, err
+    assert len(optuna.load_study(study_name="tune", storage=storage).trials) == 1
+    record = json.loads((out / "study.json").read_text())
+    record["trial_agents"] = 9
+    (out / "study.json").write_text(json.dumps(record))
+    assert command("tune_table").main(args) == 2
+    assert "checksum does not match" in capsys.readouterr().err
+    (out / "study.json").unlink()
+    assert command("tune_table").main(args) == 2
+    assert "holds trials but no record" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_study_prints_the_command_that_resumes_it(tmp_path, capsys, monkeypatch):
+    from kdenv.commands import tune_table
+
+    obvious_table(tmp_path / "table")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_table, "tune", interrupted)
+    args = ["--algo", "a2c", "--table", str(tmp_path / "table"), *FAST, "--trials", "1"]
+    assert command("tune_table").main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "resume with:" in err
+    resume = err.split("resume with:\n")[1].strip().removeprefix("python agents/tune_table.py ").split()
+    folder = resume[resume.index("--output-dir") + 1]
+    assert resume[: len(args)] == args and (tmp_path / "table").exists() and (Path(folder) / "study.json").is_file()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.test_table_agents import obvious_table
+from tests.tables import obvious_table
 
 pytestmark = pytest.mark.slow
 

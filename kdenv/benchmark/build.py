@@ -22,7 +22,7 @@ from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_recor
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
 from kdenv.engine.teacher_cache import split_fingerprint
-from kdenv.io import atomic_write, file_sha256
+from kdenv.io import file_sha256, read_checked_record, write_checked_record
 from kdenv.jobs import JobRunner
 from kdenv.numerics import numerics_key, replay_class, replay_where  # noqa: F401  (numerics_key re-exported)
 from kdenv.paths import runs_dir
@@ -351,32 +351,14 @@ def check_work_provenance(setup: TreeSetup, environment: EnvironmentSetup) -> No
                          "process (another teacher, numerics or software made them). Continue the build where they were "
                          "computed (restore the teacher, software and machine kind that made them), or move the work "
                          "folder away to build afresh")
-    with atomic_write(path) as handle:
-        json.dump({**record, "sha256": _provenance_checksum(record)}, handle, indent=2)
+    write_checked_record(path, record)
     if damage is not None:
         print(f"healed {path} ({damage}): the records there recompute exactly in this process")
 
 
-def _provenance_checksum(record: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
 def read_provenance(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """A work folder's provenance record and, where it is unusable, why: (record, None), (None,
-    None) for no record, or (None, what is wrong). A record written before records carried a
-    checksum is read as it is."""
-    if not path.is_file():
-        return None, None
-    try:
-        recorded = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        return None, f"not JSON: {error}"
-    if not isinstance(recorded, dict):
-        return None, f"a JSON {type(recorded).__name__}, not a record"
-    checksum = recorded.pop("sha256", None)
-    if checksum is not None and checksum != _provenance_checksum(recorded):
-        return None, "its checksum does not match its content (edited)"
-    return recorded, None
+    """A work folder's provenance record and, where it is unusable, why (kdenv.io.read_checked_record)."""
+    return read_checked_record(path)
 
 
 def recomputes_a_recorded_root(setup: TreeSetup, environment: EnvironmentSetup) -> bool | None:

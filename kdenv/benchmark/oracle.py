@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from kdenv.benchmark.stats import bootstrap_interval
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
+from kdenv.config import crash_return
 from kdenv.decision.policies import BASE_POLICIES, FixedPolicy
 from kdenv.decision.schedules import rollout
+from kdenv.stats import over_seeds
 
-CRASH_RETURN = -1.0
+CRASH_RETURN = crash_return()  # in task-reward units, as every return here (kdenv.config.crash_return)
 
 
 def episode_return(table: Table, seed: int, schedule: tuple[int, ...], reward: str) -> float:
@@ -77,13 +78,6 @@ def named_policies(table: Table) -> list[str]:
 def mean_std(values) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-
-
-def with_interval(values) -> dict[str, Any]:
-    """Mean and std over seeds, with the percentile bootstrap 95% interval of the mean (seeds
-    resampled) and the number of seeds: what a headroom claim needs."""
-    values = np.asarray(values, dtype=np.float64)
-    return {**mean_std(values), "ci": bootstrap_interval([[value] for value in values]), "n": int(len(values))}
 
 
 def dev_metric_name(table: Table) -> str | None:
@@ -200,12 +194,12 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
                           "dev": _dev_of(dev, [best_constant] * len(seeds))},
         "constants": {str(sequences[i][0]): mean_std(returns[:, i]) for i in constants},
         "policies": policies,
-        "headroom": with_interval(oracle - returns[:, best_constant]),
-        "open_loop_headroom": with_interval(returns[:, open_loop] - returns[:, best_constant]),
+        "headroom": over_seeds(oracle - returns[:, best_constant]),
+        "open_loop_headroom": over_seeds(returns[:, open_loop] - returns[:, best_constant]),
         "closed_loop": loop,
-        "closed_loop_headroom": with_interval(np.array(loop["per_seed"]) - returns[:, best_constant]),
-        "headroom_on_dev": None if to_dev is None else with_interval(to_dev["oracle"]),
-        "reward_to_dev": None if to_dev is None else {name: with_interval(values) for name, values in to_dev.items()},
+        "closed_loop_headroom": over_seeds(np.array(loop["per_seed"]) - returns[:, best_constant]),
+        "headroom_on_dev": None if to_dev is None else over_seeds(to_dev["oracle"]),
+        "reward_to_dev": None if to_dev is None else {name: over_seeds(values) for name, values in to_dev.items()},
     }
 
 
@@ -223,7 +217,7 @@ def dev_headroom(table: Table) -> dict[str, Any] | None:
     return {"dev_metric": dev_metric_name(table),
             "oracle": {"value": mean_std(oracle), "schedules": [list(sequences[i]) for i in best]},
             "best_constant": {"schedule": list(sequences[best_constant]), "value": mean_std(dev[:, best_constant])},
-            "headroom": with_interval(oracle - dev[:, best_constant]),
+            "headroom": over_seeds(oracle - dev[:, best_constant]),
             "spread": mean_std(np.nanmax(dev, axis=1) - np.nanmin(dev, axis=1))}
 
 

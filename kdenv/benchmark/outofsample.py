@@ -36,10 +36,10 @@ from scipy.stats import rankdata
 
 from kdenv.benchmark.oracle import CRASH_RETURN, all_sequences, closed_loop, constant_columns
 from kdenv.benchmark.outputs import OutputsError, labels_fingerprint
-from kdenv.benchmark.stats import percentile_interval
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.tree import DevScoring
 from kdenv.engine.tasks import TaskSpec, get_task
+from kdenv.stats import percentile_interval
 
 HALVINGS = 50
 RESAMPLES = 200

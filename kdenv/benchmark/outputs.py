@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from kdenv.errors import KdenvError
 from kdenv.io import atomic_write
 
 DTYPE = np.float16
 
 
-class OutputsError(ValueError):
+class OutputsError(KdenvError, ValueError):
     """A table's outputs that cannot be used as asked; the message says why and what to do."""
 
 

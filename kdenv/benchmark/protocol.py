@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, policy_schedule
-from kdenv.benchmark.stats import bootstrap_ratio, improvement, summarise
 from kdenv.benchmark.table import Table
+from kdenv.stats import bootstrap_ratio, improvement, summarise
 
 
 def folds(seeds: list[int], k: int) -> list[list[int]]:
@@ -83,7 +83,7 @@ def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
     one value), each seed judged against the best constant of the split that held it out. With
     ``closed_loop`` (the closed-loop bound's return on each seed), also the share of the closed-loop
     headroom over that constant the policy captures: its mean gain over the bound's."""
-    regrets, normalised, gains, headrooms = [], [], [], []
+    regrets, normalised, gains, headrooms = {}, {}, {}, {}
     for train, test in splits:
         constant = view.best_constant(train)
         for seed in test:
@@ -92,17 +92,21 @@ def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
             if np.nanmax(values) > oracle + 1e-9:
                 raise ValueError(f"a return of {np.nanmax(values):+.4f} on seed {seed} beats the oracle's {oracle:+.4f}: "
                                  f"these returns are not in {view.reward} (scored in another reward?)")
-            regrets.append(oracle - values)
+            regrets[seed] = oracle - values
             headroom = oracle - base
-            normalised.append((oracle - values) / headroom if headroom > 1e-12 else np.full(values.shape, np.nan))
-            gains.append(values - base)
-            headrooms.append(closed_loop[seed] - base if closed_loop is not None else float("nan"))
-    scores = {"return": summarise([np.atleast_1d(returns[s]) for _, test in splits for s in test]),
-              "regret": summarise(regrets), "normalised_regret": summarise(normalised), "gain": summarise(gains),
-              "improvement": improvement(gains), "seeds": sum(len(test) for _, test in splits),
+            normalised[seed] = (oracle - values) / headroom if headroom > 1e-12 else np.full(values.shape, np.nan)
+            gains[seed] = values - base
+            headrooms[seed] = closed_loop[seed] - base if closed_loop is not None else float("nan")
+    # In the table's seed order (not fold by fold), as kdenv.stats.over_seeds resamples them: one
+    # figure, one interval, wherever it is printed.
+    seeds = sorted(gains)
+    gains_list = [gains[s] for s in seeds]
+    scores = {"return": summarise([np.atleast_1d(returns[s]) for s in seeds]),
+              "regret": summarise([regrets[s] for s in seeds]), "normalised_regret": summarise([normalised[s] for s in seeds]),
+              "gain": summarise(gains_list), "improvement": improvement(gains_list), "seeds": len(seeds),
               "agent_seeds": int(max(np.atleast_1d(r).size for r in returns.values()))}
     if closed_loop is not None:
-        scores["closed_loop_share"] = bootstrap_ratio(gains, headrooms)
+        scores["closed_loop_share"] = bootstrap_ratio(gains_list, [headrooms[s] for s in seeds])
     return scores
 
 

@@ -36,7 +36,7 @@ from kdenv.decision.algorithms import Algorithm, Hyperparams, SavedAgent, save_a
 from kdenv.decision.callbacks import ScheduleCallback
 from kdenv.decision.schedules import rollout
 from kdenv.decision.wrappers import MultiDiscreteOnOff
-from kdenv.io import atomic_write
+from kdenv.io import atomic_write, write_all
 
 
 def split_seeds(table: Table, train: list[int] | None, test: list[int] | None) -> tuple[list[int], list[int]]:
@@ -92,8 +92,12 @@ class TableStudy:
     def returns_on(self, model, seeds: list[int], reward: str | None = None) -> dict[int, float]:
         """The deterministic policy's return on each of ``seeds``, before scaling, in ``reward``
         (default: the reward it trained on; a leaderboard scores every row in one reward)."""
+        return {seed: value for seed, (value, _) in self.played_on(model, seeds, reward).items()}
+
+    def played_on(self, model, seeds: list[int], reward: str | None = None) -> dict[int, tuple[float, list[int]]]:
+        """The deterministic policy's return and schedule (its action per phase) on each of ``seeds``."""
         env, wrapped = self.make_env(seeds, reward=reward)
-        return {seed: play(model, env, wrapped, seed)[0] for seed in seeds}
+        return {seed: play(model, env, wrapped, seed) for seed in seeds}
 
     def check(self, hyperparams: Hyperparams) -> None:
         """Refuses hyperparameters the algorithm cannot be built with, before anything is written."""
@@ -232,12 +236,9 @@ def fmt_stats(stats: dict[str, float]) -> str:
 
 
 def write_report(run_dir: Path, name: str, text: str, data: dict[str, Any]) -> None:
-    """Prints ``text`` and writes it to ``run_dir/<name>.md``, and ``data`` to ``<name>.json``."""
+    """Prints ``text`` and writes it to ``run_dir/<name>.md``, and ``data`` to ``<name>.json``, both or neither."""
     print(text)
-    with atomic_write(run_dir / f"{name}.md") as handle:
-        handle.write(text)
-    with atomic_write(run_dir / f"{name}.json") as handle:
-        json.dump(data, handle, indent=2)
+    write_all({run_dir / f"{name}.md": text.encode(), run_dir / f"{name}.json": json.dumps(data, indent=2).encode()})
 
 
 def write_results(run_dir: Path, summary: dict[str, Any], names: list[str]) -> None:

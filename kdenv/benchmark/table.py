@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict
+from kdenv.errors import KdenvError
 from kdenv.io import atomic_write, file_sha256
 from kdenv.paths import tables_dir
 
@@ -27,7 +29,7 @@ FORMATS = (TABLE_FORMAT, OUTPUTS_FORMAT)
 MANIFEST = "manifest.json"
 
 
-class TableError(ValueError):
+class TableError(KdenvError, ValueError):
     """A table that cannot be used as asked; the message says why and what to do."""
 
 
@@ -270,3 +272,19 @@ class Table:
             raise TableError(f"{path} is inconsistent: {problems[0]}; restore the table from the repository "
                              "(git checkout) or rebuild it")
 
+
+def table_configs(table: Table, data_dir: str | None = None, device: str = "cpu",
+                  ) -> tuple[DataConfig, DistillConfig, EnvConfig]:
+    """The trainer configuration a table was built with (the data folder and device are this
+    machine's), in the table's precision: the one mapping from a table to live configs, used by
+    validation, the live check and the table environment."""
+    manifest = table.manifest
+    data = from_dict(DataConfig, {**manifest["data"], "data_dir": data_dir})
+    precision = str(manifest.get("device", "fp32")).rpartition(", ")[2]  # "cuda:0 (NVIDIA H100 ...), fp32"
+    distill = from_dict(DistillConfig, {**manifest["distill"], "device": device, "precision": precision})
+    return data, distill, table_env_config(table)
+
+
+def table_env_config(table: Table) -> EnvConfig:
+    """The environment configuration a table was built with (its knowledge, phases, updates, reward)."""
+    return from_dict(EnvConfig, table.manifest["env"])

@@ -9,17 +9,21 @@ over seeds); ``reset(options={"table_seed": s})`` picks one.
 
 from __future__ import annotations
 
+import math
 import numbers
+from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from kdenv.benchmark.table import Table, TableError, resolve_table
+from kdenv.benchmark.table import Table, TableError, resolve_table, table_env_config
 from kdenv.cli import parse_seeds
-from kdenv.config import ACTION_SPACES, EnvConfig
+from kdenv.config import ACTION_SPACES, EnvConfig, crash_return
 from kdenv.decision.env import action_weights, make_spaces, weights_to_action
 from kdenv.decision.rewards import REWARDS
+
+REWARD_SCALE = EnvConfig().reward_scale  # the live environment's: one definition, in kdenv.config
 
 
 class KnowledgeSelectionTableEnv(gym.Env):
@@ -28,7 +32,7 @@ class KnowledgeSelectionTableEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, table: Table, seeds: list[int] | None = None, reward: str = "metric_gain",
-                 reward_scale: float = 10.0, action_space: str = "discrete", exploration_bonus: float = 0.0):
+                 reward_scale: float = REWARD_SCALE, action_space: str = "discrete", exploration_bonus: float = 0.0):
         super().__init__()
         for name, value in (("reward_scale", reward_scale), ("exploration_bonus", exploration_bonus)):
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
@@ -50,9 +54,9 @@ class KnowledgeSelectionTableEnv(gym.Env):
             raise TableError("tables hold the feature observation only (cls_state off)")
         self.table, self.seeds, self.reward, self.reward_scale = table, seeds, reward, float(reward_scale)
         self.knowledge = table.knowledge
-        self.config = EnvConfig(knowledge=self.knowledge, action_space=action_space, phases=table.phases,
-                                updates_per_phase=int(table.manifest["env"]["updates_per_phase"]), reward=reward,
-                                reward_scale=reward_scale)
+        # The live environment the table was built with, acting in this env's space and reward.
+        self.config = replace(table_env_config(table), action_space=action_space, reward=reward,
+                              reward_scale=reward_scale, exploration_bonus=0.0)
         self.action_space, self.observation_space = make_spaces(self.config)
         self._nodes: dict[tuple[int, ...], dict[str, Any]] = {}
         self._observations: dict[int, dict[tuple[int, ...], np.ndarray]] = {
@@ -82,8 +86,9 @@ class KnowledgeSelectionTableEnv(gym.Env):
         node = self._nodes[self._history]
         if node["status"] != "ok":
             self._done = True
-            return self._observations[self.table_seed][self._history].copy(), float(self.config.crash_penalty), True, \
-                False, {"crash": node.get("crash", ""), "status": node["status"], "history": self._history}
+            penalty = crash_return() * self.reward_scale  # what a return adds: crash_return() in task units
+            return self._observations[self.table_seed][self._history].copy(), penalty, True, False, {
+                "crash": node.get("crash", ""), "status": node["status"], "history": self._history, "task_reward": penalty}
         reward = node["rewards"][self.reward] * self.reward_scale
         self._done = bool(node["terminal"])
         bonus = 0.0
@@ -98,8 +103,19 @@ class KnowledgeSelectionTableEnv(gym.Env):
 
     def action_index(self, action) -> int:
         """The subset index of an action of this env's space (Box weights round at 0.5), checked
-        as the live environment checks it."""
-        weights = action_weights(action, self.knowledge, self.config.action_space)
+        as the live environment checks it. The arrays agents pass (integers of 0 and 1 for
+        MultiBinary, finite floats for Box, of the right shape) take a fast path of plain Python on
+        their few values; anything else goes through the one action check, with its errors."""
+        space = self.config.action_space
+        if space == "discrete" and type(action) in (int, np.int64, np.int32) and 0 <= action < self.table.num_actions:
+            return int(action)
+        if type(action) is np.ndarray and action.shape == (len(self.knowledge),):
+            values = action.tolist()
+            if space == "multibinary" and action.dtype.kind in "biu" and all(v == 0 or v == 1 for v in values):
+                return sum(int(v) << k for k, v in enumerate(values))
+            if space == "box" and action.dtype.kind == "f" and all(math.isfinite(v) for v in values):
+                return sum(int(v >= 0.5) << k for k, v in enumerate(values))
+        weights = action_weights(action, self.knowledge, space)
         return sum(int(weights[name] >= 0.5) << k for k, name in enumerate(self.knowledge))
 
     def weights_to_action(self, weights: dict[str, float]):
@@ -108,7 +124,7 @@ class KnowledgeSelectionTableEnv(gym.Env):
 
 
 def make_table_env(task: str | None = None, table: str | None = None, seeds: list[int] | None = None,
-                   reward: str = "metric_gain", reward_scale: float = 10.0,
+                   reward: str = "metric_gain", reward_scale: float = REWARD_SCALE,
                    action_space: str = "discrete") -> KnowledgeSelectionTableEnv:
     """``gymnasium.make("kdenv/KnowledgeSelectionTable-v0", task="stsb")``: the shipped table of a
     task; ``table=`` takes any table's name (``stsb_h100_u8``) or folder."""

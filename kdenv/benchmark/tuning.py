@@ -66,7 +66,9 @@ def tune(study_runner, defaults: dict[str, Any], algo: str, trials: int, trial_a
 
     if algo not in SEARCH_SPACES:
         raise ValueError(f"no search space for {algo!r}; tunable: {', '.join(SEARCH_SPACES)}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Errors only: a failed trial raises out of the search anyway, and Ctrl-C would log each
+    # interrupted trial's traceback as a warning before the program says how to resume.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     sample = SEARCH_SPACES[algo]
     trial_seeds = [TRIAL_SEED_BASE + index for index in range(trial_agents)]
 

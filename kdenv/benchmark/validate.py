@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 from kdenv import numerics
 from kdenv.benchmark.build import TreeSetup, replay_promise
 from kdenv.benchmark.oracle import episode_return
-from kdenv.benchmark.table import Table, TableError
+from kdenv.benchmark.table import Table, TableError, table_configs
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict, to_dict
 from kdenv.decision.factory import EnvironmentSetup
 from kdenv.engine.runtime import make_runtime
@@ -34,17 +34,13 @@ class Validation:
 
 
 def table_setup(table: Table, data_dir: str | None = None, device: str = "cpu") -> TreeSetup:
-    """The live setup a table was built from (the data folder and device are this machine's), in
-    the table's precision, with torch set to the thread count it was built with."""
+    """The live setup a table was built from (:func:`kdenv.benchmark.table.table_configs`), with
+    torch set to the thread count it was built with."""
     import torch
 
-    manifest = table.manifest
-    data = from_dict(DataConfig, {**manifest["data"], "data_dir": data_dir})
-    precision = str(manifest.get("device", "fp32")).rpartition(", ")[2]  # "cuda:0 (NVIDIA H100 ...), fp32"
-    distill = from_dict(DistillConfig, {**manifest["distill"], "device": device, "precision": precision})
-    threads = int(manifest.get("torch_threads", 1))
+    threads = int(table.manifest.get("torch_threads", 1))
     torch.set_num_threads(threads)
-    return TreeSetup(data, distill, from_dict(EnvConfig, manifest["env"]), threads)
+    return TreeSetup(*table_configs(table, data_dir, device), threads)
 
 
 def rebuild_teacher(table: Table) -> str:

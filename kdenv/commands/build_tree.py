@@ -35,15 +35,20 @@ from kdenv.benchmark.build import (
 )
 from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.tree import DevScoring, collect_seed, parse_prefix, tree_size
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, parse_seeds, run_main
+from kdenv.cli import (
+    CLEAR_ERRORS,
+    add_common_arguments,
+    add_config_arguments,
+    config_from_args,
+    fail,
+    parse_seeds,
+    run_main,
+)
 from kdenv.config import BUDGETS, ConfigError, DataConfig, DistillConfig, EnvConfig
-from kdenv.engine.data import DataError
-from kdenv.engine.knowledge import KnowledgeError
-from kdenv.engine.models import ModelError
 from kdenv.engine.runtime import quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
 from kdenv.io import check_writable
-from kdenv.jobs import JobError, JobRunner, add_job_arguments
+from kdenv.jobs import JobRunner, add_job_arguments
 from kdenv.paths import tables_dir
 
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
@@ -157,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             kept, _, _ = kept_seeds(output, table_manifest(setup, environment, seeds), seeds)
             if kept:
                 print(f"{output} already holds seeds {kept} of this setup: the table will keep them")
-    except (DataError, ModelError, KnowledgeError, ConfigError, JobError, ValueError, OSError,
-            numerics.NumericsError) as error:
+    except CLEAR_ERRORS as error:
         return fail(error)
     if args.estimate:
         return estimate(setup, environment, seeds)

@@ -24,12 +24,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, given_fields, run_main
+from kdenv.cli import (
+    CLEAR_ERRORS,
+    add_common_arguments,
+    add_config_arguments,
+    config_from_args,
+    fail,
+    given_fields,
+    run_main,
+)
 from kdenv.config import ConfigError, DataConfig, DistillConfig, save_run_config, to_dict
-from kdenv.engine.data import DataError
 from kdenv.engine.distillation import prepare_distillation
-from kdenv.engine.knowledge import KnowledgeError
-from kdenv.engine.models import ModelError
 from kdenv.engine.recipes import RECIPES, parse_knowledge
 from kdenv.engine.runtime import make_runtime, quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         save_run_config(run_dir / "config.yaml", {"distill": config.seed, "split": data_config.split_seed},
                         teacher=setup.teacher_record(), data=data_config, distill=config,
                         knowledge={"spec": args.knowledge, "weights": recipe.weights})
-    except (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError) as error:
+    except CLEAR_ERRORS as error:
         return fail(error)
     total = trainer.total_updates
     eval_every = args.eval_every or trainer.stream.batches_per_epoch

@@ -14,13 +14,11 @@ import sys
 from pathlib import Path
 
 from kdenv import numerics
-from kdenv.cli import add_common_arguments, add_config_arguments, config_from_args, fail, run_main
-from kdenv.config import ConfigError, DataConfig, FinetuneConfig
-from kdenv.engine.data import DataError
-from kdenv.engine.models import ModelError
+from kdenv.cli import CLEAR_ERRORS, add_common_arguments, add_config_arguments, config_from_args, fail, run_main
+from kdenv.config import DataConfig, FinetuneConfig
 from kdenv.engine.runtime import make_runtime, quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
-from kdenv.engine.teacher import finetune_teacher, teacher_metadata
+from kdenv.engine.teacher import finetune_teacher, has_weights, teacher_metadata
 from kdenv.io import check_writable
 from kdenv.paths import teacher_dir
 
@@ -51,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         finetune_config = config_from_args(FinetuneConfig, args, "finetune", device=args.device, precision=args.precision)
         if not args.force:
             existing = teacher_metadata(task.name, output)
-            if existing is not None:
+            if existing is not None and not has_weights(output):
+                print(f"the teacher in {output} has its record but no weights: fine-tuning it again")
+            elif existing is not None:
                 print(f"teacher for {task.name} already at {output} "
                       f"(dev {existing['primary_metric']} {existing['dev'][existing['primary_metric']]:.4f}); --force to redo")
                 return 0
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{numerics.requested_mode()}")
         metadata = finetune_teacher(data_config, finetune_config, runtime, select_on=args.select_on,
                                     directory=output, progress=not args.no_progress)
-    except (DataError, ModelError, ConfigError, ValueError, OSError, numerics.NumericsError) as error:
+    except CLEAR_ERRORS as error:
         return fail(error)
     metric = metadata["primary_metric"]
     print(json.dumps({"dev": metadata["dev"], "reward": metadata["reward"], "best_epoch": metadata["best_epoch"],

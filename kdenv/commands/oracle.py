@@ -43,13 +43,14 @@ import numpy as np
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
 from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample, reward_curve, table_labels
 from kdenv.benchmark.outputs import OutputsError
-from kdenv.benchmark.table import Table, TableError, resolve_table
-from kdenv.cli import fail, run_main
+from kdenv.benchmark.table import Table, resolve_table
+from kdenv.cli import CLEAR_ERRORS, fail, run_main
 from kdenv.decision.rewards import REWARDS
 from kdenv.decision.schedules import heatmap_png
 from kdenv.engine.data import DataError
-from kdenv.io import atomic_write, check_writable
+from kdenv.io import check_writable, write_all
 from kdenv.paths import runs_dir
+from kdenv.stats import with_interval
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,8 +78,7 @@ def fmt(stats: dict[str, float]) -> str:
 
 def fmt_ci(stats: dict[str, Any]) -> str:
     """A mean with its bootstrap 95% interval over seeds (and the spread, and how many seeds)."""
-    low, high = stats["ci"]
-    return f"{stats['mean']:+.4f} [95% CI {low:+.4f}, {high:+.4f}] (std {stats['std']:.4f}, {stats['n']} seeds)"
+    return f"{with_interval(stats['mean'], stats['ci'])} (95% CI; std {stats['std']:.4f}, {stats['n']} seeds)"
 
 
 def rho_text(value: float | None, constant_reward: bool = True) -> str:
@@ -96,10 +96,7 @@ def schedule_text(schedule, names) -> str:
 
 
 def ci_cell(stats: dict[str, Any] | None) -> str:
-    if not stats:
-        return "n/a"
-    low, high = stats["ci"]
-    return f"{stats['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    return with_interval(stats["mean"], stats["ci"]) if stats else "n/a"
 
 
 CHOICE_COLUMNS = ("oracle", "closed_loop", "open_loop")
@@ -228,10 +225,10 @@ def curve_text(curve: dict[str, Any]) -> str:
              "| reward | n | agreement with dev | reliability | dev gain of its choice |", "|---|---|---|---|---|"]
     for row in curve["rows"]:
         agreement = "undefined" if row["agreement"] is None else (
-            f"{row['agreement']:+.3f} [{row['agreement_ci'][0]:+.3f}, {row['agreement_ci'][1]:+.3f}]")
+            with_interval(row['agreement'], row['agreement_ci'], digits=3))
         reliability = "n/a (2n > split, or ties)" if row["reliability"] is None else f"{row['reliability']:+.3f}"
         lines.append(f"| {row['reward']} | {row['examples']} | {agreement} | {reliability} | "
-                     f"{row['to_dev']:+.4f} [{row['to_dev_ci'][0]:+.4f}, {row['to_dev_ci'][1]:+.4f}] |")
+                     f"{with_interval(row['to_dev'], row['to_dev_ci'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -258,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--halvings must be >= 1 and --resamples >= 10, not {args.halvings} and {args.resamples}")
         out = Path(args.output_dir) if args.output_dir else runs_dir() / "oracle" / table.directory.name
         check_writable(out)
-    except (TableError, ValueError, OSError) as error:
+    except CLEAR_ERRORS as error:
         return fail(error)
     results = {reward: solve(table, reward) for reward in rewards}
     correlation = reward_dev_correlation(table)
@@ -282,24 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         curve = reward_curve(table, labels)
         text += "\n" + curve_text(curve)
     print(text)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "oracle.md") as handle:
-        handle.write(text)
-    if curve is not None:
-        with atomic_write(out / "reward_curve.json") as handle:
-            json.dump(curve, handle, indent=2)
-    with atomic_write(out / "oracle.json") as handle:
-        json.dump({"table": str(table.directory), "manifest": table.manifest, "results": results,
-                   "out_of_sample": crossfit, "out_of_sample_missing": why_not,
-                   "reward_dev_correlation": correlation, "dev_headroom": on_dev,
-                   "action_names": action_names(table)}, handle, indent=2)
     primary = results[rewards[0]]
     images = {f"oracle_seed{seed}": schedule for seed, schedule in zip(primary["seeds"], primary["oracle"]["schedules"])}
     images["open_loop"] = primary["open_loop"]["schedule"]
     images["best_constant"] = primary["best_constant"]["schedule"]
-    for name, schedule in images.items():
-        with atomic_write(out / f"{name}.png", "wb") as handle:
-            handle.write(heatmap_png(one_hot(schedule, table), table.knowledge, f"{table.task}: {name} ({rewards[0]})"))
+    data = {"table": str(table.directory), "manifest": table.manifest, "results": results,
+            "out_of_sample": crossfit, "out_of_sample_missing": why_not, "reward_dev_correlation": correlation,
+            "dev_headroom": on_dev, "action_names": action_names(table)}
+    files = {out / "oracle.md": text.encode(), out / "oracle.json": json.dumps(data, indent=2).encode(),
+             **({out / "reward_curve.json": json.dumps(curve, indent=2).encode()} if curve is not None else {}),
+             **{out / f"{name}.png": heatmap_png(one_hot(schedule, table), table.knowledge,
+                                                 f"{table.task}: {name} ({rewards[0]})")
+                for name, schedule in images.items()}}
+    write_all(files)  # the report's set, all or nothing
     print(f"written to {out}")
     return 0
 

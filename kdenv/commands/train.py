@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ from kdenv.config import (
     budget_env_fields,
     budget_help_defaults,
     save_run_config,
+    to_dict,
 )
 from kdenv.decision.algorithms import (
     ALGORITHMS,
@@ -66,7 +68,7 @@ from kdenv.engine.models import ModelError
 from kdenv.engine.recipes import parse_knowledge
 from kdenv.engine.runtime import quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
-from kdenv.io import atomic_write, check_writable
+from kdenv.io import check_writable, write_all
 from kdenv.paths import runs_dir
 
 CLEAR_ERRORS = (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError)
@@ -90,7 +92,10 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameter overrides (YAML values), e.g. learning_rate=1e-3")
     add("--hp-file", default=None, metavar="PATH",
         help="hyperparameter YAML instead of the defaults (kdenv/decision/hyperparams/<algo>.yaml), e.g. a tuned.yaml")
-    add("--resume", default=None, help="continue training a saved agent.zip (same algorithm; --hp still applies)")
+    add("--resume", default=None, help="continue training a saved agent.zip (same algorithm; --hp still applies) in the "
+        "environment it trained in: the run's flags must give the same task, data, student and episode settings")
+    add("--new-environment", action="store_true",
+        help="with --resume: continue the agent in an environment that differs from its run's (listed when refused)")
     add("--unsafe-load-agents", action="store_true",
         help="with --resume: also unpickle what kdenv cannot rebuild from the agent zip. Unpickling runs any code the "
              "file holds: use only for agent files you trust (agent files written by kdenv never need it)")
@@ -137,7 +142,32 @@ def make_configs(args: argparse.Namespace, action_space: str) -> tuple[DataConfi
     return data_config, distill_config, env_config, total_timesteps
 
 
-def agent_settings(args, algorithm) -> tuple[Hyperparams, dict, SavedAgent | None]:
+# What makes a resumed agent's environment the one it trained in (machine-local paths, devices and
+# precisions aside): compared with its run's record unless --new-environment.
+RESUME_SAME = {"data": ("task", "max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed"),
+               "distill": ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head",
+                           "teacher_mode"),
+               "env": ("knowledge", "base_weights", "phases", "epochs", "reward", "reward_scale", "exploration_bonus",
+                       "cls_state", "probe_size")}
+
+
+def environment_changes(record: dict[str, Any], configs: dict[str, Any]) -> list[str]:
+    """How the run's configs differ from a saved agent's run (``record``), as "env.phases 4 -> 6"."""
+    changes = []
+    for section, names in RESUME_SAME.items():
+        saved, now = record.get(section) or {}, to_dict(configs[section])
+        fields = [*names, *(["updates_per_phase"] if section == "env" and now.get("epochs") is None else [])]
+        for name in fields:
+            if name in saved and _comparable(saved[name]) != _comparable(now.get(name)):
+                changes.append(f"{section}.{name} {saved[name]!r} -> {now.get(name)!r}")
+    return changes
+
+
+def _comparable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def agent_settings(args, algorithm, configs: dict[str, Any] | None = None) -> tuple[Hyperparams, dict, SavedAgent | None]:
     """The hyperparameters the agent will train with, the --hp overrides, and the agent to resume
     (checked). A resumed agent keeps its saved hyperparameters except those --hp overrides."""
     overrides = parse_overrides(args.hp)
@@ -152,6 +182,11 @@ def agent_settings(args, algorithm) -> tuple[Hyperparams, dict, SavedAgent | Non
     if fixed:
         raise ValueError(f"--hp {fixed} cannot change when resuming: the saved network is reused as it is")
     check_hyperparams(algorithm, overrides)
+    changes = environment_changes(saved.record, configs) if configs and not args.new_environment else []
+    if changes:
+        raise ConfigError(f"--resume {args.resume}: this run's environment differs from the one the agent trained in "
+                          f"({'; '.join(changes)}). Pass that run's flags (see its config.yaml, or the resume command "
+                          "printed when it stopped), or --new-environment to continue it here on purpose")
     return Hyperparams.from_dict({**saved.record["agent"]["hyperparams"], **overrides}), overrides, saved
 
 
@@ -167,7 +202,8 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         task = get_task(args.task)
         algorithm = get_algorithm(args.algo)
         data_config, distill_config, env_config, total_timesteps = make_configs(args, algorithm.action_space)
-        hyperparams, overrides, resumed = agent_settings(args, algorithm)
+        hyperparams, overrides, resumed = agent_settings(
+            args, algorithm, {"data": data_config, "distill": distill_config, "env": env_config})
         for name in filter(None, (part.strip() for part in args.baselines.split(","))):
             check_policy(name, env_config.knowledge)
         if env_config.cls_state and hyperparams.policy == "MlpPolicy":
@@ -334,15 +370,14 @@ def write_comparison(run_dir: Path, records, env, distillation, task, agent_seco
     table = "\n".join(rows)
     print(table)
     save_records(records, run_dir, "comparison")
-    with atomic_write(run_dir / "comparison.md") as handle:
-        handle.write(table + "\n\nagent training wall time: " + f"{agent_seconds:.0f} s; one distillation episode: "
-                     f"{records[0].wall_time_s:.0f} s\n")
-    with atomic_write(run_dir / "learned_schedule.png", "wb") as handle:
-        handle.write(heatmap_png(np.array(records[0].schedule), env.knowledge, f"{records[0].policy} on {task.name}"))
     summary = {"teacher_dev": teacher, "agent_training_s": agent_seconds,
                "policies": {r.policy: {"dev": r.dev, "return": r.episode_return, "schedule": r.schedule} for r in records}}
-    with atomic_write(run_dir / "comparison_summary.json") as handle:
-        json.dump(summary, handle, indent=2)
+    write_all({  # the comparison's set, all or nothing
+        run_dir / "comparison.md": (table + "\n\nagent training wall time: " + f"{agent_seconds:.0f} s; one distillation "
+                                    f"episode: {records[0].wall_time_s:.0f} s\n").encode(),
+        run_dir / "learned_schedule.png": heatmap_png(np.array(records[0].schedule), env.knowledge,
+                                                      f"{records[0].policy} on {task.name}"),
+        run_dir / "comparison_summary.json": json.dumps(summary, indent=2).encode()})
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 from kdenv.benchmark.study import TableStudy, table_and_split
-from kdenv.benchmark.table import TableError
-from kdenv.cli import fail, run_main
-from kdenv.config import ConfigError
+from kdenv.cli import CLEAR_ERRORS, fail, run_main
+from kdenv.config import ConfigError, EnvConfig
 from kdenv.decision.algorithms import ALGORITHMS, get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
 from kdenv.io import check_writable
@@ -45,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--agent-seeds", type=int, default=5, help="agents trained, one per seed --seed, --seed+1, ... (default 5)")
     add("--seed", type=int, default=0, help="the first agent's seed (default 0)")
     add("--reward", default="metric_gain", choices=sorted(REWARDS), help="reward variant (default metric_gain)")
-    add("--reward-scale", type=float, default=10.0, help="multiplier on the rewards the agent sees (default 10)")
+    add("--reward-scale", type=float, default=EnvConfig().reward_scale,
+        help=f"multiplier on the rewards the agent sees (default {EnvConfig().reward_scale:g}, the environment's)")
     add("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameter overrides (YAML values), e.g. learning_rate=1e-3")
     add("--hp-file", default=None, metavar="PATH",
         help="hyperparameter YAML instead of the defaults (kdenv/decision/hyperparams/<algo>.yaml), e.g. a tuned.yaml")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.output_dir) if args.output_dir else (
             runs_dir() / "tables" / table.task / f"{algorithm.name}_{time.strftime('%Y%m%d-%H%M%S')}")
         check_writable(run_dir)
-    except (ConfigError, TableError, ValueError, OSError) as error:
+    except CLEAR_ERRORS as error:
         return fail(error)
     import torch
 

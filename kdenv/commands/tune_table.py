@@ -31,12 +31,11 @@ import yaml
 from kdenv.benchmark import tuning
 from kdenv.benchmark.oracle import mean_std
 from kdenv.benchmark.study import TableStudy, fmt_stats, table_and_split, write_report
-from kdenv.benchmark.table import TableError
-from kdenv.cli import fail, run_main
-from kdenv.config import ConfigError
+from kdenv.cli import CLEAR_ERRORS, fail, run_main
+from kdenv.config import ConfigError, EnvConfig
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
-from kdenv.io import atomic_write, check_writable
+from kdenv.io import atomic_write, check_writable, read_checked_record, write_checked_record
 from kdenv.paths import runs_dir
 
 
@@ -56,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--agent-seeds", type=int, default=5, help="agents in the final comparison, for each of default and tuned")
     parser.add_argument("--seed", type=int, default=0, help="first agent seed of the final comparison; the sampler's seed")
     parser.add_argument("--reward", default="metric_gain", choices=sorted(REWARDS), help="reward variant")
-    parser.add_argument("--reward-scale", type=float, default=10.0, help="reward multiplier the agents see")
+    parser.add_argument("--reward-scale", type=float, default=EnvConfig().reward_scale,
+                        help=f"reward multiplier the agents see (default {EnvConfig().reward_scale:g}, the environment's)")
     parser.add_argument("--output-dir", default=None, help="default runs/tables/<task>/tune_<algo>_<time>; an existing one resumes")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
@@ -126,12 +126,55 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.output_dir) if args.output_dir else (
             runs_dir() / "tables" / table.task / f"tune_{algorithm.name}_{time.strftime('%Y%m%d-%H%M%S')}")
         check_writable(run_dir)
-    except (ConfigError, TableError, ValueError, OSError) as error:
+        check_study_folder(run_dir, study_identity(args, runner))
+    except CLEAR_ERRORS as error:
         return fail(error)
     import torch
 
     torch.set_num_threads(1)  # a 64-unit MLP gains nothing from more threads
+    try:
+        return run_study(args, runner, defaults, run_dir)
+    except KeyboardInterrupt:
+        given = sys.argv[1:] if argv is None else list(argv)
+        again = given if args.output_dir else [*given, "--output-dir", str(run_dir)]
+        print(f"\ninterrupted; the study and finished agents are kept in {run_dir}; resume with:\n"
+              f"  python agents/tune_table.py {' '.join(again)}", file=sys.stderr)
+        return 130
+
+
+STUDY_RECORD = "study.json"
+
+
+def study_identity(args, runner: TableStudy) -> dict[str, Any]:
+    """What a study's trials depend on: the table (its files), the split, the reward and the trial
+    budget. A study folder keeps it, and a rerun with another refuses to add its trials there."""
+    table = runner.table
+    return {"table": table.name, "table_files": table.manifest.get("files", {}), "algo": args.algo,
+            "train_seeds": runner.train_seeds, "test_seeds": runner.test_seeds, "reward": args.reward,
+            "reward_scale": args.reward_scale, "trial_episodes": args.trial_episodes,
+            "trial_agents": args.trial_agents, "seed": args.seed}
+
+
+def check_study_folder(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuses a study folder made for another table, split, reward or budget (its trials would be
+    mixed with these), or whose record is damaged; a new folder gets the record."""
+    recorded, damage = read_checked_record(run_dir / STUDY_RECORD)
+    if damage is not None or (recorded is None and (run_dir / "study.db").exists()):
+        why = damage or "it holds trials but no record of what they were run on"
+        raise ConfigError(f"{run_dir / STUDY_RECORD} cannot be trusted ({why}): its trials may be another study's. "
+                          "Pass another --output-dir, or delete that folder to start over")
+    if recorded is not None:
+        differing = [key for key in identity if recorded.get(key) != identity[key]]
+        if differing:
+            raise ConfigError(f"{run_dir} holds a study of another {', '.join(differing)} "
+                              f"({', '.join(f'{key} {recorded.get(key)!r}' for key in differing if key != 'table_files')}); "
+                              "pass another --output-dir for this one")
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_checked_record(run_dir / STUDY_RECORD, identity)
+
+
+def run_study(args, runner: TableStudy, defaults: dict[str, Any], run_dir: Path) -> int:
     tuned = tune(runner, defaults, args, run_dir)
     with atomic_write(run_dir / "tuned.yaml") as handle:
         yaml.safe_dump(tuned, handle, sort_keys=True)
@@ -146,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             (run_dir / label).rename(aside)
             print(f"{reason}: moved to {aside.name}, training afresh")
         summaries[label] = runner.run(params, agent_seeds, run_dir / label, progress=not args.no_progress)
-    result, text = compare(summaries["default"], summaries["tuned"], algorithm.name)
+    result, text = compare(summaries["default"], summaries["tuned"], args.algo)
     result["tuned_hyperparams"] = tuned
     write_report(run_dir, "comparison", text, result)
     print(f"tuned hyperparameters in {run_dir / 'tuned.yaml'}; results in {run_dir}")

@@ -31,9 +31,7 @@ from kdenv.benchmark.validate import (
     table_setup,
     validate,
 )
-from kdenv.cli import add_common_arguments, fail, parse_seeds, run_main
-from kdenv.engine.data import DataError
-from kdenv.engine.models import ModelError
+from kdenv.cli import CLEAR_ERRORS, add_common_arguments, fail, parse_seeds, run_main
 from kdenv.engine.runtime import quiet_transformers
 from kdenv.engine.teacher import teacher_metadata
 
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 environment = setup.build_env(progress=not args.no_progress)
             check_teacher(table, environment, group)
             results += [validate(table, schedules[seed], seed, environment) for seed in group]
-    except (TableError, DataError, ModelError, ValueError, OSError, KeyError) as error:
+    except (*CLEAR_ERRORS, KeyError) as error:
         return fail(error)
     for result in results:
         verdict = "exact match" if result.ok else f"{len(result.mismatches)} mismatches: " + "; ".join(result.mismatches[:3])

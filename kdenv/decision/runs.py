@@ -18,7 +18,7 @@ from kdenv.decision.policies import FixedPolicy
 from kdenv.decision.schedules import run_episode
 from kdenv.decision.wrappers import MultiDiscreteOnOff
 from kdenv.engine.evaluation import DevScorer
-from kdenv.io import atomic_write
+from kdenv.io import atomic_write, record_checksum
 from kdenv.paths import runs_dir
 
 _ENVIRONMENTS: dict[str, EnvironmentSetup] = {}
@@ -103,6 +103,12 @@ def run_evaluation_job(job: EvaluationJob) -> dict[str, Any]:
         "reward_split": {"metric": env.episode.metric_name, "initial": env.episode.initial[env.episode.metric_name],
                          "final": record.metrics[-1] if record.metrics else float("nan")},
     }
+    result["sha256"] = result_checksum(result)  # checked when the cache is read (evaluation.read_cached_run)
     with atomic_write(job.path) as handle:
         json.dump(result, handle, indent=2)
     return result
+
+
+def result_checksum(result: dict[str, Any]) -> str:
+    """The SHA-256 of a run's result (without its own checksum field), as cached."""
+    return record_checksum({key: value for key, value in result.items() if key != "sha256"})

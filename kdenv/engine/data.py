@@ -20,6 +20,7 @@ import torch
 
 from kdenv.config import DataConfig
 from kdenv.engine.tasks import TaskSpec, get_task
+from kdenv.errors import KdenvError
 from kdenv.io import atomic_write
 from kdenv.paths import cache_dir
 
@@ -27,7 +28,7 @@ GLUE_DIR_ENV = "KDENV_GLUE_DIR"
 HUB_DATASET = "nyu-mll/glue"
 
 
-class DataError(ValueError):
+class DataError(KdenvError, ValueError):
     """Data that is missing or malformed; the message says what and how to fix it."""
 
 

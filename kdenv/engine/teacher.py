@@ -53,6 +53,14 @@ def teacher_metadata(task: str, directory: Path | None = None) -> dict[str, Any]
     return metadata
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def has_weights(directory: Path) -> bool:
+    """Whether a saved teacher's folder holds its weights (a cut save or a deleted file leaves none)."""
+    return any((Path(directory) / name).is_file() for name in WEIGHT_FILES)
+
+
 def load_teacher(task: str, attn_implementation: str = "sdpa", directory: Path | None = None):
     """Loads the saved teacher of ``task`` (model, tokenizer, metadata)."""
     spec = get_task(task)
@@ -63,6 +71,10 @@ def load_teacher(task: str, attn_implementation: str = "sdpa", directory: Path |
             f"no fine-tuned teacher for {spec.name} in {directory}; "
             f"run: python agents/finetune_teacher.py --task {spec.name}"
         )
+    if not has_weights(directory):
+        raise ModelError(f"the teacher in {directory} has its record but no weights ({' or '.join(WEIGHT_FILES)}: a "
+                         f"save cut short, or a deleted file); fine-tune it again: python agents/finetune_teacher.py "
+                         f"--task {spec.name} --force")
     try:
         model = load_classifier(directory, spec, attn_implementation=attn_implementation)
         tokenizer = load_tokenizer(directory)

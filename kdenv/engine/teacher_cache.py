@@ -27,6 +27,7 @@ from kdenv.engine.data import EncodedSplit, collate, length_bucketed_batches
 from kdenv.engine.knowledge.base import parse_teacher_keys, teacher_outputs
 from kdenv.engine.runtime import Runtime
 from kdenv.engine.tasks import TaskSpec
+from kdenv.errors import KdenvError
 from kdenv.io import atomic_directory, file_sha256
 
 CACHE_FORMAT = 1
@@ -94,7 +95,7 @@ class CacheInfo:
     memory_mapped: bool
 
 
-class CacheError(RuntimeError):
+class CacheError(KdenvError, RuntimeError):
     """A teacher cache that this process may not compute; the message says how to make it."""
 
 

@@ -24,11 +24,12 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kdenv.engine.tasks import TaskSpec
+from kdenv.errors import KdenvError
 
 KNOWLEDGE_TYPES: dict[str, type[KnowledgeType]] = {}
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(KdenvError, ValueError):
     """A knowledge configuration that cannot work; the message says how to fix it."""
 
 

@@ -114,6 +114,16 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
             "iqm": iqm(pooled), "iqm_ci": bootstrap_interval(groups, "iqm"), "n": int(len(pooled))}
 
 
+def over_seeds(values) -> dict[str, Any]:
+    """One value per seed, given in the table's seed order: mean, std, the percentile bootstrap 95%
+    interval of the mean (seeds resampled) and the number of seeds. The protocol's scores
+    (``protocol.score_policy``) resample the same seeds in the same order, so a headroom has one
+    interval wherever it is printed."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "ci": bootstrap_interval([[value] for value in values]), "n": int(len(values))}
+
+
 def paired_difference(scores: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
     """``scores[seed] - reference[seed]`` over the seeds both hold: mean, bootstrap 95% interval
     (seeds resampled), sample std and the number of seeds.
@@ -135,3 +145,37 @@ def improvement(per_seed_gains: list[np.ndarray]) -> dict[str, Any]:
     scores = [np.where(np.isclose(g, 0.0, atol=1e-12), 0.5, (np.asarray(g) > 0).astype(float)) for g in per_seed_gains]
     pooled = np.concatenate([s.ravel() for s in scores])
     return {"value": float(pooled.mean()), "ci": bootstrap_interval(scores, "mean"), "n": int(len(pooled))}
+
+
+def with_interval(value: float | None, interval, digits: int = 4, signed: bool = True) -> str:
+    """The one way kdenv prints a figure with its 95% interval: ``+0.0123 [+0.0010, +0.0240]``
+    ("n/a" without a value, "[unbounded]" without an interval)."""
+    if value is None:
+        return "n/a"
+    number = f"{{:{'+' if signed else ''}.{digits}f}}".format
+    if interval is None:
+        return f"{number(value)} [unbounded]"
+    return f"{number(value)} [{number(interval[0])}, {number(interval[1])}]"
+
+
+def ci_text(summary: dict[str, Any] | None, key: str = "mean", digits: int = 4) -> str:
+    """A summary's statistic (``summarise``'s "mean" or "iqm"; or an estimate's "value" with its
+    "ci") with its interval."""
+    if not summary:
+        return "n/a"
+    if key not in summary and "value" in summary:
+        return with_interval(summary["value"], summary["ci"], digits)
+    interval = summary.get(f"{key}_ci", summary.get("ci"))
+    return with_interval(summary.get(key), interval, digits)
+
+
+def improvement_text(chance: dict[str, Any]) -> str:
+    """A probability of improvement with its interval (``improvement``'s result)."""
+    return with_interval(chance["value"], chance["ci"], digits=2, signed=False)
+
+
+def share_text(share: dict[str, Any] | None) -> str:
+    """A share of the closed-loop headroom (``bootstrap_ratio``'s result) with its interval."""
+    if not share or share["value"] is None:
+        return "n/a (no headroom)"
+    return with_interval(share["value"], share["ci"], digits=2)
