@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The evidence tables' builds (docs/benchmark.md, "Toward evidence"), kept running in the
+# The evidence tables' builds (docs/history.md, "How the evidence was built"), kept running in the
 # background across sessions: two queues of one-thread builds (two processes on one seed list
 # split its jobs between them; each job is locked by the process building it).
 #
@@ -57,7 +57,7 @@ builds() { pgrep -f "agents/build_tree.py" || true; }
 # What `pause` stops: the builds and the finish step's drivers and Ray workers (not Ray's own services).
 heavy() { builds; pgrep -f "agents/finetune_teacher.py|agents/leaderboard.py|agents/live_check.py|agents/evaluate.py|^ray::" || true; }
 
-# After the builds (docs/benchmark.md, "Toward evidence"): every agent row retrained on the two new
+# After the builds (docs/history.md, "How the evidence was built"): every agent row retrained on the two new
 # tables (k = 4 folds, 5 agent seeds, tuned rows searched inside each fold, the across-tasks pair),
 # as one-thread Ray jobs; the leaderboard written over the new and the old tables; then the best
 # agent row on stsb_u8 played live on 16 new seeds against the best constant. Each step resumes.
@@ -174,7 +174,7 @@ PY
                 echo "$name: no table yet"
             fi
         done
-        # The agent rows retrained so far on the new tables (docs/leaderboard/results/).
+        # The agent rows retrained so far on the new tables (kdenv/results/leaderboard/).
         $PYTHON - "$NEW_TABLES" <<'PY'
 import sys
 from pathlib import Path
