@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The regime survey's builds (issue "Headroom that generalises", docs/benchmark.md): tables that keep
+# The regime survey's builds (docs/benchmark.md, "Regimes"): tables that keep
 # per-example outputs, in regimes that give time-varying knowledge selection its best chance, each
-# built to 4 seeds, two one-thread queues in the background, resumable across sessions.
+# built to 4 seeds, two one-thread processes sharing each seed in the background, resumable.
 #
 #   bash bench/regime_builds.sh estimate   # each regime's projected hours, before anything is built
 #   bash bench/regime_builds.sh teachers   # fine-tune the teachers the regimes need (nohup; on a new machine)
@@ -10,9 +10,16 @@
 #   bash bench/regime_builds.sh resume
 #   bash bench/regime_builds.sh ship       # write each table with the seeds finished so far (computes nothing)
 #   bash bench/regime_builds.sh status     # what runs, and each table's shipped seeds
+#   bash bench/regime_builds.sh carry      # before a session ends: pack the work folders (a seed half built
+#                                          # included) into bench/carry/, to commit; `start` unpacks them
 #
 # Needs KDENV_GLUE_DIR (default ../shared/data/glue). runs/ does not travel: on a new machine run
 # `teachers` first; seeds already shipped are never rebuilt (each queue builds the seeds a table lacks).
+# A seed takes about an hour with both queues on it, so one may be half built when a session ends:
+# `carry` packs runs/trees/ (job files and provenance; a few hundred KB a seed with outputs) into
+# bench/carry/trees.tar.gz, and `start` restores what runs/ lacks from it. The job files heal and
+# check themselves, and a work folder made on another replay class is refused by the build (its
+# provenance), so a carried seed continues only where it replays exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KDENV_GLUE_DIR="${KDENV_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
@@ -35,9 +42,12 @@ REGIMES=(
   "stsb_l1_u8|--task stsb --student-layers 1 --updates-per-phase 8 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_l1_u8|0"
   "stsb_l1_u64|--task stsb --student-layers 1 --updates-per-phase 64 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_l1_u64|0-3"
 )
-# Queue a: the control, then the long horizon; queue b: the capacity gap, then RTE (its teacher may still be training).
-QUEUE_A=(stsb_u8_o stsb_k2_u128)
-QUEUE_B=(stsb_l1_u64 rte_u8)
+# Both queues build the same regimes in the same order, so two one-thread processes share each seed's jobs
+# (a job another process holds is skipped, then waited for): a seed lands in about half its one-process time,
+# within one session, since runs/ (and a half-built seed) does not travel between machines.
+# The long horizon first, then the control, the capacity gap and RTE (needs its teacher: `teachers`).
+QUEUE_A=(stsb_k2_u128 stsb_u8_o stsb_l1_u64 rte_u8)
+QUEUE_B=("${QUEUE_A[@]}")
 
 flags_of() { local entry name flags; for entry in "${REGIMES[@]}"; do IFS="|" read -r name flags _ <<< "$entry"
   [ "$name" = "$1" ] && { echo "$flags"; return; }; done; echo "no regime $1" >&2; return 1; }
@@ -58,8 +68,8 @@ queue() {  # name, then regimes: each regime's unshipped seeds one at a time, sh
     if pgrep -f "regime-queue-$name" > /dev/null; then echo "queue $name already running"; return; fi
     local script="set -u; " regime seed
     for regime in "$@"; do
-        # each regime's projected hours first, in the log, before its build starts
-        script+="echo == $regime: projected cost >> runs/logs/regime_$name.log; $PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $(seeds_of "$regime") --estimate --no-progress >> runs/logs/regime_$name.log 2>&1; "
+        # each regime's projected hours first, in queue a's log, before its build starts
+        [ "$name" = a ] && script+="echo == $regime: projected cost >> runs/logs/regime_$name.log; $PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $(seeds_of "$regime") --estimate --no-progress >> runs/logs/regime_$name.log 2>&1; "
         for seed in $(unshipped "$regime" | tr ',' ' '); do
             script+="$PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $seed --no-progress >> runs/logs/regime_$name.log 2>&1; "
         done
@@ -86,7 +96,18 @@ case "${1:-status}" in
         nohup bash -c "exec -a regime-teachers bash -c '{ $CMD } >> runs/logs/regime_teachers.log 2>&1'" > /dev/null 2>&1 &
         echo "teachers started (log runs/logs/regime_teachers.log): start the queues when it ends"
         ;;
+    carry)
+        mkdir -p bench/carry
+        [ -d runs/trees ] || { echo "nothing to carry: no runs/trees"; exit 0; }
+        tar -czf bench/carry/trees.tar.gz.tmp --exclude='*.lock' --exclude='*.tmp' -C runs trees
+        mv bench/carry/trees.tar.gz.tmp bench/carry/trees.tar.gz
+        echo "packed runs/trees into bench/carry/trees.tar.gz ($(du -h bench/carry/trees.tar.gz | cut -f1)): commit it"
+        ;;
     start)  # both queues; `start a` or `start b` for one
+        if [ -f bench/carry/trees.tar.gz ]; then  # work folders carried from an earlier session, where runs/ lacks them
+            mkdir -p runs && tar -xzf bench/carry/trees.tar.gz -C runs --skip-old-files
+            echo "restored carried work folders into runs/trees (existing files kept)"
+        fi
         [ "${2:-a}" = a ] && queue a "${QUEUE_A[@]}"
         [ "${2:-b}" = b ] && queue b "${QUEUE_B[@]}"
         ;;
@@ -99,7 +120,7 @@ case "${1:-status}" in
         done
         ;;
     status)
-        pgrep -af "regime-queue|agents/build_tree.py" | grep -v pgrep || echo "no build runs"
+        pgrep -af "agents/build_tree.py" | grep -v "regime-queue\|pgrep" | cut -c1-200 || echo "no build runs"
         for entry in "${REGIMES[@]}"; do
             IFS="|" read -r name _ seeds <<< "$entry"
             echo "$name: seeds $seeds, not shipped: $(unshipped "$name")"
