@@ -79,7 +79,7 @@ def parse_job(text: str, setup: TreeSetup) -> tuple[int, tuple[int, ...]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--task", required=True, help=f"GLUE task ({', '.join(TASKS)}) or a task file, path/to/task.yaml (docs/own_task.md)")
     add("--seeds", default="0-3", help="episode seeds, one tree each: 0-3 or 0,2,5 (default 0-3)")
     add("--job-depth", type=int, default=1, help="jobs are the subtrees below prefixes of this many actions (default 1)")
     add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(args.task)
         seeds = parse_seeds(args.seeds)
         env_config = config_from_args(EnvConfig, args, "env", **TREE, epochs=None)
-        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
+        data_config = config_from_args(DataConfig, args, "data", task=task.ref, data_dir=args.data_dir,
                                        max_reward_examples=BUDGETS["cpu"].max_reward_examples)
         distill_config = config_from_args(DistillConfig, args, "distill", device=args.device, precision=args.precision)
         runner = JobRunner.from_args(args)

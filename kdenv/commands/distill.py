@@ -52,7 +52,7 @@ DISTILL_FLAGS = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--task", required=True, help=f"GLUE task ({', '.join(TASKS)}) or a task file, path/to/task.yaml (docs/own_task.md)")
     add("--knowledge", default="kd", help=f"recipe ({', '.join(RECIPES)}) or type[=weight] list (default: kd)")
     add("--eval-every", type=int, default=None, help="updates between reward-split evaluations (default: once per epoch)")
     add("--output-dir", default=None, help="run folder (default runs/distill/<task>/<knowledge>_<time>)")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = get_task(args.task)
         recipe = parse_knowledge(args.knowledge)
-        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir)
+        data_config = config_from_args(DataConfig, args, "data", task=task.ref, data_dir=args.data_dir)
         # The recipe's training settings (the *-paper recipes), then every flag the user gave.
         options = {name: {**recipe.options.get(name, {})} for name in recipe.options}
         config = config_from_args(DistillConfig, args, "distill", **recipe.training, knowledge_options=options,

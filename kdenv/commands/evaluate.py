@@ -64,7 +64,7 @@ DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dro
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--task", required=True, help=f"GLUE task ({', '.join(TASKS)}) or a task file, path/to/task.yaml (docs/own_task.md)")
     add("--policies", default=DEFAULT_POLICIES, help=f"comma list of policies (default {DEFAULT_POLICIES})")
     add_seed_arguments(add, 3, "episode seeds per policy",
                        "first episode seed of --num-seeds (default 0); e.g. 4 to judge a table agent on seeds its "
@@ -97,7 +97,7 @@ def request_from_args(args: argparse.Namespace) -> EvaluationRequest:
     """The evaluation the flags ask for: the --preset's budget, overridden by the flags given."""
     task = get_task(args.task)
     budget = BUDGETS[args.preset]
-    data = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir,
+    data = config_from_args(DataConfig, args, "data", task=task.ref, data_dir=args.data_dir,
                             max_reward_examples=budget.max_reward_examples)
     distill = config_from_args(DistillConfig, args, "distill", student_layers=budget.student_layers,
                                teacher_model=budget.teacher_model, device=args.device, precision=args.precision)

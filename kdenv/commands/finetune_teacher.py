@@ -26,7 +26,7 @@ from kdenv.paths import teacher_dir
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--task", required=True, help=f"GLUE task ({', '.join(TASKS)}) or a task file, path/to/task.yaml (docs/own_task.md)")
     add("--select-on", choices=("reward", "dev"), default="reward",
         help="split whose metric picks the best epoch; 'reward' (default) keeps GLUE dev for final evaluation only")
     add("--output-dir", default=None, help="where to save the teacher (default runs/teachers/<task>)")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = get_task(args.task)
         output = teacher_dir(task.name) if args.output_dir is None else Path(args.output_dir)
-        data_config = config_from_args(DataConfig, args, "data", task=task.name, data_dir=args.data_dir)
+        data_config = config_from_args(DataConfig, args, "data", task=task.ref, data_dir=args.data_dir)
         finetune_config = config_from_args(FinetuneConfig, args, "finetune", device=args.device, precision=args.precision)
         if not args.force:
             existing = teacher_metadata(task.name, output)

@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add = parser.add_argument
     if default_algo is None:
         add("--algo", required=True, choices=list(ALGORITHMS), help="RL algorithm")
-    add("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    add("--task", required=True, help=f"GLUE task ({', '.join(TASKS)}) or a task file, path/to/task.yaml (docs/own_task.md)")
     add("--preset", choices=list(BUDGETS), default="cpu",
         help="run budget; flags below override it. " + "; ".join(f"{name}: {b.description}" for name, b in BUDGETS.items()))
     add("--base", default="ce=1", help="always-on terms as type=weight list (default ce=1; '' for none)")
@@ -218,10 +218,10 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
             runs_dir() / task.name / f"{algorithm.name}_{time.strftime('%Y%m%d-%H%M%S')}")
         check_writable(run_dir)
         print(f"[1/4] teacher, data and teacher-knowledge cache for {task.name}")
-        setup = build_environment(task.name, env_config, data_config, distill_config, progress=not args.no_progress)
+        setup = build_environment(task.ref, env_config, data_config, distill_config, progress=not args.no_progress)
         env, env_config = setup.env, setup.config
         agent_env = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
-        training_env = agent_env if args.n_envs == 1 else vectorised(args, task.name, env_config, data_config,
+        training_env = agent_env if args.n_envs == 1 else vectorised(args, task.ref, env_config, data_config,
                                                                        distill_config, algorithm)
         if resumed is not None:
             model = resumed.load(allow_pickle=args.unsafe_load_agents, spaces_from=agent_env, env=training_env,

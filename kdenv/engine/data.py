@@ -157,7 +157,12 @@ def load_hub_split(task: TaskSpec, split: str) -> RawSplit:
 
 
 def load_raw_splits(task: TaskSpec, data_dir: str | os.PathLike | None) -> dict[str, RawSplit]:
-    """The labelled GLUE splits: ``train``, ``dev`` and, for MNLI, ``dev_mismatched``."""
+    """The labelled splits: ``train``, ``dev`` and, for MNLI, ``dev_mismatched``; a task from files
+    reads its own files (``data_dir`` is for GLUE only)."""
+    if task.files is not None:
+        from kdenv.engine.task_files import read_file_splits
+
+        return {name: RawSplit(*columns) for name, columns in read_file_splits(task.file_task).items()}
     glue_dir = resolve_glue_dir(data_dir)
     dev_names = ["dev"] + [f"dev_{f.removeprefix('dev_').removesuffix('.tsv')}" for f in task.local.dev_files[1:]]
     if glue_dir is not None:

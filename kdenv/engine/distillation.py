@@ -100,7 +100,7 @@ def ensure_teacher(data_config: DataConfig, runtime: Runtime, progress: bool = T
     if metadata is None:
         model = base_model or DEFAULT_TEACHER_MODEL
         print(f"no teacher for {task.name} yet: fine-tuning {model} (saved under {teacher_dir(task.name)})")
-        teacher_data = DataConfig(task=task.name, data_dir=data_config.data_dir, max_length=data_config.max_length,
+        teacher_data = DataConfig(task=task.ref, data_dir=data_config.data_dir, max_length=data_config.max_length,
                                   reward_size=data_config.reward_size, split_seed=data_config.split_seed)
         return finetune_teacher(teacher_data, FinetuneConfig(model=model, device=str(runtime.device)), runtime,
                                 progress=progress)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,15 @@ class TaskSpec:
     local: LocalLayout
     # Names of the dev splits on the hub, in the order of ``local.dev_files``.
     hub_dev_splits: tuple[str, ...] = ("validation",)
+    # A task from files (kdenv.engine.task_files.TaskFiles): where its data lives; None for GLUE.
+    files: Any = None
+    file_task: Any = None  # the checked kdenv.engine.task_files.FileTask it was made from
+
+    @property
+    def ref(self) -> str:
+        """What names this task in a config (``DataConfig.task``) so that any process finds it again:
+        a GLUE task's name, or a task file's path."""
+        return str(self.files.path) if self.files is not None else self.name
 
     @property
     def is_regression(self) -> bool:
@@ -165,12 +176,41 @@ TASKS: dict[str, TaskSpec] = {
 _ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 
 
+_FILE_TASKS: dict[tuple[str, int, int], TaskSpec] = {}
+_FILE_NAMES: dict[str, TaskSpec] = {}
+
+
 def get_task(name: str) -> TaskSpec:
-    """Looks a task up by name, case-insensitively (``RTE``, ``sst-2`` and ``sst2`` all work)."""
+    """Looks a task up by name, case-insensitively (``RTE``, ``sst-2`` and ``sst2`` all work), or
+    reads a task file (``path/to/task.yaml``: kdenv.engine.task_files), once per version of it."""
+    from kdenv.engine.task_files import is_task_file, read_task_file
+
+    if is_task_file(name):
+        path = Path(name).expanduser()
+        stat = path.stat() if path.is_file() else None
+        key = (str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+        if key not in _FILE_TASKS:
+            described = read_task_file(path, reserved=set(TASKS) | set(_ALIASES))
+            files = described.files
+            spec = TaskSpec(name=described.name, hub_config="", hub_text_fields=files.text,
+                            label_names=described.label_names, metrics=described.metrics,
+                            local=LocalLayout(folder=str(files.path.parent), has_header=True, text_a=files.text[0],
+                                              text_b=files.text[1] if len(files.text) == 2 else None,
+                                              label=files.label),
+                            files=files, file_task=described)
+            known = _FILE_NAMES.get(spec.name)
+            if known is not None and known.files.path != spec.files.path:
+                raise ValueError(f"two task files are named {spec.name!r} ({known.files.path} and {spec.files.path}): "
+                                 "their teachers and caches would share a folder; give each its own name")
+            _FILE_TASKS[key] = _FILE_NAMES[spec.name] = spec
+        return _FILE_TASKS[key]
     key = name.strip().lower()
+    if key in _FILE_NAMES:  # a task file read in this process, named by its name (teacher folders, caches)
+        return _FILE_NAMES[key]
     key = _ALIASES.get(key, key)
     if key not in TASKS:
         raise ValueError(
-            f"unknown GLUE task {name!r}; choose one of: {', '.join(sorted(TASKS))}"
+            f"unknown GLUE task {name!r}; choose one of: {', '.join(sorted(TASKS))}, or pass a task file "
+            "(path/to/task.yaml, docs/own_task.md)"
         )
     return TASKS[key]

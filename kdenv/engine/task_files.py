@@ -1,0 +1,218 @@
+"""A task from files: any text classification or regression task, described by a small YAML file
+and read through ``datasets``' local loaders (CSV, TSV, JSON Lines, Parquet).
+
+    name: sentiment              # a short name: teachers and caches are kept under it
+    train: sentiment_train.csv   # paths relative to this file
+    dev: sentiment_dev.csv
+    text: [sentence]             # one text column, or two for a pair task
+    label: label
+    type: classification         # or regression
+    labels: [negative, positive] # optional: the label names in id order (inferred and recorded if absent)
+    metrics: [accuracy, f1]      # the first drives rewards and teacher selection
+
+``get_task("path/to/task.yaml")`` returns its :class:`~kdenv.engine.tasks.TaskSpec` (made from the
+:class:`FileTask` read here), with the task file's and data files' checksum in ``files.sha256`` (part of the data fingerprints every cache, teacher
+and table records). Everything a file can get wrong is refused in one line naming the file, the
+column or the row, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from kdenv.errors import KdenvError
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_corr")
+REGRESSION_METRICS = ("pearson", "spearman")
+KEYS = {"name", "train", "dev", "text", "label", "type", "labels", "metrics"}
+
+
+class TaskFileError(KdenvError, ValueError):
+    """A task file, or a data file it names, that kdenv cannot use as it is."""
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Where a file task's data lives and how it is read."""
+
+    path: Path  # the task file
+    train: Path
+    dev: Path
+    text: tuple[str, ...]
+    label: str
+    sha256: str  # of the task file and both data files
+
+
+def is_task_file(name: str) -> bool:
+    """Whether a --task value names a task file rather than a GLUE task."""
+    return str(name).strip().lower().endswith((".yaml", ".yml"))
+
+
+def _fail(path: Path, message: str) -> TaskFileError:
+    return TaskFileError(f"{path}: {message}")
+
+
+def _checksum(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """What a task file says, checked: ``kdenv.engine.tasks.get_task`` makes its TaskSpec."""
+
+    name: str
+    label_names: tuple[str, ...]  # empty for regression
+    metrics: tuple[str, ...]
+    files: TaskFiles
+
+
+def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = frozenset()) -> FileTask:
+    """A task file, its data checked (labels, texts, splits) so that a bad file stops here, in one
+    line; ``reserved``: names it may not take (the GLUE tasks')."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TaskFileError(f"task file {path} does not exist; pass the path of a task YAML (see docs/own_task.md)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise _fail(path, f"not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise _fail(path, "a task file is a mapping of name, train, dev, text, label, type, metrics")
+    unknown = sorted(set(raw) - KEYS)
+    missing = sorted({"name", "train", "dev", "text", "label", "type"} - set(raw))
+    if unknown or missing:
+        raise _fail(path, f"{'unknown keys ' + str(unknown) if unknown else ''}{'; ' if unknown and missing else ''}"
+                          f"{'missing keys ' + str(missing) if missing else ''}; the keys are {sorted(KEYS)}")
+    name = str(raw["name"]).strip().lower()
+    if not name.replace("_", "").replace("-", "").isalnum() or name in reserved:
+        raise _fail(path, f"name {raw['name']!r} must be letters, digits, - or _ and not a GLUE task's name")
+    kind = raw["type"]
+    if kind not in ("classification", "regression"):
+        raise _fail(path, f"type must be classification or regression, not {kind!r}")
+    text = raw["text"] if isinstance(raw["text"], list) else [raw["text"]]
+    if not 1 <= len(text) <= 2 or not all(isinstance(c, str) and c for c in text):
+        raise _fail(path, f"text names one text column, or two for a pair task, not {raw['text']!r}")
+    files = {}
+    for split in ("train", "dev"):
+        data = (path.parent / str(raw[split])).resolve()
+        if data.suffix.lower() not in FORMATS:
+            raise _fail(path, f"{split} file {data.name}: use .csv, .tsv, .json/.jsonl (JSON Lines) or .parquet")
+        if not data.is_file():
+            raise _fail(path, f"{split} file {data} does not exist")
+        files[split] = data
+    columns = {split: _read_columns(files[split], [*text, raw["label"]], split, path) for split in files}
+    labels_given = raw.get("labels")
+    if kind == "regression":
+        label_names: tuple[str, ...] = ()
+        if labels_given:
+            raise _fail(path, "a regression task has no label names: drop labels")
+    else:
+        train_labels = [str(v) for v in columns["train"][raw["label"]]]
+        label_names = tuple(str(v) for v in labels_given) if labels_given else tuple(sorted(set(train_labels)))
+        if len(label_names) < 2 or len(set(label_names)) != len(label_names):
+            raise _fail(path, f"a classification task needs at least two distinct label names, not {list(label_names)}")
+        absent = [n for n in label_names if n not in set(train_labels)]
+        if absent:
+            raise _fail(path, f"label(s) {absent} never occur in the train file {files['train'].name}: a class the "
+                              "teacher never sees cannot be learned; add examples or drop the label")
+    allowed = REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
+    metrics = tuple(raw.get("metrics") or (allowed[0],))
+    wrong = [m for m in metrics if m not in allowed]
+    if wrong:
+        raise _fail(path, f"metrics {wrong} do not apply to {kind}; choose among {list(allowed)}")
+    if kind == "classification" and len(label_names) > 2 and set(metrics) - {"accuracy"}:
+        raise _fail(path, f"f1 and matthews_corr are computed for two classes here; with {len(label_names)} use accuracy")
+    task = FileTask(name, label_names, metrics,
+                    TaskFiles(path.resolve(), files["train"], files["dev"], tuple(text), raw["label"],
+                              _checksum([path, files["train"], files["dev"]])))
+    splits = {split: check_rows(task, columns[split], files[split]) for split in files}
+    _warn_duplicates(splits, path)
+    return task
+
+
+def _read_columns(data: Path, wanted: list[str], split: str, task_file: Path) -> dict[str, list[Any]]:
+    """The wanted columns of one data file, read through ``datasets``; every problem is one line."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    kind = FORMATS[data.suffix.lower()]
+    if kind != "parquet":  # a text file with no data rows (a header alone) is an empty split, said as such
+        lines = sum(1 for line in data.read_text(errors="replace").splitlines() if line.strip())
+        if lines <= (1 if kind == "csv" else 0):
+            raise _fail(task_file, f"{split} file {data.name} holds no rows")
+    options = {"delimiter": "\t"} if data.suffix.lower() == ".tsv" else {}
+    try:
+        table = datasets.load_dataset(kind, data_files=str(data), split="train", **options)
+    except Exception as error:  # the loaders raise many types; all mean the file cannot be read
+        raise _fail(task_file, f"{split} file {data.name} cannot be read as {data.suffix} ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if len(table) == 0:
+        raise _fail(task_file, f"{split} file {data.name} holds no rows")
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise _fail(task_file, f"{split} file {data.name} has no column {missing[0]!r} (it has {table.column_names})")
+    return {column: list(table[column]) for column in wanted}
+
+
+def check_rows(task: FileTask, columns: dict[str, list[Any]], data: Path) -> tuple[list[str], list[str] | None, np.ndarray]:
+    """One split's texts and label ids (text_a, text_b or None, labels), each row checked: texts are
+    text, labels are listed names (or finite numbers for regression), no label is missing."""
+    files, regression = task.files, not task.label_names
+    for column in files.text:
+        for row, value in enumerate(columns[column]):
+            if not isinstance(value, str):
+                raise _fail(files.path, f"{data.name} row {row + 1}: column {column!r} holds {value!r}, not text")
+    labels = []
+    for row, value in enumerate(columns[files.label]):
+        if value is None or (isinstance(value, float) and math.isnan(value) and not regression):
+            raise _fail(files.path, f"{data.name} row {row + 1}: no label in column {files.label!r} (every train and "
+                                    "dev row needs one: dev scores the teacher and the students)")
+        if regression:
+            try:
+                score = float(value)
+            except (TypeError, ValueError):
+                score = float("nan")
+            if not math.isfinite(score):
+                raise _fail(files.path, f"{data.name} row {row + 1}: label {value!r} is not a finite number")
+            labels.append(score)
+        else:
+            name = str(value)
+            if name not in task.label_names:
+                raise _fail(files.path, f"{data.name} row {row + 1}: label {name!r} is not one of "
+                                        f"{list(task.label_names)}")
+            labels.append(task.label_names.index(name))
+    text_b = list(columns[files.text[1]]) if len(files.text) == 2 else None
+    return (list(columns[files.text[0]]), text_b,
+            np.asarray(labels, dtype=np.float32 if regression else np.int64))
+
+
+def _warn_duplicates(splits: dict[str, Any], path: Path) -> None:
+    def rows(split):
+        text_a, text_b, _ = split
+        return set(zip(text_a, text_b or [None] * len(text_a)))
+
+    shared = rows(splits["train"]) & rows(splits["dev"])
+    if shared:
+        warnings.warn(f"{path}: {len(shared)} dev row(s) also appear in train (e.g. {next(iter(shared))[0][:60]!r}); "
+                      "dev scores will be optimistic", stacklevel=3)
+
+
+def read_file_splits(task: FileTask) -> dict[str, tuple[list[str], list[str] | None, np.ndarray]]:
+    """The train and dev splits of a file task (read again, so an edited file is seen: its checksum
+    changes the data fingerprints), as (text_a, text_b or None, labels)."""
+    files = task.files
+    return {split: check_rows(task, _read_columns(data, [*files.text, files.label], split, files.path), data)
+            for split, data in (("train", files.train), ("dev", files.dev))}
