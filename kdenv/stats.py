@@ -120,8 +120,13 @@ def over_seeds(values) -> dict[str, Any]:
     (``protocol.score_policy``) resample the same seeds in the same order, so a headroom has one
     interval wherever it is printed."""
     values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "ci": bootstrap_interval([[value] for value in values]), "n": int(len(values))}
+    return {**mean_std(values), "ci": bootstrap_interval([[value] for value in values]), "n": int(len(values))}
+
+
+def mean_std(values) -> dict[str, float]:
+    """Mean and sample std of one value per seed (std 0 for a single seed): a spread, not an interval."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def paired_difference(scores: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark import tuning
-from kdenv.benchmark.oracle import named_policies, solve
+from kdenv.benchmark.oracle import all_returns, named_policies, solve
 from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, score_policy
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, available_tables, resolve_table
-from kdenv.config import ConfigError, EnvConfig
+from kdenv.benchmark.table_env import REWARD_SCALE
+from kdenv.config import ConfigError
 from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.io import atomic_write
 from kdenv.paths import leaderboard_results_dir
@@ -55,11 +56,6 @@ class BoardSettings:
     def folds_of(self, table: Table) -> int:
         """The folds of a k-fold over this table's seeds (k, or fewer on a table with fewer seeds)."""
         return min(self.k, len(table.seeds))
-
-
-def reward_scale() -> float:
-    """The environment's reward scale, which table agents train with."""
-    return EnvConfig().reward_scale
 
 
 @dataclass(frozen=True)
@@ -134,8 +130,6 @@ def check_returns(result: dict[str, Any], path: Path, table: Table) -> None:
     of finite numbers, each within the seed's range of returns (no schedule does better than the
     oracle nor worse than the worst), at most one per agent seed. A file that breaks this was
     edited or written for another table: refused, naming the first problem."""
-    from kdenv.benchmark.oracle import all_returns
-
     agent_seeds = len((result.get("config") or {}).get("agent_seeds") or []) or None
     _, returns = all_returns(table, REPORT_REWARD)
     bounds = {seed: (returns[row].min(), returns[row].max()) for row, seed in enumerate(table.seeds)}
@@ -207,7 +201,7 @@ def retrain(table_name: str, table: Table, agent: str, settings: BoardSettings) 
     elif result.get("format", 1) < RESULT_FORMAT:  # returns without schedules: trained again, searches kept
         result.update(format=RESULT_FORMAT, returns={}, schedules={}, train_seconds=0.0, cross={})
     for train, test in fold_splits(table.seeds, settings.k):
-        study = TableStudy(table, algorithm, train, test, spec.reward, reward_scale(), settings.episodes,
+        study = TableStudy(table, algorithm, train, test, spec.reward, REWARD_SCALE, settings.episodes,
                            exploration_bonus=spec.bonus)
         for agent_seed in range(settings.agent_seeds):
             if all(len(result["returns"].get(str(seed), [])) > agent_seed for seed in test):
@@ -252,7 +246,7 @@ def retrain_cross(name_a: str, a: Table, name_b: str, b: Table, agent: str, sett
     if cross["table_files"] != b.manifest["files"]:
         cross.update(table_files=b.manifest["files"], returns={}, schedules={})
     # Every seed of a to train on: b is what is held out.
-    study = TableStudy(a, algorithm, list(a.seeds), [], spec.reward, reward_scale(), settings.episodes, exploration_bonus=spec.bonus)
+    study = TableStudy(a, algorithm, list(a.seeds), [], spec.reward, REWARD_SCALE, settings.episodes, exploration_bonus=spec.bonus)
     env = KnowledgeSelectionTableEnv(b, reward=REPORT_REWARD, action_space=algorithm.action_space)
     wrapped = MultiDiscreteOnOff(env) if algorithm.wrap_multidiscrete else env
     for agent_seed in range(settings.agent_seeds):
@@ -341,7 +335,7 @@ def projected_cost(counts: dict[str, int], probe: Table, settings: BoardSettings
             continue
         spec = AGENTS[agent]
         if (spec.algo, spec.reward, spec.bonus) not in timed:
-            study = TableStudy(probe, get_algorithm(spec.algo), probe.seeds[1:], probe.seeds[:1], spec.reward, reward_scale(),
+            study = TableStudy(probe, get_algorithm(spec.algo), probe.seeds[1:], probe.seeds[:1], spec.reward, REWARD_SCALE,
                                200, exploration_bonus=spec.bonus)
             timed[spec.algo, spec.reward, spec.bonus] = study.fit(load_hyperparams(spec.algo).as_dict(), 0)[1]
         seconds += timed[spec.algo, spec.reward, spec.bonus] * settings.episodes / 200 * count

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from kdenv.benchmark.board import AGENTS, ALL_SEEDS, REPORT_REWARD, fold_hyperparams, reward_scale
+from kdenv.benchmark.board import AGENTS, ALL_SEEDS, REPORT_REWARD, fold_hyperparams
 from kdenv.benchmark.oracle import subset_names
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table
+from kdenv.benchmark.table_env import REWARD_SCALE
 from kdenv.cli import seeds_text
 from kdenv.config import save_run_config
 from kdenv.decision.algorithms import SavedAgent, get_algorithm, save_agent
@@ -33,7 +34,7 @@ def train_agents(table: Table, row: str, result: dict[str, Any], agent_seeds: in
     (finished zips are reused); the run record beside them lets evaluate.py rebuild each agent.
     Returns the study they trained in and their zips."""
     spec, config = AGENTS[row], result["config"]
-    study = TableStudy(table, get_algorithm(spec.algo), list(table.seeds), [], spec.reward, reward_scale(), config["episodes"],
+    study = TableStudy(table, get_algorithm(spec.algo), list(table.seeds), [], spec.reward, REWARD_SCALE, config["episodes"],
                        exploration_bonus=spec.bonus)
     hyperparams = fold_hyperparams(result, ALL_SEEDS, study, row, path, progress)
     zips = []

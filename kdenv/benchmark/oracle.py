@@ -19,7 +19,7 @@ from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
 from kdenv.config import crash_return
 from kdenv.decision.policies import BASE_POLICIES, FixedPolicy
 from kdenv.decision.schedules import rollout
-from kdenv.stats import over_seeds
+from kdenv.stats import mean_std, over_seeds
 
 CRASH_RETURN = crash_return()  # in task-reward units, as every return here (kdenv.config.crash_return)
 
@@ -73,11 +73,6 @@ def named_policies(table: Table) -> list[str]:
             continue  # a recipe that needs knowledge this table does not offer
         usable.append(name)
     return usable
-
-
-def mean_std(values) -> dict[str, float]:
-    values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def dev_metric_name(table: Table) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from kdenv.benchmark.oracle import action_names, closed_loop, mean_std
+from kdenv.benchmark.oracle import action_names, closed_loop
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
@@ -37,6 +37,7 @@ from kdenv.decision.callbacks import ScheduleCallback
 from kdenv.decision.schedules import rollout
 from kdenv.decision.wrappers import MultiDiscreteOnOff
 from kdenv.io import atomic_write, write_all
+from kdenv.stats import mean_std
 
 
 def split_seeds(table: Table, train: list[int] | None, test: list[int] | None) -> tuple[list[int], list[int]]:

@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 from kdenv.benchmark import tuning
-from kdenv.benchmark.oracle import mean_std
 from kdenv.benchmark.study import TableStudy, fmt_stats, table_and_split, write_report
 from kdenv.cli import CLEAR_ERRORS, fail, run_main
 from kdenv.config import ConfigError, EnvConfig
@@ -37,6 +36,7 @@ from kdenv.decision.algorithms import get_algorithm, load_hyperparams
 from kdenv.decision.rewards import REWARDS
 from kdenv.io import atomic_write, check_writable, read_checked_record, write_checked_record
 from kdenv.paths import runs_dir
+from kdenv.stats import mean_std
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
