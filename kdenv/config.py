@@ -338,7 +338,8 @@ def environment_record() -> dict[str, str]:
 def save_run_config(path: str | Path, seeds: dict[str, int], teacher: dict[str, Any] | None = None,
                     **sections: Any) -> Path:
     """Writes every config section, the seeds, the teacher's identity and the software versions to one YAML file."""
-    record = {name: section if isinstance(section, dict) else to_dict(section) for name, section in sections.items()}
+    record = {name: section if isinstance(section, dict) else to_dict(section) for name, section in sections.items()
+              if section is not None}  # an absent section (no pre-trained student) is left out
     record["seeds"] = seeds
     if teacher is not None:
         record["teacher"] = teacher

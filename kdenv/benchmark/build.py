@@ -20,7 +20,9 @@ from kdenv.benchmark.table import MANIFEST, Table, TableError, write_manifest, w
 from kdenv.benchmark.tree import DevScoring, JobBusy, JobFile, TreeBuilder, _comparable, collect_seed, tree_size
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
 from kdenv.decision.factory import EnvironmentSetup, build_environment
+from kdenv.engine.distillation import student_record
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
+from kdenv.engine.tasks import get_task
 from kdenv.engine.teacher_cache import split_fingerprint
 from kdenv.io import file_sha256, read_checked_record, write_checked_record
 from kdenv.jobs import JobRunner
@@ -59,6 +61,8 @@ class TreeSetup:
             fields["dev_scoring"] = dataclasses.asdict(self.dev)
         if self.outputs:  # and builds that keep no outputs (their records lack them)
             fields["outputs"] = True
+        if self.distill.student_model:  # a pre-trained student's folder: its files, not only its name
+            fields["student"] = student_record(self.distill)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -71,7 +75,7 @@ class TreeSetup:
         return make_runtime(self.distill.device, self.distill.precision)
 
     def work_dir(self) -> Path:
-        return runs_dir() / "trees" / self.data.task / self.key()
+        return runs_dir() / "trees" / get_task(self.data.task).name / self.key()  # a task file by its name
 
     def builder(self, environment: EnvironmentSetup) -> TreeBuilder:
         """The tree builder of this setup over ``environment``'s live environment."""
@@ -241,6 +245,7 @@ def table_manifest(setup: TreeSetup, environment: EnvironmentSetup, seeds: list[
         "reward_split": {"examples": len(distillation.data["reward"]),
                          "fingerprint": split_fingerprint(distillation.data["reward"])},
         "teacher": distillation.teacher_record(),
+        **({"student": student_record(setup.distill)} if setup.distill.student_model else {}),
         "device": distillation.runtime.describe(),
         "software": software,
         "numerics": numerics.describe(),

@@ -52,7 +52,7 @@ from kdenv.jobs import JobRunner, add_job_arguments
 from kdenv.paths import tables_dir
 
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
-DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "seed")
+DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_model", "seed")
 TREE = {"phases": 3, "updates_per_phase": 4}  # the tree's default episode: 3 phases x 4 updates
 
 

@@ -34,7 +34,7 @@ from kdenv.cli import (
     run_main,
 )
 from kdenv.config import ConfigError, DataConfig, DistillConfig, save_run_config, to_dict
-from kdenv.engine.distillation import prepare_distillation
+from kdenv.engine.distillation import prepare_distillation, student_record
 from kdenv.engine.recipes import RECIPES, parse_knowledge
 from kdenv.engine.runtime import make_runtime, quiet_transformers
 from kdenv.engine.tasks import TASKS, get_task
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_run_config(run_dir / "config.yaml", {"distill": config.seed, "split": data_config.split_seed},
                         teacher=setup.teacher_record(), data=data_config, distill=config,
+                        student=student_record(config),
                         knowledge={"spec": args.knowledge, "weights": recipe.weights})
     except CLEAR_ERRORS as error:
         return fail(error)

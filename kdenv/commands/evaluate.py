@@ -58,7 +58,8 @@ from kdenv.paths import runs_dir
 
 DEFAULT_POLICIES = "kd,gkd,gkd-cls,pkd,all,none,random-hard,random-soft"
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
-DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "teacher_mode", "seed")
+DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "student_model",
+                 "teacher_mode", "seed")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -63,6 +63,7 @@ from kdenv.decision.policies import FixedPolicy, check_policy
 from kdenv.decision.schedules import heatmap_png, run_episode, save_records
 from kdenv.decision.wrappers import MultiDiscreteOnOff
 from kdenv.engine.data import DataError
+from kdenv.engine.distillation import student_record
 from kdenv.engine.knowledge import KnowledgeError
 from kdenv.engine.models import ModelError
 from kdenv.engine.recipes import parse_knowledge
@@ -73,7 +74,8 @@ from kdenv.paths import runs_dir
 
 CLEAR_ERRORS = (DataError, ModelError, KnowledgeError, ConfigError, ValueError, OSError)
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
-DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "teacher_mode", "seed")
+DISTILL_FLAGS = ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "student_model",
+                 "teacher_mode", "seed")
 ENV_FLAGS = ("knowledge", "phases", "updates_per_phase", "reward", "reward_scale", "exploration_bonus", "cls_state")
 
 
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         save_run_config(run_dir / "config.yaml", {"agent": args.seed, "student": distill_config.seed,
                                                   "eval": args.eval_seed, "split": data_config.split_seed},
                         teacher=setup.distillation.teacher_record(), data=data_config, distill=distill_config,
+                        student=student_record(distill_config),
                         env=env_config, agent={"algo": algorithm.name, "total_timesteps": total_timesteps,
                                                "hyperparams": {"policy": policy, **params}, "resumed_from": args.resume,
                                                "n_envs": args.n_envs})

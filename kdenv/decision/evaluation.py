@@ -26,7 +26,7 @@ from kdenv.decision.algorithms import SavedAgent
 from kdenv.decision.policies import check_policy, recipe_knowledge
 from kdenv.decision.runs import EvaluationJob, release, result_checksum, run_evaluation_job
 from kdenv.engine.data import load_raw_splits
-from kdenv.engine.distillation import ensure_teacher, prepare_distillation
+from kdenv.engine.distillation import ensure_teacher, prepare_distillation, student_record
 from kdenv.engine.recipes import RECIPES
 from kdenv.engine.runtime import make_runtime
 from kdenv.engine.tasks import TaskSpec, get_task
@@ -115,7 +115,9 @@ def run_identity(data_config: DataConfig, distill_config: DistillConfig, runtime
     _, _, loaded = load_teacher(data_config.task)
     raw = load_raw_splits(get_task(data_config.task), data_config.data_dir)
     software = environment_record()
+    student = student_record(distill_config)  # a pre-trained student's folder changes its runs too
     return {"teacher": loaded["fingerprint"], "data": {name: split.fingerprint() for name, split in raw.items()},
+            **({"student": student} if student else {}),
             "software": {**{k: software[k] for k in ("python", "torch", "transformers")}, "torch_threads": str(threads)}}
 
 

@@ -402,6 +402,16 @@ def length_bucketed_batches(
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what a model forward takes from a batch
 
 
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's inputs that ``model`` takes. Segment ids go only to a model with a segment table
+    of two or more rows (BERT, ELECTRA): DistilBERT has none, RoBERTa one row, DeBERTa-v2 none by default,
+    and a pair's second-segment ids would index past such a table (or be silently dropped)."""
+    inputs = {key: batch[key] for key in MODEL_INPUTS}
+    if getattr(getattr(model, "config", None), "type_vocab_size", 0) < 2:
+        del inputs["token_type_ids"]
+    return inputs
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 

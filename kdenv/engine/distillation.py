@@ -15,13 +15,15 @@ import torch
 
 from kdenv import numerics
 from kdenv.config import DataConfig, DistillConfig, FinetuneConfig
-from kdenv.engine.data import MODEL_INPUTS, EncodedSplit, TaskData, collate, load_task_data, to_device
+from kdenv.engine.data import EncodedSplit, TaskData, collate, load_task_data, model_inputs, to_device
 from kdenv.engine.knowledge import KNOWLEDGE_TYPES, KnowledgeError, KnowledgeType, build_knowledge_modules
 from kdenv.engine.metrics import task_metrics
 from kdenv.engine.models import (
     ModelError,
     check_same_vocabulary,
+    folder_fingerprint,
     load_classifier,
+    load_config,
     load_tokenizer,
     student_from_teacher,
     student_layers_for,
@@ -76,6 +78,8 @@ class Distillation:
         record = {"fingerprint": self.teacher_fingerprint, "base_model": self.teacher_metadata.get("base_model"),
                   "directory": str(teacher_dir(self.task.name)), f"dev_{metric}": self.teacher_scores["dev"][metric],
                   "finetune": self.teacher_metadata.get("finetune")}
+        if self.task.files is not None:  # the task file and data files the teacher was fine-tuned on
+            record["task_files_sha256"] = self.task.files.sha256
         cap = self.teacher_metadata.get("data", {}).get("max_train_examples")
         if cap is not None:  # a teacher fine-tuned on a capped train split says so (absent: the whole split)
             record["max_train_examples"] = cap
@@ -87,7 +91,7 @@ class Distillation:
         split = self.data["reward"]
         batch = to_device(collate(split, list(range(min(probe_size, len(split)))), self.data.pad_token_id),
                           self.runtime.device)
-        outputs = self.teacher(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
+        outputs = self.teacher(**model_inputs(self.teacher, batch), output_hidden_states=True)
         return outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()
 
 
@@ -104,6 +108,13 @@ def ensure_teacher(data_config: DataConfig, runtime: Runtime, progress: bool = T
                                   reward_size=data_config.reward_size, split_seed=data_config.split_seed)
         return finetune_teacher(teacher_data, FinetuneConfig(model=model, device=str(runtime.device)), runtime,
                                 progress=progress)
+    recorded = metadata.get("base_model_fingerprint")
+    if base_model is not None and metadata.get("base_model") == base_model and recorded is not None \
+            and folder_fingerprint(base_model) != recorded:
+        raise ModelError(
+            f"the model folder {base_model} changed since the saved {task.name} teacher ({teacher_dir(task.name)}) was "
+            f"fine-tuned from it (its files' fingerprint differs); fine-tune the teacher again: python "
+            f"agents/finetune_teacher.py --task {task.ref} --model {base_model} --force")
     if base_model is not None and metadata.get("base_model") != base_model:
         raise ModelError(
             f"the saved {task.name} teacher ({teacher_dir(task.name)}) was fine-tuned from {metadata.get('base_model')!r}, "
@@ -134,6 +145,36 @@ def _cache_directory(task: str, split_name: str, split: EncodedSplit, keys: set[
     return cache_dir() / "teacher_knowledge" / task / f"{split_name}-{tag}"
 
 
+def check_student_model(knowledge_names: list[str], config: DistillConfig, task) -> None:
+    """A pre-trained student (``--student-model``) must share the teacher's tokenizer, and every knowledge
+    type on offer must apply to the pair (a gradient needs equal hidden sizes; hidden states get a
+    projection). Checked on configs and tokenizers, before a teacher is fine-tuned or any weights load."""
+    if not config.student_model:
+        return  # a student built from the teacher's layers fits every knowledge type
+    saved = teacher_metadata(task.name)
+    teacher_source = teacher_dir(task.name) if saved is not None else (config.teacher_model or DEFAULT_TEACHER_MODEL)
+    check_same_vocabulary(load_tokenizer(teacher_source), load_tokenizer(config.student_model))
+    student_config, teacher_config = load_config(config.student_model), load_config(teacher_source)
+    student_config.num_labels = teacher_config.num_labels = task.num_labels
+    build_knowledge_modules(knowledge_names, config, task, _ConfigOnly(student_config), teacher_config,
+                            check_attention=False)
+
+
+class _ConfigOnly:
+    """What building knowledge modules reads of a student: its config."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+
+def student_record(config: DistillConfig) -> dict[str, Any] | None:
+    """A pre-trained student's identity (its name and, for a local folder, its files' fingerprint); None when
+    the student is built from the teacher's layers (the teacher's fingerprint names it)."""
+    if not config.student_model:
+        return None
+    return {"model": config.student_model, "fingerprint": folder_fingerprint(config.student_model)}
+
+
 def check_knowledge_names(names: list[str]) -> None:
     unknown = [name for name in names if name not in KNOWLEDGE_TYPES]
     if unknown:
@@ -153,6 +194,7 @@ def prepare_distillation(
     """Teacher, data, student, knowledge modules and teacher knowledge for a distillation."""
     check_knowledge_names(knowledge_names)
     task = get_task(data_config.task)
+    check_student_model(knowledge_names, config, task)
     metadata = ensure_teacher(data_config, runtime, progress, base_model=config.teacher_model)
     check_split_matches_teacher(data_config, metadata)
     needs_eager = any(KNOWLEDGE_TYPES[name].needs_eager_attention for name in knowledge_names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kdenv.engine.data import MODEL_INPUTS, EncodedSplit, TaskData, collate, length_bucketed_batches, to_device
+from kdenv.engine.data import EncodedSplit, TaskData, collate, length_bucketed_batches, model_inputs, to_device
 from kdenv.engine.knowledge.base import confidence_gradients, encoder_of
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.metrics import task_metrics
@@ -28,7 +28,7 @@ def predict(
     for indices in length_bucketed_batches(split.lengths, batch_size, shuffle=False):
         batch = to_device(collate(split, indices, pad_token_id), runtime.device)
         with runtime.autocast():
-            logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
+            logits = model(**model_inputs(model, batch)).logits
         outputs[indices] = logits.float().cpu().numpy()
     model.train(was_training)
     return outputs

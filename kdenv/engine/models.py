@@ -4,13 +4,14 @@ layers, and saving fine-tuned models atomically."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from kdenv.engine.tasks import TaskSpec
 from kdenv.errors import KdenvError
@@ -75,6 +76,37 @@ def load_tokenizer(name: str | Path):
         raise ModelError(f"could not load a tokenizer from {name!r}: {error}") from error
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")  # what a folder's fingerprint covers
+
+
+def folder_fingerprint(name: str | Path) -> str | None:
+    """A local model folder's fingerprint (its config and weight files' bytes), so that a teacher or a
+    table made from a folder is never mixed with one made after the folder changed; None for a hub id
+    (a hub revision is named by the id itself)."""
+    source = resolve_model_source(name)
+    if not _is_local(source):
+        return None
+    digest = hashlib.sha256()
+    for file in MODEL_FILES:
+        path = Path(source) / file
+        if path.is_file():
+            digest.update(file.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:20]
+
+
+def load_config(name: str | Path):
+    """A model's config alone (no weights): what compatibility checks read before any model loads."""
+    source = resolve_model_source(name)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=_is_local(source))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"could not read the config of model {name!r}: {error}. Offline, use a local folder "
+                         f"or 'minilm'") from error
+
+
 def load_classifier(
     name: str | Path,
     task: TaskSpec | None = None,
@@ -95,10 +127,20 @@ def load_classifier(
     if task is not None:
         kwargs["num_labels"] = task.num_labels
         kwargs["problem_type"] = "regression" if task.is_regression else "single_label_classification"
+        outputs = getattr(load_config(source), "num_labels", task.num_labels)
+        if outputs != task.num_labels:  # a classifier of another task as the base: its head cannot be kept
+            print(f"note: {name} has a head of {outputs} output(s) and {task.name} needs {task.num_labels}: "
+                  f"the head is initialised afresh")
+            kwargs["ignore_mismatched_sizes"] = True
     elif num_labels is not None:
         kwargs["num_labels"] = num_labels
     try:
-        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        except ValueError as error:  # a family without sdpa (DeBERTa-v2): eager computes the same attention
+            if attn_implementation != "sdpa" or "scaled_dot_product_attention" not in str(error):
+                raise
+            return AutoModelForSequenceClassification.from_pretrained(source, **{**kwargs, "attn_implementation": "eager"})
     except OSError as error:
         raise ModelError(
             f"could not load model {name!r}: {error}. Offline, use a local folder or 'minilm'"
@@ -128,6 +170,22 @@ def student_layers_for(init: str, teacher_layers: int, student_layers: int) -> l
     raise ModelError(f"unknown student initialisation {init!r}; use 'evenly' or 'first'")
 
 
+HEAD_PREFIXES = ("classifier.", "pre_classifier.")  # the task head: BERT, RoBERTa, ELECTRA, DeBERTa-v2; DistilBERT
+
+
+def set_dropout(config, probability: float) -> list[str]:
+    """Sets every dropout probability of a model config, whatever its family calls them (BERT's
+    ``hidden_dropout_prob``, DistilBERT's ``dropout`` and ``seq_classif_dropout``, DeBERTa-v2's
+    ``pooler_dropout``, ...); an unset one (None: the family's fallback) stays unset. Returns the names."""
+    names = [name for name, value in config.to_dict().items()
+             if (name.endswith("dropout") or name.endswith("dropout_prob")) and isinstance(value, float)]
+    if not names:
+        raise ModelError(f"{type(config).__name__} names no dropout probability; drop --student-dropout for this model")
+    for name in names:
+        setattr(config, name, probability)
+    return names
+
+
 def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = None, num_layers: int = 3,
                          dropout: float | None = None, fresh_head: bool = False) -> PreTrainedModel:
     """A smaller copy of ``teacher`` keeping only ``layers`` (0-based) of its encoder; embeddings
@@ -140,16 +198,14 @@ def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = No
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     if dropout is not None:
-        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
-        if getattr(config, "classifier_dropout", None) is not None:
-            config.classifier_dropout = dropout
+        set_dropout(config, dropout)
     student = type(teacher)(config)
     new_index = {teacher_layer: i for i, teacher_layer in enumerate(layers)}
     fresh = student.state_dict()
     state = {}
     for key, value in teacher.state_dict().items():
         match = _LAYER_KEY.search(key)
-        if fresh_head and (key.startswith("classifier.") or ".pooler." in f".{key}"):
+        if fresh_head and (key.startswith(HEAD_PREFIXES) or ".pooler." in f".{key}"):
             state[key] = fresh[key]  # as the model's own initialisation made it
         elif match is None:
             state[key] = value.clone()

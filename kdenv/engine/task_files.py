@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,20 @@ class FileTask:
     files: TaskFiles
 
 
+class _TaskFileLoader(yaml.SafeLoader):
+    """YAML as YAML 1.2 reads booleans: only true/false. PyYAML's YAML 1.1 would turn the label names
+    ``[no, yes]`` or ``[off, on]`` into booleans, which then match no label in the data."""
+
+
+_TaskFileLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _TaskFileLoader.yaml_implicit_resolvers.setdefault(_first, []).append(
+        ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
+
+
 def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = frozenset()) -> FileTask:
     """A task file, its data checked (labels, texts, splits) so that a bad file stops here, in one
     line; ``reserved``: names it may not take (the GLUE tasks')."""
@@ -86,7 +101,7 @@ def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = froze
     if not path.is_file():
         raise TaskFileError(f"task file {path} does not exist; pass the path of a task YAML (see docs/own_task.md)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_TaskFileLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise _fail(path, f"not valid YAML ({error})") from None
     if not isinstance(raw, dict):

@@ -176,8 +176,13 @@ TASKS: dict[str, TaskSpec] = {
 _ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 
 
-_FILE_TASKS: dict[tuple[str, int, int], TaskSpec] = {}
+_FILE_TASKS: dict[str, tuple[tuple, TaskSpec]] = {}  # resolved path -> (files' stamp, spec)
 _FILE_NAMES: dict[str, TaskSpec] = {}
+
+
+def _file_stamp(*paths: Path) -> tuple:
+    """What tells that a file changed without reading it: its size and modification time."""
+    return tuple((path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None for path in paths)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -187,9 +192,9 @@ def get_task(name: str) -> TaskSpec:
 
     if is_task_file(name):
         path = Path(name).expanduser()
-        stat = path.stat() if path.is_file() else None
-        key = (str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
-        if key not in _FILE_TASKS:
+        key = str(path.resolve())
+        cached = _FILE_TASKS.get(key)  # read again when the task file or either data file changed
+        if cached is None or cached[0] != _file_stamp(path, cached[1].files.train, cached[1].files.dev):
             described = read_task_file(path, reserved=set(TASKS) | set(_ALIASES))
             files = described.files
             spec = TaskSpec(name=described.name, hub_config="", hub_text_fields=files.text,
@@ -202,8 +207,9 @@ def get_task(name: str) -> TaskSpec:
             if known is not None and known.files.path != spec.files.path:
                 raise ValueError(f"two task files are named {spec.name!r} ({known.files.path} and {spec.files.path}): "
                                  "their teachers and caches would share a folder; give each its own name")
-            _FILE_TASKS[key] = _FILE_NAMES[spec.name] = spec
-        return _FILE_TASKS[key]
+            _FILE_TASKS[key] = (_file_stamp(path, files.train, files.dev), spec)
+            _FILE_NAMES[spec.name] = spec
+        return _FILE_TASKS[key][1]
     key = name.strip().lower()
     if key in _FILE_NAMES:  # a task file read in this process, named by its name (teacher folders, caches)
         return _FILE_NAMES[key]

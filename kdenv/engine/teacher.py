@@ -16,18 +16,18 @@ from tqdm.auto import tqdm
 from kdenv import numerics
 from kdenv.config import DataConfig, FinetuneConfig, save_run_config, to_dict
 from kdenv.engine.data import (
-    MODEL_INPUTS,
     TaskData,
     collate,
     length_bucketed_batches,
     load_task_data,
+    model_inputs,
     padding_savings,
     to_device,
 )
 from kdenv.engine.inference import evaluate_with_outputs
 from kdenv.engine.knowledge.ce import task_loss
 from kdenv.engine.metrics import task_metrics
-from kdenv.engine.models import ModelError, load_classifier, load_tokenizer, save_model
+from kdenv.engine.models import ModelError, folder_fingerprint, load_classifier, load_tokenizer, save_model
 from kdenv.engine.optim import linear_warmup_decay, make_optimizer, scaled_backward, scaled_step, step_schedule
 from kdenv.engine.runtime import Runtime, seed_everything
 from kdenv.engine.tasks import get_task
@@ -50,6 +50,12 @@ def teacher_metadata(task: str, directory: Path | None = None) -> dict[str, Any]
     except (ValueError, UnicodeDecodeError) as error:
         raise ModelError(f"the teacher record {path} is damaged ({error}); fine-tune the teacher again: "
                          f"python agents/finetune_teacher.py --task {name} --force") from None
+    spec = get_task(task)
+    recorded = metadata.get("task_files_sha256")
+    if spec.files is not None and recorded is not None and recorded != spec.files.sha256:
+        raise ModelError(f"the {name} teacher ({path.parent}) was fine-tuned on other data: the task file or its data "
+                         f"files changed since (checksum {spec.files.sha256[:12]}, not {recorded[:12]}); fine-tune it "
+                         f"again: python agents/finetune_teacher.py --task {spec.ref} --force")
     return metadata
 
 
@@ -104,6 +110,7 @@ def finetune_teacher(
     directory = Path(directory or teacher_dir(task.name))
     seed_everything(finetune_config.seed)
     tokenizer = load_tokenizer(finetune_config.model)
+    base_fingerprint = folder_fingerprint(finetune_config.model)
     data: TaskData = load_task_data(data_config, tokenizer)
     model = load_classifier(finetune_config.model, task)
     batches = length_bucketed_batches(data["train"].lengths, finetune_config.batch_size, True, finetune_config.seed)
@@ -115,6 +122,8 @@ def finetune_teacher(
     metadata = {
         "task": task.name,
         "base_model": finetune_config.model,
+        "base_model_fingerprint": base_fingerprint,  # a local folder's files (None: a hub id)
+        **({"task_files_sha256": task.files.sha256} if task.files is not None else {}),
         "primary_metric": task.primary_metric,
         "dev": result.best_metrics["dev"],
         "reward": result.best_metrics["reward"],
@@ -192,7 +201,7 @@ def finetune(
                 break
             batch = to_device(collate(train, indices, data.pad_token_id), runtime.device)
             with runtime.autocast():
-                logits = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
+                logits = model(**model_inputs(model, batch)).logits
             loss = task_loss(task, logits, batch["labels"])
             scaled_backward(loss, optimizer, scaler, model.parameters(), config.max_grad_norm)
             scaled_step(optimizer, scaler)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kdenv.config import DistillConfig
-from kdenv.engine.data import MODEL_INPUTS, BatchStream, TaskData, to_device
+from kdenv.engine.data import BatchStream, TaskData, model_inputs, to_device
 from kdenv.engine.inference import predict
 from kdenv.engine.knowledge import (
     KnowledgeType,
@@ -173,7 +173,7 @@ class StudentTrainer:
             teacher = self.teacher_source.batch_outputs(batch, teacher_keys)
             with self.runtime.autocast():
                 outputs = self.student(
-                    **{k: batch[k] for k in MODEL_INPUTS},
+                    **model_inputs(self.student, batch),
                     output_hidden_states=needs.hidden_states,
                     output_attentions=needs.attentions,
                 )
@@ -277,7 +277,7 @@ class StudentTrainer:
         self.student.eval()
         batch = to_device(batch, self.runtime.device)
         with self.runtime.autocast():
-            outputs = self.student(**{k: batch[k] for k in MODEL_INPUTS}, output_hidden_states=True)
+            outputs = self.student(**model_inputs(self.student, batch), output_hidden_states=True)
         self.student.train(was_training)
         return outputs.hidden_states[-1][:, 0].float().mean(0).cpu().numpy()
 

@@ -48,7 +48,7 @@ def validate_weights(weights: dict[str, float], available: set[str] | list[str])
 
 
 def build_knowledge_modules(
-    names: list[str], config, task, student: nn.Module, teacher_config: Any
+    names: list[str], config, task, student: nn.Module, teacher_config: Any, check_attention: bool = True
 ) -> dict[str, KnowledgeType]:
     """The knowledge types on offer, built for this student/teacher pair (checks layer maps,
     options, hidden sizes and attention implementations up front)."""
@@ -65,7 +65,7 @@ def build_knowledge_modules(
         type_setup = copy.copy(setup)
         type_setup.options = dict(config.knowledge_options.get(name, {}))
         module = build_knowledge(name, type_setup)
-        if module.needs_eager_attention and attention_implementation(student) != "eager":
+        if check_attention and module.needs_eager_attention and attention_implementation(student) != "eager":
             raise KnowledgeError(
                 f"knowledge {name!r} reads attention maps, but the student was loaded with "
                 f"{attention_implementation(student)!r} attention; load student and teacher with "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from kdenv.engine.data import model_inputs
 from kdenv.engine.tasks import TaskSpec
 from kdenv.errors import KdenvError
 
@@ -182,9 +183,7 @@ def confidence_gradients(
     try:
         with torch.enable_grad():
             outputs = model(
-                input_ids=batch["input_ids"],
-                token_type_ids=batch["token_type_ids"],
-                attention_mask=batch["attention_mask"],
+                **model_inputs(model, batch),
                 output_hidden_states=bool(cls_layers),
             )
             targets, names = [], []
@@ -231,9 +230,7 @@ def teacher_outputs(
     if needs_forward:
         with torch.no_grad():
             outputs = teacher(
-                input_ids=batch["input_ids"],
-                token_type_ids=batch["token_type_ids"],
-                attention_mask=batch["attention_mask"],
+                **model_inputs(teacher, batch),
                 output_hidden_states=bool(plan["hidden"] or plan["cls"]),
                 output_attentions=bool(plan["attention"]),
             )

@@ -22,7 +22,9 @@ def require_same_hidden_size(setup, name: str) -> None:
     if setup.student_hidden_size != setup.teacher_hidden_size:
         raise KnowledgeError(
             f"{name} compares gradients w.r.t. hidden vectors, so student and teacher need the same hidden "
-            f"size ({setup.student_hidden_size} vs {setup.teacher_hidden_size}); build the student from teacher layers"
+            f"size ({setup.student_hidden_size} vs {setup.teacher_hidden_size}); leave {name} out of --knowledge, choose "
+            f"a student of hidden size {setup.teacher_hidden_size}, or build the student from the teacher's layers "
+            f"(no --student-model)"
         )
 
 
