@@ -274,3 +274,24 @@ def test_a_teacher_is_never_mixed_with_changed_task_files_or_a_changed_base_fold
     code = command("evaluate").main([*args, "--output-dir", str(tmp_path / "e2")])
     err = capsys.readouterr().err
     assert code != 0 and "was fine-tuned on other data" in err and "--force" in err
+
+
+def test_a2c_learns_on_the_example_task_with_a_teacher_and_a_student_of_their_own(folders, tmp_path,
+                                                                                   private_runs_dir):
+    """train_a2c.py on examples/sentiment.yaml: the teacher fine-tuned from a DistilBERT folder named by
+    --teacher-model (none is saved yet), a pre-trained ELECTRA student from --student-model; the run's
+    record names both models' folders and fingerprints."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "a2c"
+    assert command("train").main(
+        ["--task", str(REPO / "examples" / "sentiment.yaml"), "--teacher-model", str(folders / "distilbert"),
+         "--student-model", str(folders / "electra"), "--phases", "2", "--updates-per-phase", "1",
+         "--total-timesteps", "4", "--max-train-examples", "32", "--max-reward-examples", "16", "--baselines", "",
+         "--output-dir", str(out), "--no-progress", "--hp", "n_steps=2"], default_algo="a2c") == 0
+    record = yaml.safe_load((out / "config.yaml").read_text())
+    assert record["teacher"]["base_model"] == str(folders / "distilbert") and record["teacher"]["task_files_sha256"]
+    assert record["student"]["model"] == str(folders / "electra") and record["student"]["fingerprint"]
+    assert (out / "agent.zip").is_file() and json.loads((out / "schedules.json").read_text())
