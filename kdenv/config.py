@@ -12,6 +12,7 @@ import dataclasses
 import math
 import platform
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,8 @@ class Budget:
     """A named run budget: how long an episode is and how big the models are."""
 
     phases: int
-    updates_per_phase: int | None  # None: derived from `epochs` over the train split
-    epochs: float | None
+    updates_per_phase: int | None  # None: derived from `episode_epochs` over the train split
+    episode_epochs: float | None  # passes over the train split that one episode makes
     total_timesteps: int  # agent training, in phases (environment steps)
     max_reward_examples: int | None
     student_layers: int
@@ -86,11 +87,11 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "cpu": Budget(phases=4, updates_per_phase=8, epochs=None, total_timesteps=40, max_reward_examples=128,
+    "cpu": Budget(phases=4, updates_per_phase=8, episode_epochs=None, total_timesteps=40, max_reward_examples=128,
                   student_layers=3, teacher_model=None,
                   description="proxy budget for a 2-core CPU: 3-layer student, 4 phases x 8 updates, reward split "
                               "capped at 128, 40 agent steps (10 episodes)"),
-    "gpu": Budget(phases=10, updates_per_phase=None, epochs=4.0, total_timesteps=400, max_reward_examples=1000,
+    "gpu": Budget(phases=10, updates_per_phase=None, episode_epochs=4.0, total_timesteps=400, max_reward_examples=1000,
                   student_layers=6, teacher_model="bert-base-uncased",
                   description="the papers' scale: BERT-base teacher (hub), 6-layer student, 10 phases covering 4 "
                               "epochs, reward split capped at 1000, 400 agent steps"),
@@ -176,7 +177,7 @@ class DistillConfig:
     fresh_head: bool = option(False, "re-initialise the student's pooler and classifier instead of copying the teacher's")
     student_model: str | None = option(None, "instead: a pre-trained model (hub id or folder) with the teacher's vocabulary")
     freeze_embeddings: bool = option(True, "keep the teacher's embeddings frozen in the student (as in GKD)")
-    epochs: float = option(3.0, "budget of agents/distill.py, in passes over the train split")
+    distill_epochs: float = option(3.0, "budget of agents/distill.py, in passes over the train split")
     batch_size: int = option(16, "training batch size")
     eval_batch_size: int = option(64, "evaluation batch size", flag=False)
     learning_rate: float = option(1e-4, "peak AdamW learning rate")
@@ -204,7 +205,8 @@ class DistillConfig:
         _require(self.student_init in STUDENT_INITS, f"student_init must be one of {STUDENT_INITS}, not {self.student_init!r}")
         _require(self.student_dropout is None or (_finite(self.student_dropout) and 0 <= self.student_dropout < 1),
                  f"student_dropout must be in [0, 1) or unset, not {self.student_dropout!r}")
-        _require(_finite(self.epochs) and self.epochs > 0, f"epochs must be > 0, not {self.epochs!r}")
+        _require(_finite(self.distill_epochs) and self.distill_epochs > 0,
+                 f"distill_epochs must be > 0, not {self.distill_epochs!r}")
         _require(_is_whole(self.batch_size) and self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size!r}")
         _require(_finite(self.learning_rate) and self.learning_rate > 0, f"learning_rate must be > 0, not {self.learning_rate!r}")
         _require(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay!r}")
@@ -228,8 +230,8 @@ class EnvConfig:
                                flag=False)
     phases: int = option(DEFAULT_BUDGET.phases, "phases (agent decisions) per episode")
     updates_per_phase: int = option(DEFAULT_BUDGET.updates_per_phase, "student updates per phase")
-    epochs: float | None = option(DEFAULT_BUDGET.epochs, "if set, updates_per_phase is derived: epochs over train / phases",
-                                  flag=False)
+    episode_epochs: float | None = option(DEFAULT_BUDGET.episode_epochs, "if set, updates_per_phase is derived: "
+                                          "one episode makes this many passes over train", flag=False)
     reward: str = option("metric_gain", "reward on the reward split (see kdenv/decision/rewards.py)")
     reward_scale: float = option(10.0, "multiplier of the task reward (metric gains are ~0.01)")
     exploration_bonus: float = option(0.0, "count-based exploration bonus beta (0: off)")
@@ -252,8 +254,8 @@ class EnvConfig:
                  f"phases must be a whole number >= 1, not {self.phases!r}")
         _require(_is_whole(self.updates_per_phase) and self.updates_per_phase >= 1,
                  f"updates_per_phase must be a whole number >= 1, not {self.updates_per_phase!r}")
-        _require(self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
-                 f"epochs must be > 0 or unset, not {self.epochs!r}")
+        _require(self.episode_epochs is None or (_finite(self.episode_epochs) and self.episode_epochs > 0),
+                 f"episode_epochs must be > 0 or unset, not {self.episode_epochs!r}")
         _require(_finite(self.reward_scale) and self.reward_scale != 0,
                  f"reward_scale must be a finite non-zero number, not {self.reward_scale!r}")
         _require(_finite(self.exploration_bonus) and self.exploration_bonus >= 0,
@@ -262,12 +264,13 @@ class EnvConfig:
         _require(_is_whole(self.probe_size) and self.probe_size >= 1, f"probe_size must be >= 1, not {self.probe_size!r}")
 
     def resolved(self, train_examples: int, batch_size: int) -> EnvConfig:
-        """This config with ``updates_per_phase`` settled: with ``epochs`` set, the updates that make
-        ``epochs`` passes over ``train_examples`` in ``phases`` phases; otherwise unchanged."""
-        if self.epochs is None:
+        """This config with ``updates_per_phase`` settled: with ``episode_epochs`` set, the updates that
+        make that many passes over ``train_examples`` in ``phases`` phases; otherwise unchanged."""
+        if self.episode_epochs is None:
             return self
         batches_per_epoch = math.ceil(train_examples / batch_size)
-        return dataclasses.replace(self, updates_per_phase=max(1, math.ceil(self.epochs * batches_per_epoch / self.phases)))
+        updates = math.ceil(self.episode_epochs * batches_per_epoch / self.phases)
+        return dataclasses.replace(self, updates_per_phase=max(1, updates))
 
     @property
     def total_updates(self) -> int:
@@ -285,10 +288,11 @@ def crash_return(config: EnvConfig | None = None) -> float:
 
 def budget_env_fields(budget: Budget, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """The EnvConfig fields a budget sets. ``given`` (the env fields set on the command line):
-    an explicit ``updates_per_phase`` replaces the budget's ``epochs``, which would derive it."""
-    fields = {"phases": budget.phases, "updates_per_phase": budget.updates_per_phase or 1, "epochs": budget.epochs}
+    an explicit ``updates_per_phase`` replaces the budget's ``episode_epochs``, which would derive it."""
+    fields = {"phases": budget.phases, "updates_per_phase": budget.updates_per_phase or 1,
+              "episode_epochs": budget.episode_epochs}
     if "updates_per_phase" in (given or {}):
-        fields["epochs"] = None
+        fields["episode_epochs"] = None
     return fields
 
 
@@ -297,7 +301,7 @@ def budget_help_defaults() -> dict[str, str]:
     def values(budget: Budget) -> dict[str, Any]:
         env = budget_env_fields(budget)
         if budget.updates_per_phase is None:
-            env["updates_per_phase"] = "from epochs"
+            env["updates_per_phase"] = "from episode_epochs"
         return {**env, "max_reward_examples": budget.max_reward_examples, "student_layers": budget.student_layers,
                 "teacher_model": budget.teacher_model or "the saved teacher"}
 
@@ -310,8 +314,41 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Builds a config dataclass, refusing unknown keys (a typo should not silently do nothing)."""
+# Fields renamed for what they count: old name -> new name. Records written before keep the old
+# names, and read back through from_dict; the tree work folders' keys are computed with the old
+# names (recorded_names), so a build keeps its folder across the rename.
+RENAMED_FIELDS: dict[str, dict[str, str]] = {
+    "DistillConfig": {"epochs": "distill_epochs"},
+    "EnvConfig": {"epochs": "episode_epochs"},
+}
+
+
+def current_names(cls: type, values: dict[str, Any], warn: bool = False) -> dict[str, Any]:
+    """``values`` with the old names of renamed fields replaced by the new ones (``warn``: say so, in one
+    line, for a dict a user wrote); both names at once are refused."""
+    renamed = RENAMED_FIELDS.get(cls.__name__, {})
+    out = dict(values)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{cls.__name__} was given both {old!r} and its new name {new!r}; keep {new!r}")
+            out[new] = out.pop(old)
+            if warn:
+                warnings.warn(f"{cls.__name__} field {old!r} is now {new!r}; the old name works for one release",
+                              DeprecationWarning, stacklevel=3)
+    return out
+
+
+def recorded_names(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` under the field names records carried before the renames (for keys that must not move)."""
+    back = {new: old for old, new in RENAMED_FIELDS.get(cls.__name__, {}).items()}
+    return {back.get(key, key): value for key, value in values.items()}
+
+
+def from_dict(cls: type, values: dict[str, Any], warn_renamed: bool = False) -> Any:
+    """Builds a config dataclass, refusing unknown keys (a typo should not silently do nothing). Old
+    names of renamed fields are read as the new ones (``warn_renamed``: with a deprecation line)."""
+    values = current_names(cls, values, warn=warn_renamed)
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:

@@ -367,11 +367,14 @@ def test_the_work_folder_is_keyed_by_the_runtime_except_cpu_fp32_whose_old_keys_
     import dataclasses
     import hashlib
 
-    from kdenv.config import to_dict
+    from kdenv.config import DistillConfig, EnvConfig, recorded_names, to_dict
 
     setup = tiny_setup(glue_dir)
-    # The key of a CPU fp32 setup is what it was before runtimes entered it (builds under way resume).
-    fields = {"data": to_dict(setup.data), "distill": to_dict(setup.distill), "env": to_dict(setup.env), "threads": 1}
+    # The key of a CPU fp32 setup is what it was before runtimes entered it (builds under way resume),
+    # with the fields under their names of then (distill.epochs, env.epochs).
+    fields = {"data": to_dict(setup.data), "distill": recorded_names(DistillConfig, to_dict(setup.distill)),
+              "env": recorded_names(EnvConfig, to_dict(setup.env)), "threads": 1}
+    assert "epochs" in fields["distill"] and "epochs" in fields["env"]
     for ignored in ("data_dir", "device", "precision"):
         fields["data"].pop(ignored, None)
         fields["distill"].pop(ignored, None)

@@ -103,7 +103,7 @@ def test_paper_recipes_carry_the_official_training_setup():
     assert recipe.weights == {"ce": 0.5, "logits": 0.5, "gradient": 10.0}
     assert recipe.training == {
         "normalize_losses": False, "temperature": 5.0, "learning_rate": 5e-5, "weight_decay": 0.0,
-        "warmup_ratio": 0.0, "batch_size": 32, "epochs": 4.0, "student_init": "first", "student_dropout": 0.0,
+        "warmup_ratio": 0.0, "batch_size": 32, "distill_epochs": 4.0, "student_init": "first", "student_dropout": 0.0,
         "fresh_head": True}
     assert parse_knowledge("gkd").training == {}
 

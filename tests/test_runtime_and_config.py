@@ -83,3 +83,49 @@ def test_a_bad_number_is_one_clear_error_not_a_traceback_deep_inside(capsys):
             KnowledgeSelectionTableEnv(table, reward_scale=value)
     assert command("build_tree").main(["--task", "stsb", "--threads", "-2", "--estimate"]) == 2
     assert "--threads -2: give a whole number of torch threads >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ budget fields named for what they count
+
+
+def test_renamed_budget_fields_read_old_records_and_warn_only_where_a_user_wrote_them():
+    """EnvConfig.epochs is episode_epochs and DistillConfig.epochs is distill_epochs. A record written
+    before (a table manifest, a run's config.yaml) reads back silently; a dict a user passes to
+    gymnasium.make says, in one line, that the name changed; both names at once are refused."""
+    import warnings
+
+    from kdenv.config import ConfigError, DistillConfig, EnvConfig, from_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a record read back must not warn
+        assert from_dict(EnvConfig, {"epochs": 2.0}).episode_epochs == 2.0
+        assert from_dict(DistillConfig, {"epochs": 5.0}).distill_epochs == 5.0
+    with pytest.warns(DeprecationWarning, match="'epochs' is now 'episode_epochs'"):
+        assert from_dict(EnvConfig, {"epochs": 2.0}, warn_renamed=True).episode_epochs == 2.0
+    with pytest.raises(ConfigError, match="both 'epochs' and its new name 'episode_epochs'"):
+        from_dict(EnvConfig, {"epochs": 2.0, "episode_epochs": 3.0})
+
+
+def test_tree_work_folders_keep_their_keys_across_the_renames():
+    """A build's work folder is keyed by its configs under the names they had before the renames: the
+    stsb_k2_u128 regime's folder (built across sessions, runs/trees/stsb/61e679428dfe) stays found, and a
+    table shipped with the old names is the same setup as a build today."""
+    from kdenv.benchmark.build import DevScoring, TreeSetup, canonical_sections, setup_differences
+    from kdenv.cli import config_from_args
+    from kdenv.commands import build_tree
+    from kdenv.config import BUDGETS, DataConfig, DistillConfig, EnvConfig, to_dict
+
+    args = build_tree.parse_args(["--task", "stsb", "--knowledge", "hidden,gradient", "--updates-per-phase", "128",
+                                  "--dev-examples", "1000", "--phases", "3", "--threads", "1",
+                                  "--max-reward-examples", "512", "--seeds", "1"])
+    env = config_from_args(EnvConfig, args, "env", **build_tree.TREE, episode_epochs=None)
+    data = config_from_args(DataConfig, args, "data", task="stsb", data_dir=None,
+                            max_reward_examples=BUDGETS["cpu"].max_reward_examples)
+    distill = config_from_args(DistillConfig, args, "distill", device="cpu", precision="auto")
+    setup = TreeSetup(data, distill, env, 1, DevScoring(1000, args.dev_leaves, args.dev_seed), outputs=True)
+    assert setup.key() == "61e679428dfe"
+    new = {"distill": to_dict(distill), "env": to_dict(env)}
+    old = {"distill": {("epochs" if k == "distill_epochs" else k): v for k, v in new["distill"].items()},
+           "env": {("epochs" if k == "episode_epochs" else k): v for k, v in new["env"].items()}}
+    assert old != new and canonical_sections(old) == new
+    assert not [d for d in setup_differences(old, new) if d in ("distill", "env")]

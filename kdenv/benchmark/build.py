@@ -18,7 +18,15 @@ from kdenv import numerics
 from kdenv.benchmark.outputs import outputs_file, split_records, write_outputs
 from kdenv.benchmark.table import MANIFEST, Table, TableError, write_manifest, write_seed
 from kdenv.benchmark.tree import DevScoring, JobBusy, JobFile, TreeBuilder, _comparable, collect_seed, tree_size
-from kdenv.config import DataConfig, DistillConfig, EnvConfig, environment_record, to_dict
+from kdenv.config import (
+    DataConfig,
+    DistillConfig,
+    EnvConfig,
+    current_names,
+    environment_record,
+    recorded_names,
+    to_dict,
+)
 from kdenv.decision.factory import EnvironmentSetup, build_environment
 from kdenv.engine.distillation import student_record
 from kdenv.engine.runtime import Runtime, deterministic_cuda, make_runtime
@@ -49,8 +57,9 @@ class TreeSetup:
         self.env = dataclasses.replace(self.env, action_space="discrete", exploration_bonus=0.0, cls_state=False)
 
     def key(self) -> str:
-        fields = {"data": to_dict(self.data), "distill": to_dict(self.distill), "env": to_dict(self.env),
-                  "threads": self.threads}
+        # under the field names of before the renames (kdenv.config.RENAMED_FIELDS): a build keeps its folder
+        fields = {"data": to_dict(self.data), "distill": recorded_names(DistillConfig, to_dict(self.distill)),
+                  "env": recorded_names(EnvConfig, to_dict(self.env)), "threads": self.threads}
         for ignored in ("data_dir", "device", "precision"):
             fields["data"].pop(ignored, None)
             fields["distill"].pop(ignored, None)
@@ -160,6 +169,13 @@ def teacher_recipe(teacher: dict[str, Any] | None) -> dict[str, Any]:
             if key not in ("fingerprint", "directory") and not key.startswith("dev_")}
 
 
+def canonical_sections(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest with its config sections under today's field names (a table shipped before a rename
+    records the old ones)."""
+    return {**manifest, **{name: current_names(cls, manifest[name]) for name, cls in
+                           (("distill", DistillConfig), ("env", EnvConfig)) if isinstance(manifest.get(name), dict)}}
+
+
 def setup_differences(old: dict[str, Any], new: dict[str, Any],
                       provenance: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """The manifest entries that keep two builds' seeds out of one table. ``provenance``: the old
@@ -170,6 +186,7 @@ def setup_differences(old: dict[str, Any], new: dict[str, Any],
     and so in the teacher's bits, which its recipe reproduces in each class: each seed records
     its own teacher and numerics, and replays where those can be had. Native or unrecorded
     numerics never mix with others, nor two teachers of one class."""
+    old, new = canonical_sections(old), canonical_sections(new)
     differences = [key for key in SAME_SETUP if old.get(key) != new.get(key)]
     if teacher_recipe(old.get("teacher")) != teacher_recipe(new.get("teacher")):
         differences.append("teacher recipe")

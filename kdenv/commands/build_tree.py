@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = get_task(args.task)
         seeds = parse_seeds(args.seeds)
-        env_config = config_from_args(EnvConfig, args, "env", **TREE, epochs=None)
+        env_config = config_from_args(EnvConfig, args, "env", **TREE, episode_epochs=None)
         data_config = config_from_args(DataConfig, args, "data", task=task.ref, data_dir=args.data_dir,
                                        max_reward_examples=BUDGETS["cpu"].max_reward_examples)
         distill_config = config_from_args(DistillConfig, args, "distill", device=args.device, precision=args.precision)

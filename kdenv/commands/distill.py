@@ -44,7 +44,7 @@ from kdenv.paths import runs_dir
 DATA_FLAGS = ("max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed")
 DISTILL_FLAGS = (
     "teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head", "student_model",
-    "freeze_embeddings", "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
+    "freeze_embeddings", "distill_epochs", "batch_size", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
     "temperature", "normalize_losses", "teacher_mode", "cache_dtype", "cache_memory_budget_gb", "seed",
 )
 
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_arguments(add)
     add_config_arguments(parser, DataConfig, "data", "data and splits", DATA_FLAGS)
     add_config_arguments(parser, DistillConfig, "distill", "student, optimisation and losses (a *-paper recipe sets "
-                         "its own; flags given here still win)", DISTILL_FLAGS)
+                         "its own; flags given here still win)", DISTILL_FLAGS,
+                         rename={"distill_epochs": "epochs"})  # the one budget in passes this program has
     return parser.parse_args(argv)
 
 

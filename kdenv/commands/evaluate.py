@@ -107,7 +107,7 @@ def request_from_args(args: argparse.Namespace) -> EvaluationRequest:
     return EvaluationRequest(
         policies=[p.strip() for p in args.policies.split(",") if p.strip()],
         seeds=chosen_seeds(args, 0), data=data, distill=distill,
-        budget={"phases": env.phases, "updates_per_phase": env.updates_per_phase, "epochs": env.epochs},
+        budget={"phases": env.phases, "updates_per_phase": env.updates_per_phase, "episode_epochs": env.episode_epochs},
         knowledge=env.knowledge, out=out, baseline=args.baseline, unsafe_load_agents=args.unsafe_load_agents,
         progress=not args.no_progress)
 

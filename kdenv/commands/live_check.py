@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         request = EvaluationRequest(
             policies=[baseline, *extra, *(f"agent:{zip_path}" for zip_path in zips)], seeds=seeds, data=data,
             distill=distill, knowledge=table.knowledge, out=out / "eval", baseline=baseline,
-            budget={"phases": env.phases, "updates_per_phase": env.updates_per_phase, "epochs": env.epochs},
+            budget={"phases": env.phases, "updates_per_phase": env.updates_per_phase, "episode_epochs": env.episode_epochs},
             progress=not args.no_progress)
         evaluation = evaluate_policies(request, JobRunner.from_args(args), device="auto", precision=distill.precision)
     except CLEAR_ERRORS as error:

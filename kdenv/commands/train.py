@@ -43,6 +43,7 @@ from kdenv.config import (
     EnvConfig,
     budget_env_fields,
     budget_help_defaults,
+    current_names,
     save_run_config,
     to_dict,
 )
@@ -149,7 +150,7 @@ def make_configs(args: argparse.Namespace, action_space: str) -> tuple[DataConfi
 RESUME_SAME = {"data": ("task", "max_length", "reward_size", "max_reward_examples", "max_train_examples", "split_seed"),
                "distill": ("teacher_model", "student_layers", "student_init", "student_dropout", "fresh_head",
                            "teacher_mode"),
-               "env": ("knowledge", "base_weights", "phases", "epochs", "reward", "reward_scale", "exploration_bonus",
+               "env": ("knowledge", "base_weights", "phases", "episode_epochs", "reward", "reward_scale", "exploration_bonus",
                        "cls_state", "probe_size")}
 
 
@@ -157,8 +158,9 @@ def environment_changes(record: dict[str, Any], configs: dict[str, Any]) -> list
     """How the run's configs differ from a saved agent's run (``record``), as "env.phases 4 -> 6"."""
     changes = []
     for section, names in RESUME_SAME.items():
-        saved, now = record.get(section) or {}, to_dict(configs[section])
-        fields = [*names, *(["updates_per_phase"] if section == "env" and now.get("epochs") is None else [])]
+        now = to_dict(configs[section])
+        saved = current_names(type(configs[section]), record.get(section) or {})  # a record from before a rename
+        fields = [*names, *(["updates_per_phase"] if section == "env" and now.get("episode_epochs") is None else [])]
         for name in fields:
             if name in saved and _comparable(saved[name]) != _comparable(now.get(name)):
                 changes.append(f"{section}.{name} {saved[name]!r} -> {now.get(name)!r}")

@@ -21,7 +21,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdenv.config import ConfigError, DataConfig, DistillConfig, EnvConfig, environment_record, from_dict, to_dict
+from kdenv.config import (
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    EnvConfig,
+    current_names,
+    environment_record,
+    from_dict,
+    to_dict,
+)
 from kdenv.decision.algorithms import SavedAgent
 from kdenv.decision.policies import check_policy, recipe_knowledge
 from kdenv.decision.runs import EvaluationJob, release, result_checksum, run_evaluation_job
@@ -44,7 +53,7 @@ class EvaluationRequest:
     seeds: list[int]  # episode seeds
     data: DataConfig
     distill: DistillConfig
-    budget: dict[str, Any]  # EnvConfig's phases, updates_per_phase and epochs: one episode's length
+    budget: dict[str, Any]  # EnvConfig's phases, updates_per_phase and episode_epochs: one episode's length
     knowledge: list[str]  # what non-recipe fixed policies are offered
     out: Path  # where the report goes
     baseline: str | None = None  # named in advance; None: the best non-agent policy on these seeds
@@ -80,7 +89,7 @@ def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: li
             path = name.removeprefix("agent:")
             saved = SavedAgent.open(path)
             saved.check_safe(unsafe_load_agents)  # a file that would run code is refused before any work
-            env_config = from_dict(EnvConfig, {**saved.record["env"], **budget_fields})  # the agent's own spaces
+            env_config = from_dict(EnvConfig, {**current_names(EnvConfig, saved.record["env"]), **budget_fields})  # the agent's own spaces
             label = f"agent:{saved.algorithm.name}@{Path(path).parent.name}"
             plans.append({"name": name, "label": label, "env": env_config, "agent": saved,
                           "agent_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()})

@@ -1,6 +1,6 @@
 """Building the knowledge-selection environment for a task, in one direction: configs are checked,
 the distillation is prepared (teacher, data, caches, student), the episode budget is settled
-(epochs → updates per phase → total updates), and only then is the trainer built and wrapped.
+(episode_epochs → updates per phase → total updates), and only then is the trainer built and wrapped.
 
 :func:`build_environment` returns the environment together with what it was built from;
 :func:`make_env` (the Gymnasium entry point of ``kdenv/KnowledgeSelection-v0``) returns the
@@ -21,7 +21,7 @@ from kdenv.engine.runtime import make_runtime
 class EnvironmentSetup:
     env: KnowledgeDistillationEnv
     distillation: Distillation  # teacher, data, caches and reports the environment was built from
-    config: EnvConfig  # with the budget settled (updates_per_phase derived when `epochs` is set)
+    config: EnvConfig  # with the budget settled (updates_per_phase derived when `episode_epochs` is set)
 
 
 def build_environment(
@@ -38,13 +38,14 @@ def build_environment(
     learning-rate schedule spanning exactly one episode. Configs may be given as dicts of their
     fields (as ``gymnasium.make`` and rl_zoo3's ``--env-kwargs`` pass them)."""
     if isinstance(env_config, dict):
-        env_config = from_dict(EnvConfig, env_config)
+        env_config = from_dict(EnvConfig, env_config, warn_renamed=True)
     env_config = env_config or EnvConfig()
     if isinstance(data_config, dict):
         data_config = from_dict(DataConfig, {"task": task, "data_dir": data_dir, **data_config})
     data_config = data_config or DataConfig(task=task, data_dir=data_dir)
     if isinstance(distill_config, dict):
-        distill_config = from_dict(DistillConfig, {"device": device, "precision": precision, **distill_config})
+        distill_config = from_dict(DistillConfig, {"device": device, "precision": precision, **distill_config},
+                                   warn_renamed=True)
     distill_config = distill_config or DistillConfig(device=device, precision=precision)
     names = list(dict.fromkeys([*env_config.base_weights, *env_config.knowledge]))
     check_knowledge_names(names)

@@ -67,7 +67,7 @@ class Distillation:
         return self.data.task
 
     def build_trainer(self, total_updates: int | None = None) -> StudentTrainer:
-        """The trainer, with a learning-rate schedule of ``total_updates`` (None: the config's epochs).
+        """The trainer, with a learning-rate schedule of ``total_updates`` (None: the config's distill_epochs).
         It owns the student and the knowledge modules: build it once per distillation."""
         return StudentTrainer(self.student, self.teacher_source, self.data, self.knowledge, self.config, self.runtime,
                               total_updates, eval_teacher_logits=self.eval_teacher_logits)

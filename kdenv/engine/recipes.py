@@ -34,7 +34,7 @@ class Recipe:
 # The official code's training setup (GKD, built on the PKD code): see the module docstring.
 PAPER_TRAINING: dict[str, Any] = {
     "normalize_losses": False, "temperature": 5.0, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_ratio": 0.0,
-    "batch_size": 32, "epochs": 4.0, "student_init": "first", "student_dropout": 0.0, "fresh_head": True,
+    "batch_size": 32, "distill_epochs": 4.0, "student_init": "first", "student_dropout": 0.0, "fresh_head": True,
 }
 PAPER_KD_OPTIONS = {"logits": {"reduction": "mean"}}
 

@@ -110,7 +110,7 @@ class StudentTrainer:
     ):
         """``knowledge``: the knowledge modules built for this student (``build_knowledge_modules``),
         or their names, to be built here (then ``teacher_config`` is needed). ``total_updates`` is
-        the length of the learning-rate schedule (None: ``config.epochs`` over the train split)."""
+        the length of the learning-rate schedule (None: ``config.distill_epochs`` over the train split)."""
         seed_everything(config.seed)  # projections, dropout and shuffling all follow from the seed
         self.data, self.task, self.config, self.runtime = data, data.task, config, runtime
         self.student = student.to(runtime.device).train()
@@ -132,7 +132,7 @@ class StudentTrainer:
         self.trainable = [p for p in student.parameters() if p.requires_grad] + extra
         self.stream = BatchStream(data["train"], data.pad_token_id, config.batch_size, seed=config.seed)
         if total_updates is None:
-            total_updates = math.ceil(config.epochs * self.stream.batches_per_epoch)
+            total_updates = math.ceil(config.distill_epochs * self.stream.batches_per_epoch)
         self.total_updates = max(1, total_updates)
         warmup = int(config.warmup_ratio * self.total_updates)
         self.scheduler = linear_warmup_decay(self.optimizer, warmup, self.total_updates)
