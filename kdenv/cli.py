@@ -156,31 +156,23 @@ def chosen_seeds(args, first: int) -> list[int]:
     """The seeds ``add_seed_arguments``' flags name (``first``: the first seed when --first-seed is
     not given). A bare number after --seeds is the old spelling of a count: it still works, for
     one release, with a one-line deprecation message."""
+    count = args.num_seeds  # args are read, never changed
     if args.seeds is not None:
         text = str(args.seeds).strip()
         if text.isdigit():
             print(f"warning: --seeds {text} as a count is deprecated (--seeds is a seed list everywhere); "
                   f"write --num-seeds {text}", file=sys.stderr)
-            args.num_seeds, args.seeds = int(text), None
+            count = int(text)
         elif args.first_seed is not None:
             raise ConfigError("--seeds names the seeds itself; --first-seed goes with --num-seeds")
         else:
             return parse_seeds(text, "--seeds")
-    if args.num_seeds < 1:
-        raise ConfigError(f"--num-seeds must be >= 1, not {args.num_seeds}")
+    if count < 1:
+        raise ConfigError(f"--num-seeds must be >= 1, not {count}")
     start = first if args.first_seed is None else args.first_seed
     if start < 0:
         raise ConfigError(f"--first-seed {start}: episode seeds are whole numbers >= 0")
-    return list(range(start, start + args.num_seeds))
-
-
-def seeds_text(seeds: list[int]) -> str:
-    """``seeds 0-3``, ``seeds 0, 2, 5`` or ``seed 4``: how reports name a seed list."""
-    if len(seeds) == 1:
-        return f"seed {seeds[0]}"
-    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"seeds {seeds[0]}-{seeds[-1]}"
-    return "seeds " + ", ".join(map(str, seeds))
+    return list(range(start, start + count))
 
 
 def run_main(main: Callable[..., int]) -> Callable[..., int]:

@@ -184,3 +184,12 @@ def share_text(share: dict[str, Any] | None) -> str:
     if not share or share["value"] is None:
         return "n/a (no headroom)"
     return with_interval(share["value"], share["ci"], digits=2)
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """``seeds 0-3``, ``seeds 0, 2, 5`` or ``seed 4``: how reports name a seed list."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))

@@ -15,11 +15,10 @@ from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.table_env import REWARD_SCALE
-from kdenv.cli import seeds_text
 from kdenv.config import save_run_config
 from kdenv.decision.algorithms import SavedAgent, get_algorithm, save_agent
 from kdenv.engine.tasks import get_task
-from kdenv.stats import ci_text, improvement, improvement_text, summarise
+from kdenv.stats import ci_text, improvement, improvement_text, seeds_text, summarise
 
 
 def constant_policy(table: Table, subset: int) -> str:

@@ -38,7 +38,7 @@ from kdenv.benchmark.live import constant_policy, live_report, table_gains, trai
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.table import resolve_table, table_configs
 from kdenv.benchmark.validate import check_saved_teacher
-from kdenv.cli import CLEAR_ERRORS, add_seed_arguments, chosen_seeds, fail, run_main, seeds_text
+from kdenv.cli import CLEAR_ERRORS, add_seed_arguments, chosen_seeds, fail, run_main
 from kdenv.config import ConfigError
 from kdenv.decision.evaluation import EvaluationRequest, evaluate_policies
 from kdenv.decision.evaluation_report import write_report
@@ -46,7 +46,7 @@ from kdenv.decision.policies import check_policy
 from kdenv.io import check_writable, write_all
 from kdenv.jobs import JobRunner, add_job_arguments
 from kdenv.paths import leaderboard_results_dir, runs_dir
-from kdenv.stats import ci_text
+from kdenv.stats import ci_text, seeds_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from kdenv.cli import seeds_text
 from kdenv.decision.evaluation import EvaluationResult
 from kdenv.decision.schedules import heatmap_png, png_array
 from kdenv.io import write_all
-from kdenv.stats import paired_difference, with_interval
+from kdenv.stats import paired_difference, seeds_text, with_interval
 
 LOYALTY = ("label_loyalty", "probability_loyalty", "saliency_loyalty")
 
