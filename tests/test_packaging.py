@@ -50,6 +50,7 @@ def test_the_wheel_holds_the_tables_and_hyperparameters_and_stays_small(wheel_in
     names = zipfile.ZipFile(wheel).namelist()
     assert "kdenv/tables/stsb/manifest.json" in names and "kdenv/tables/stsb/seed0.jsonl.gz" in names
     assert "kdenv/decision/hyperparams/a2c.yaml" in names
+    assert "kdenv/engine/glue.yaml" in names  # the GLUE task specs
     assert not [name for name in names if name.startswith(("tests/", "agents/", "docs/", "bench/"))]
     assert wheel.stat().st_size < 20 * 2**20  # tables are a few MB
 

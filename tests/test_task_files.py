@@ -3,6 +3,7 @@ tests write, read through `datasets`; every bad input is one clear line before a
 task file works where a GLUE name does (the teacher fine-tune and an evaluation, end to end)."""
 
 import json
+import re
 import warnings
 
 import pytest
@@ -134,3 +135,24 @@ def test_a_task_file_works_where_a_glue_name_does(tiny_teacher, tmp_path, privat
                                      "16", "--no-progress", "--output-dir", str(out)]) == 0
     runs = json.loads((out / "runs.json").read_text())
     assert {run["policy"] for run in runs} == {"kd", "all"} and all(0 <= run["dev"]["accuracy"] <= 1 for run in runs)
+
+
+def test_the_glue_tasks_are_specs_read_by_the_task_file_code(tmp_path):
+    """kdenv/engine/glue.yaml goes through describe_task, the check every task file goes through: a GLUE
+    spec with a task file's mistakes is refused with the same one-line messages."""
+    from kdenv.engine.task_files import TaskFileError
+    from kdenv.engine.tasks import GLUE_SPECS, TASKS, load_glue_specs
+
+    assert load_glue_specs() == TASKS and len(TASKS) == 9
+    assert TASKS["stsb"].is_regression and TASKS["mnli"].local.dev_files == ("dev_matched.tsv", "dev_mismatched.tsv")
+    assert TASKS["cola"].local.text_a == 3 and not TASKS["cola"].local.has_header  # columns by position
+    text = GLUE_SPECS.read_text()
+    for broken, message in [(text.replace("metrics: [pearson, spearman]", "metrics: [accuracy]"),
+                             "metrics ['accuracy'] do not apply to regression"),
+                            (text.replace("type: regression", "type: ranking"), "type must be classification or "
+                                                                                "regression"),
+                            (text.replace("  glue: {folder: RTE}", "  glue: {folder: RTE, sep: tab}"), "glue takes")]:
+        path = tmp_path / "glue.yaml"
+        path.write_text(broken)
+        with pytest.raises(TaskFileError, match=re.escape(message)):
+            load_glue_specs(path)

@@ -94,32 +94,76 @@ for _first in "tTfF":
         ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
 
 
+@dataclass(frozen=True)
+class TaskDescription:
+    """What a task mapping says before any data is read: the part a task file and the packaged GLUE
+    specs (kdenv/engine/glue.yaml) share, checked by one function, :func:`describe_task`."""
+
+    name: str
+    kind: str  # classification or regression
+    text: tuple[str, ...]  # one text field, or two for a pair task
+    label: str
+    labels: tuple[str, ...] | None  # as given (None: inferred from train); () for regression
+    metrics: tuple[str, ...]
+
+
+def describe_task(raw: Any, where: str, keys: set[str], required: set[str],
+                  reserved: set[str] | frozenset[str] = frozenset()) -> TaskDescription:
+    """Checks a task mapping's keys, name, type, text, label names and metrics; every problem is one
+    line that starts with ``where``. ``reserved``: names it may not take (a task file: the GLUE tasks')."""
+    def fail(message: str) -> TaskFileError:
+        return TaskFileError(f"{where}: {message}")
+
+    if not isinstance(raw, dict):
+        raise fail(f"a task is a mapping of {', '.join(sorted(required))}")
+    unknown, missing = sorted(set(raw) - keys), sorted(required - set(raw))
+    if unknown or missing:
+        raise fail(f"{'unknown keys ' + str(unknown) if unknown else ''}{'; ' if unknown and missing else ''}"
+                   f"{'missing keys ' + str(missing) if missing else ''}; the keys are {sorted(keys)}")
+    name = str(raw["name"]).strip().lower()
+    if not name.replace("_", "").replace("-", "").isalnum() or name in reserved:
+        raise fail(f"name {raw['name']!r} must be letters, digits, - or _ and not a GLUE task's name")
+    kind = raw["type"]
+    if kind not in ("classification", "regression"):
+        raise fail(f"type must be classification or regression, not {kind!r}")
+    text = raw["text"] if isinstance(raw["text"], list) else [raw["text"]]
+    if not 1 <= len(text) <= 2 or not all(isinstance(c, str) and c for c in text):
+        raise fail(f"text names one text column, or two for a pair task, not {raw['text']!r}")
+    given = raw.get("labels")
+    if kind == "regression":
+        if given:
+            raise fail("a regression task has no label names: drop labels")
+        labels: tuple[str, ...] | None = ()
+    else:
+        labels = tuple(str(v) for v in given) if given else None
+        if labels is not None and (len(labels) < 2 or len(set(labels)) != len(labels)):
+            raise fail(f"a classification task needs at least two distinct label names, not {list(labels)}")
+    allowed = REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
+    metrics = tuple(raw.get("metrics") or (allowed[0],))
+    wrong = [m for m in metrics if m not in allowed]
+    if wrong:
+        raise fail(f"metrics {wrong} do not apply to {kind}; choose among {list(allowed)}")
+    if kind == "classification" and labels is not None and len(labels) > 2 and set(metrics) - {"accuracy"}:
+        raise fail(f"f1 and matthews_corr are computed for two classes here; with {len(labels)} use accuracy")
+    return TaskDescription(name, kind, tuple(text), str(raw["label"]), labels, metrics)
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file read as YAML 1.2 reads booleans (see _TaskFileLoader)."""
+    try:
+        return yaml.load(path.read_text(), Loader=_TaskFileLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise _fail(path, f"not valid YAML ({error})") from None
+
+
 def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = frozenset()) -> FileTask:
     """A task file, its data checked (labels, texts, splits) so that a bad file stops here, in one
     line; ``reserved``: names it may not take (the GLUE tasks')."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise TaskFileError(f"task file {path} does not exist; pass the path of a task YAML (see docs/own_task.md)")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_TaskFileLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise _fail(path, f"not valid YAML ({error})") from None
-    if not isinstance(raw, dict):
-        raise _fail(path, "a task file is a mapping of name, train, dev, text, label, type, metrics")
-    unknown = sorted(set(raw) - KEYS)
-    missing = sorted({"name", "train", "dev", "text", "label", "type"} - set(raw))
-    if unknown or missing:
-        raise _fail(path, f"{'unknown keys ' + str(unknown) if unknown else ''}{'; ' if unknown and missing else ''}"
-                          f"{'missing keys ' + str(missing) if missing else ''}; the keys are {sorted(KEYS)}")
-    name = str(raw["name"]).strip().lower()
-    if not name.replace("_", "").replace("-", "").isalnum() or name in reserved:
-        raise _fail(path, f"name {raw['name']!r} must be letters, digits, - or _ and not a GLUE task's name")
-    kind = raw["type"]
-    if kind not in ("classification", "regression"):
-        raise _fail(path, f"type must be classification or regression, not {kind!r}")
-    text = raw["text"] if isinstance(raw["text"], list) else [raw["text"]]
-    if not 1 <= len(text) <= 2 or not all(isinstance(c, str) and c for c in text):
-        raise _fail(path, f"text names one text column, or two for a pair task, not {raw['text']!r}")
+    raw = load_yaml(path)
+    about = describe_task(raw, str(path), KEYS, {"name", "train", "dev", "text", "label", "type"}, reserved)
     files = {}
     for split in ("train", "dev"):
         data = (path.parent / str(raw[split])).resolve()
@@ -128,30 +172,22 @@ def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = froze
         if not data.is_file():
             raise _fail(path, f"{split} file {data} does not exist")
         files[split] = data
-    columns = {split: _read_columns(files[split], [*text, raw["label"]], split, path) for split in files}
-    labels_given = raw.get("labels")
-    if kind == "regression":
-        label_names: tuple[str, ...] = ()
-        if labels_given:
-            raise _fail(path, "a regression task has no label names: drop labels")
-    else:
+    columns = {split: _read_columns(files[split], [*about.text, raw["label"]], split, path) for split in files}
+    label_names = about.labels
+    if label_names is None or label_names:  # classification: the names checked against train
         train_labels = [str(v) for v in columns["train"][raw["label"]]]
-        label_names = tuple(str(v) for v in labels_given) if labels_given else tuple(sorted(set(train_labels)))
-        if len(label_names) < 2 or len(set(label_names)) != len(label_names):
+        label_names = label_names or tuple(sorted(set(train_labels)))
+        if len(label_names) < 2:
             raise _fail(path, f"a classification task needs at least two distinct label names, not {list(label_names)}")
         absent = [n for n in label_names if n not in set(train_labels)]
         if absent:
             raise _fail(path, f"label(s) {absent} never occur in the train file {files['train'].name}: a class the "
                               "teacher never sees cannot be learned; add examples or drop the label")
-    allowed = REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
-    metrics = tuple(raw.get("metrics") or (allowed[0],))
-    wrong = [m for m in metrics if m not in allowed]
-    if wrong:
-        raise _fail(path, f"metrics {wrong} do not apply to {kind}; choose among {list(allowed)}")
-    if kind == "classification" and len(label_names) > 2 and set(metrics) - {"accuracy"}:
-        raise _fail(path, f"f1 and matthews_corr are computed for two classes here; with {len(label_names)} use accuracy")
-    task = FileTask(name, label_names, metrics,
-                    TaskFiles(path.resolve(), files["train"], files["dev"], tuple(text), raw["label"],
+        if len(label_names) > 2 and set(about.metrics) - {"accuracy"}:
+            raise _fail(path, f"f1 and matthews_corr are computed for two classes here; with {len(label_names)} "
+                              "use accuracy")
+    task = FileTask(about.name, label_names, about.metrics,
+                    TaskFiles(path.resolve(), files["train"], files["dev"], about.text, raw["label"],
                               _checksum([path, files["train"], files["dev"]])))
     splits = {split: check_rows(task, columns[split], files[split]) for split in files}
     _warn_duplicates(splits, path)

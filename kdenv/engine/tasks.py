@@ -1,4 +1,5 @@
-"""The GLUE task table: one place that says how each task is read, labelled and scored."""
+"""Task specs: the GLUE tasks (read from glue.yaml by the code that reads a task file) and task files
+(kdenv.engine.task_files); one place that says how each task is read, labelled and scored."""
 
 from __future__ import annotations
 
@@ -79,99 +80,45 @@ class TaskSpec:
         return as_int
 
 
-# Label order follows the hub's `nyu-mll/glue` ClassLabel features, so both sources agree on ids.
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in [
-        TaskSpec(
-            name="cola",
-            hub_config="cola",
-            hub_text_fields=("sentence",),
-            label_names=("unacceptable", "acceptable"),
-            metrics=("matthews_corr", "accuracy"),
-            local=LocalLayout("CoLA", has_header=False, text_a=3, text_b=None, label=1),
-        ),
-        TaskSpec(
-            name="sst2",
-            hub_config="sst2",
-            hub_text_fields=("sentence",),
-            label_names=("negative", "positive"),
-            metrics=("accuracy",),
-            local=LocalLayout("SST-2", has_header=True, text_a="sentence", text_b=None, label="label"),
-        ),
-        TaskSpec(
-            name="mrpc",
-            hub_config="mrpc",
-            hub_text_fields=("sentence1", "sentence2"),
-            label_names=("not_equivalent", "equivalent"),
-            metrics=("f1", "accuracy"),
-            local=LocalLayout(
-                "MRPC", has_header=True, text_a="#1 String", text_b="#2 String", label="Quality"
-            ),
-        ),
-        TaskSpec(
-            name="stsb",
-            hub_config="stsb",
-            hub_text_fields=("sentence1", "sentence2"),
-            label_names=(),
-            metrics=("pearson", "spearman"),
-            local=LocalLayout(
-                "STS-B", has_header=True, text_a="sentence1", text_b="sentence2", label="score"
-            ),
-        ),
-        TaskSpec(
-            name="qqp",
-            hub_config="qqp",
-            hub_text_fields=("question1", "question2"),
-            label_names=("not_duplicate", "duplicate"),
-            metrics=("accuracy", "f1"),
-            local=LocalLayout(
-                "QQP", has_header=True, text_a="question1", text_b="question2", label="is_duplicate"
-            ),
-        ),
-        TaskSpec(
-            name="mnli",
-            hub_config="mnli",
-            hub_text_fields=("premise", "hypothesis"),
-            label_names=("entailment", "neutral", "contradiction"),
-            # The mismatched dev set is loaded as the extra split ``dev_mismatched``.
-            metrics=("accuracy",),
-            local=LocalLayout(
-                "MNLI",
-                has_header=True,
-                text_a="sentence1",
-                text_b="sentence2",
-                label="gold_label",
-                dev_files=("dev_matched.tsv", "dev_mismatched.tsv"),
-            ),
-            hub_dev_splits=("validation_matched", "validation_mismatched"),
-        ),
-        TaskSpec(
-            name="qnli",
-            hub_config="qnli",
-            hub_text_fields=("question", "sentence"),
-            label_names=("entailment", "not_entailment"),
-            metrics=("accuracy",),
-            local=LocalLayout("QNLI", has_header=True, text_a="question", text_b="sentence", label="label"),
-        ),
-        TaskSpec(
-            name="rte",
-            hub_config="rte",
-            hub_text_fields=("sentence1", "sentence2"),
-            label_names=("entailment", "not_entailment"),
-            metrics=("accuracy",),
-            local=LocalLayout("RTE", has_header=True, text_a="sentence1", text_b="sentence2", label="label"),
-        ),
-        TaskSpec(
-            name="wnli",
-            hub_config="wnli",
-            hub_text_fields=("sentence1", "sentence2"),
-            label_names=("not_entailment", "entailment"),
-            metrics=("accuracy",),
-            local=LocalLayout("WNLI", has_header=True, text_a="sentence1", text_b="sentence2", label="label"),
-        ),
-    ]
-}
+GLUE_SPECS = Path(__file__).with_name("glue.yaml")  # the nine GLUE tasks, as task specs
+GLUE_KEYS = {"name", "type", "text", "label", "labels", "metrics", "glue"}
+GLUE_LAYOUT_KEYS = {"folder", "header", "text_columns", "label_column", "dev", "hub_dev_splits"}
+
+
+def glue_spec(raw: dict[str, Any], where: str) -> TaskSpec:
+    """One GLUE task's spec: its task mapping checked by the code that checks a task file
+    (kdenv.engine.task_files.describe_task), then where GLUE keeps its data."""
+    from kdenv.engine.task_files import TaskFileError, describe_task
+
+    about = describe_task(raw, where, GLUE_KEYS, GLUE_KEYS - {"labels"})
+    if about.labels is None:
+        raise TaskFileError(f"{where}: a GLUE task lists its label names in the hub's order")
+    layout = raw["glue"]
+    unknown = set(layout) - GLUE_LAYOUT_KEYS if isinstance(layout, dict) else {"(not a mapping)"}
+    if unknown or "folder" not in layout:
+        raise TaskFileError(f"{where}: glue takes {sorted(GLUE_LAYOUT_KEYS)} (folder required), not {sorted(unknown)}")
+    columns = tuple(layout.get("text_columns", about.text))
+    dev_files = tuple(layout.get("dev", ["dev.tsv"]))
+    hub_dev_splits = tuple(layout.get("hub_dev_splits", ["validation"]))
+    if len(columns) != len(about.text) or len(hub_dev_splits) != len(dev_files):
+        raise TaskFileError(f"{where}: text_columns must match text, and hub_dev_splits the dev files")
+    return TaskSpec(name=about.name, hub_config=about.name, hub_text_fields=about.text, label_names=about.labels,
+                    metrics=about.metrics,
+                    local=LocalLayout(layout["folder"], has_header=bool(layout.get("header", True)),
+                                      text_a=columns[0], text_b=columns[1] if len(columns) == 2 else None,
+                                      label=layout.get("label_column", about.label), dev_files=dev_files),
+                    hub_dev_splits=hub_dev_splits)
+
+
+def load_glue_specs(path: Path = GLUE_SPECS) -> dict[str, TaskSpec]:
+    from kdenv.engine.task_files import load_yaml
+
+    entries = load_yaml(path)
+    specs = [glue_spec(raw, f"{path} (task {i + 1})") for i, raw in enumerate(entries or [])]
+    return {spec.name: spec for spec in specs}
+
+
+TASKS: dict[str, TaskSpec] = load_glue_specs()
 
 _ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 
