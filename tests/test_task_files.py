@@ -156,3 +156,40 @@ def test_the_glue_tasks_are_specs_read_by_the_task_file_code(tmp_path):
         path.write_text(broken)
         with pytest.raises(TaskFileError, match=re.escape(message)):
             load_glue_specs(path)
+
+
+def test_a_task_file_may_name_a_dataset_instead_of_files(tmp_path):
+    """hub: <dataset> reads a datasets dataset (a hub id where the hub is reachable; here a local
+    dataset folder, which load_dataset reads the same way): its ClassLabel names in the dataset's order,
+    its splits by name; a wrong split or column, or both sources at once, is one line."""
+    import datasets
+
+    from kdenv.engine.data import load_raw_splits
+
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    train = [("a warm and funny film", 1), ("a dull mess", 0), ("moving", 1), ("flat", 0)]
+    for split, rows in (("train", train), ("validation", [("very warm", 1), ("very dull", 0)])):
+        datasets.Dataset.from_dict({"sentence": [r[0] for r in rows], "label": [r[1] for r in rows]},
+                                   features=features).to_parquet(folder / f"{split}.parquet")
+    path = tmp_path / "reviews.yaml"
+    path.write_text(f"name: reviews_hub\nhub: {folder}\ntext: sentence\nlabel: label\ntype: classification\n")
+    spec = get_task(str(path))
+    assert spec.label_names == ("neg", "pos") and spec.files.hub[2:] == ("train", "validation")
+    raw = load_raw_splits(spec, None)
+    assert list(raw["train"].labels) == [1, 0, 1, 0] and raw["dev"].text_a == ["very warm", "very dull"]
+
+    for text, message in [(f"name: r2\nhub: {folder}\ndev_split: test\ntext: sentence\nlabel: label\n"
+                           "type: classification\n", "split 'test'"),
+                          (f"name: r3\nhub: {folder}\ntext: review\nlabel: label\ntype: classification\n",
+                           "has no column 'review'"),
+                          (f"name: r4\nhub: {folder}\ntrain: a.csv\ntext: sentence\nlabel: label\n"
+                           "type: classification\n", "not both"),
+                          ("name: r5\ntrain: a.csv\ndev: b.csv\ndev_split: test\ntext: sentence\nlabel: label\n"
+                           "type: classification\n", "go with hub")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(TaskFileError, match=re.escape(message)):
+            get_task(str(bad))

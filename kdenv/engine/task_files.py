@@ -10,6 +10,11 @@ and read through ``datasets``' local loaders (CSV, TSV, JSON Lines, Parquet).
     labels: [negative, positive] # optional: the label names in id order (inferred and recorded if absent)
     metrics: [accuracy, f1]      # the first drives rewards and teacher selection
 
+Instead of ``train`` and ``dev`` files, ``hub: <dataset>`` names a ``datasets`` dataset (a hub id where
+the hub is reachable, or a local dataset folder), with ``hub_config`` and the ``train_split`` and
+``dev_split`` names (default ``train`` and ``validation``). A label column of ``ClassLabel`` type gives
+its names in the dataset's order.
+
 ``get_task("path/to/task.yaml")`` returns its :class:`~kdenv.engine.tasks.TaskSpec` (made from the
 :class:`FileTask` read here), with the task file's and data files' checksum in ``files.sha256`` (part of the data fingerprints every cache, teacher
 and table records). Everything a file can get wrong is refused in one line naming the file, the
@@ -34,7 +39,9 @@ from kdenv.errors import KdenvError
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_corr")
 REGRESSION_METRICS = ("pearson", "spearman")
-KEYS = {"name", "train", "dev", "text", "label", "type", "labels", "metrics"}
+KEYS = {"name", "train", "dev", "text", "label", "type", "labels", "metrics", "hub", "hub_config", "train_split",
+        "dev_split"}
+HUB_KEYS = {"hub", "hub_config", "train_split", "dev_split"}
 
 
 class TaskFileError(KdenvError, ValueError):
@@ -46,11 +53,18 @@ class TaskFiles:
     """Where a file task's data lives and how it is read."""
 
     path: Path  # the task file
-    train: Path
-    dev: Path
+    train: Path | None  # None: a hub dataset
+    dev: Path | None
     text: tuple[str, ...]
     label: str
-    sha256: str  # of the task file and both data files
+    sha256: str  # of the task file and both data files (a hub dataset: of its splits' fingerprints)
+    hub: tuple[str, str | None, str, str] | None = None  # dataset, config, train split, dev split
+
+    def source(self, split: str) -> str:
+        """How messages name a split's data: its file, or the hub dataset's split."""
+        if self.hub is not None:
+            return f"{self.hub[0]}[{self.hub[2] if split == 'train' else self.hub[3]}]"
+        return (self.train if split == "train" else self.dev).name
 
 
 def is_task_file(name: str) -> bool:
@@ -62,10 +76,13 @@ def _fail(path: Path, message: str) -> TaskFileError:
     return TaskFileError(f"{path}: {message}")
 
 
-def _checksum(paths: list[Path]) -> str:
+def _checksum(paths: list[Path], extra: list[str] = ()) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.read_bytes())
+        digest.update(b"\x00")
+    for text in extra:
+        digest.update(text.encode())
         digest.update(b"\x00")
     return digest.hexdigest()[:16]
 
@@ -163,33 +180,52 @@ def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = froze
     if not path.is_file():
         raise TaskFileError(f"task file {path} does not exist; pass the path of a task YAML (see docs/own_task.md)")
     raw = load_yaml(path)
-    about = describe_task(raw, str(path), KEYS, {"name", "train", "dev", "text", "label", "type"}, reserved)
-    files = {}
-    for split in ("train", "dev"):
-        data = (path.parent / str(raw[split])).resolve()
-        if data.suffix.lower() not in FORMATS:
-            raise _fail(path, f"{split} file {data.name}: use .csv, .tsv, .json/.jsonl (JSON Lines) or .parquet")
-        if not data.is_file():
-            raise _fail(path, f"{split} file {data} does not exist")
-        files[split] = data
-    columns = {split: _read_columns(files[split], [*about.text, raw["label"]], split, path) for split in files}
+    is_hub = isinstance(raw, dict) and "hub" in raw
+    source_keys = {"hub"} if is_hub else {"train", "dev"}
+    about = describe_task(raw, str(path), KEYS, {"name", "text", "label", "type"} | source_keys, reserved)
+    if is_hub and {"train", "dev"} & set(raw):
+        raise _fail(path, "name either hub (a dataset) or train and dev (files), not both")
+    if not is_hub and HUB_KEYS & set(raw):
+        raise _fail(path, f"{sorted(HUB_KEYS & set(raw))} go with hub: <dataset>")
+    wanted = [*about.text, raw["label"]]
+    files: dict[str, Path] = {}
+    hub = None
+    if is_hub:
+        hub = (str(raw["hub"]), raw.get("hub_config"), str(raw.get("train_split", "train")),
+               str(raw.get("dev_split", "validation")))
+        columns, class_names, fingerprints = {}, None, []
+        for split, split_name in (("train", hub[2]), ("dev", hub[3])):
+            columns[split], names, fingerprint = _read_hub_columns(hub, split_name, wanted, split, path)
+            class_names, fingerprints = class_names or names, [*fingerprints, fingerprint]
+        checksum = _checksum([path], extra=fingerprints)
+    else:
+        for split in ("train", "dev"):
+            data = (path.parent / str(raw[split])).resolve()
+            if data.suffix.lower() not in FORMATS:
+                raise _fail(path, f"{split} file {data.name}: use .csv, .tsv, .json/.jsonl (JSON Lines) or .parquet")
+            if not data.is_file():
+                raise _fail(path, f"{split} file {data} does not exist")
+            files[split] = data
+        columns = {split: _read_columns(files[split], wanted, split, path) for split in files}
+        class_names, checksum = None, _checksum([path, files["train"], files["dev"]])
     label_names = about.labels
     if label_names is None or label_names:  # classification: the names checked against train
         train_labels = [str(v) for v in columns["train"][raw["label"]]]
-        label_names = label_names or tuple(sorted(set(train_labels)))
+        label_names = label_names or class_names or tuple(sorted(set(train_labels)))
         if len(label_names) < 2:
             raise _fail(path, f"a classification task needs at least two distinct label names, not {list(label_names)}")
         absent = [n for n in label_names if n not in set(train_labels)]
         if absent:
-            raise _fail(path, f"label(s) {absent} never occur in the train file {files['train'].name}: a class the "
-                              "teacher never sees cannot be learned; add examples or drop the label")
+            raise _fail(path, f"label(s) {absent} never occur in the train {'split' if hub else 'file'} "
+                              f"{task_source(hub, files)}: a class the teacher never sees cannot be learned; add "
+                              "examples or drop the label")
         if len(label_names) > 2 and set(about.metrics) - {"accuracy"}:
             raise _fail(path, f"f1 and matthews_corr are computed for two classes here; with {len(label_names)} "
                               "use accuracy")
     task = FileTask(about.name, label_names, about.metrics,
-                    TaskFiles(path.resolve(), files["train"], files["dev"], about.text, raw["label"],
-                              _checksum([path, files["train"], files["dev"]])))
-    splits = {split: check_rows(task, columns[split], files[split]) for split in files}
+                    TaskFiles(path.resolve(), files.get("train"), files.get("dev"), about.text, raw["label"], checksum,
+                              hub))
+    splits = {split: check_rows(task, columns[split], task.files.source(split)) for split in ("train", "dev")}
     _warn_duplicates(splits, path)
     return task
 
@@ -218,18 +254,52 @@ def _read_columns(data: Path, wanted: list[str], split: str, task_file: Path) ->
     return {column: list(table[column]) for column in wanted}
 
 
-def check_rows(task: FileTask, columns: dict[str, list[Any]], data: Path) -> tuple[list[str], list[str] | None, np.ndarray]:
+def task_source(hub: tuple[str, str | None, str, str] | None, files: dict[str, Path]) -> str:
+    return f"{hub[0]}[{hub[2]}]" if hub else files["train"].name
+
+
+def _read_hub_columns(hub: tuple[str, str | None, str, str], split_name: str, wanted: list[str], split: str,
+                      task_file: Path) -> tuple[dict[str, list[Any]], tuple[str, ...] | None, str]:
+    """The wanted columns of a hub (or local folder) dataset's split, a ClassLabel's names (None when the
+    label is not one) and the split's fingerprint; every problem is one line."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    name, config = hub[0], hub[1]
+    try:
+        table = datasets.load_dataset(name, config, split=split_name)
+    except Exception as error:  # offline, unknown dataset/config/split: the loaders raise many types
+        raise _fail(task_file, f"hub dataset {name!r}{f' config {config!r}' if config else ''} split {split_name!r} "
+                               f"cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                               f"without hub access, export it to files and name them as train and dev") from None
+    if len(table) == 0:
+        raise _fail(task_file, f"{split} split {split_name!r} of {name!r} holds no rows")
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise _fail(task_file, f"{split} split {split_name!r} of {name!r} has no column {missing[0]!r} "
+                               f"(it has {table.column_names})")
+    feature = table.features[wanted[-1]]
+    names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    columns = {column: list(table[column]) for column in wanted}
+    if names is not None:  # label ids as their names, which check_rows checks against the listed ones
+        columns[wanted[-1]] = [names[i] if isinstance(i, int) and 0 <= i < len(names) else i
+                               for i in columns[wanted[-1]]]
+    return columns, names, table._fingerprint
+
+
+def check_rows(task: FileTask, columns: dict[str, list[Any]], source: str
+               ) -> tuple[list[str], list[str] | None, np.ndarray]:
     """One split's texts and label ids (text_a, text_b or None, labels), each row checked: texts are
     text, labels are listed names (or finite numbers for regression), no label is missing."""
     files, regression = task.files, not task.label_names
     for column in files.text:
         for row, value in enumerate(columns[column]):
             if not isinstance(value, str):
-                raise _fail(files.path, f"{data.name} row {row + 1}: column {column!r} holds {value!r}, not text")
+                raise _fail(files.path, f"{source} row {row + 1}: column {column!r} holds {value!r}, not text")
     labels = []
     for row, value in enumerate(columns[files.label]):
         if value is None or (isinstance(value, float) and math.isnan(value) and not regression):
-            raise _fail(files.path, f"{data.name} row {row + 1}: no label in column {files.label!r} (every train and "
+            raise _fail(files.path, f"{source} row {row + 1}: no label in column {files.label!r} (every train and "
                                     "dev row needs one: dev scores the teacher and the students)")
         if regression:
             try:
@@ -237,12 +307,12 @@ def check_rows(task: FileTask, columns: dict[str, list[Any]], data: Path) -> tup
             except (TypeError, ValueError):
                 score = float("nan")
             if not math.isfinite(score):
-                raise _fail(files.path, f"{data.name} row {row + 1}: label {value!r} is not a finite number")
+                raise _fail(files.path, f"{source} row {row + 1}: label {value!r} is not a finite number")
             labels.append(score)
         else:
             name = str(value)
             if name not in task.label_names:
-                raise _fail(files.path, f"{data.name} row {row + 1}: label {name!r} is not one of "
+                raise _fail(files.path, f"{source} row {row + 1}: label {name!r} is not one of "
                                         f"{list(task.label_names)}")
             labels.append(task.label_names.index(name))
     text_b = list(columns[files.text[1]]) if len(files.text) == 2 else None
@@ -264,6 +334,10 @@ def _warn_duplicates(splits: dict[str, Any], path: Path) -> None:
 def read_file_splits(task: FileTask) -> dict[str, tuple[list[str], list[str] | None, np.ndarray]]:
     """The train and dev splits of a file task (read again, so an edited file is seen: its checksum
     changes the data fingerprints), as (text_a, text_b or None, labels)."""
-    files = task.files
-    return {split: check_rows(task, _read_columns(data, [*files.text, files.label], split, files.path), data)
+    files, wanted = task.files, [*task.files.text, task.files.label]
+    if files.hub is not None:
+        return {split: check_rows(task, _read_hub_columns(files.hub, split_name, wanted, split, files.path)[0],
+                                  files.source(split))
+                for split, split_name in (("train", files.hub[2]), ("dev", files.hub[3]))}
+    return {split: check_rows(task, _read_columns(data, wanted, split, files.path), files.source(split))
             for split, data in (("train", files.train), ("dev", files.dev))}

@@ -127,9 +127,10 @@ _FILE_TASKS: dict[str, tuple[tuple, TaskSpec]] = {}  # resolved path -> (files' 
 _FILE_NAMES: dict[str, TaskSpec] = {}
 
 
-def _file_stamp(*paths: Path) -> tuple:
+def _file_stamp(*paths: Path | None) -> tuple:
     """What tells that a file changed without reading it: its size and modification time."""
-    return tuple((path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None for path in paths)
+    return tuple((path.stat().st_mtime_ns, path.stat().st_size) if path is not None and path.is_file() else None
+                 for path in paths)  # a hub dataset's task has no data files
 
 
 def get_task(name: str) -> TaskSpec:
