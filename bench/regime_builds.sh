@@ -26,22 +26,8 @@ export KDENV_GLUE_DIR="${KDENV_GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 mkdir -p runs/logs
 
-# name|build flags|seeds. Every regime keeps outputs (build_tree's default), scores dev on all of it or
-# on 1,000 examples where it is larger, and keeps a reward split of up to 512 examples, so that the
-# reward's size can be studied below it (issue section 3).
-COMMON="--phases 3 --threads 1 --max-reward-examples 512"
-REGIMES=(
-  # the control: stsb_u8's regime (3 types, 3 phases x 8 updates), rebuilt with outputs
-  "stsb_u8_o|--task stsb --updates-per-phase 8 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_u8_o|0-3"
-  # a low-resource task: RTE (2,490 train examples), where the teacher's knowledge may help early, hurt late
-  "rte_u8|--task rte --updates-per-phase 8 $COMMON --output kdenv/tables/rte_u8|0-3"
-  # a longer horizon: 2 types, 3 phases x 128 updates (0.4 epoch of STS-B per phase)
-  "stsb_k2_u128|--task stsb --knowledge hidden,gradient --updates-per-phase 128 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_k2_u128|0-3"
-  # a larger capacity gap: a 1-layer student of the 6-layer teacher. At U = 8 (stsb_l1_u8, seed 0 only) it
-  # learns nothing in 24 updates (dev Pearson 0.03, every schedule alike), so the gap is surveyed at U = 64
-  "stsb_l1_u8|--task stsb --student-layers 1 --updates-per-phase 8 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_l1_u8|0"
-  "stsb_l1_u64|--task stsb --student-layers 1 --updates-per-phase 64 --dev-examples 1000 $COMMON --output kdenv/tables/stsb_l1_u64|0-3"
-)
+# The regimes (name, build flags, seeds) are defined once, in kdenv/benchmark/regimes.py (REGIMES), which
+# agents/regimes.py surveys; this script asks it for each regime's flags and seeds.
 # Both queues build the same regimes in the same order, so two one-thread processes share each seed's jobs
 # (a job another process holds is skipped, then waited for): a seed lands in about half its one-process time,
 # within one session, since runs/ (and a half-built seed) does not travel between machines.
@@ -49,10 +35,8 @@ REGIMES=(
 QUEUE_A=(stsb_k2_u128 stsb_u8_o stsb_l1_u64 rte_u8)
 QUEUE_B=("${QUEUE_A[@]}")
 
-flags_of() { local entry name flags; for entry in "${REGIMES[@]}"; do IFS="|" read -r name flags _ <<< "$entry"
-  [ "$name" = "$1" ] && { echo "$flags"; return; }; done; echo "no regime $1" >&2; return 1; }
-seeds_of() { local entry name seeds; for entry in "${REGIMES[@]}"; do IFS="|" read -r name _ seeds <<< "$entry"
-  [ "$name" = "$1" ] && { echo "$seeds"; return; }; done; echo "no regime $1" >&2; return 1; }
+flags_of() { $PYTHON -m kdenv.benchmark.regimes flags "$1"; }
+seeds_of() { $PYTHON -m kdenv.benchmark.regimes seeds "$1"; }
 
 unshipped() {  # the regime's seeds that its shipped table does not hold yet, comma-separated (may be empty)
     $PYTHON - "kdenv/tables/$1/manifest.json" "$(seeds_of "$1")" <<'PY'
@@ -80,10 +64,9 @@ queue() {  # name, then regimes: each regime's unshipped seeds one at a time, sh
 
 case "${1:-status}" in
     estimate)
-        for entry in "${REGIMES[@]}"; do
-            IFS="|" read -r name flags seeds <<< "$entry"
-            echo "== $name (seeds $seeds)"
-            $PYTHON agents/build_tree.py $flags --seeds "$seeds" --estimate --no-progress 2>&1 | grep -E "^(per seed|one phase|tree for)"
+        for name in $($PYTHON -m kdenv.benchmark.regimes names); do
+            echo "== $name (seeds $(seeds_of "$name"))"
+            $PYTHON agents/build_tree.py $(flags_of "$name") --seeds "$(seeds_of "$name")" --estimate --no-progress 2>&1 | grep -E "^(per seed|one phase|tree for)"
         done
         ;;
     teachers)
@@ -114,16 +97,14 @@ case "${1:-status}" in
     pause) pkill -STOP -f "agents/build_tree.py" || true; echo "paused" ;;
     resume) pkill -CONT -f "agents/build_tree.py" || true; echo "resumed" ;;
     ship)
-        for entry in "${REGIMES[@]}"; do
-            IFS="|" read -r name flags seeds <<< "$entry"
-            $PYTHON agents/build_tree.py $flags --seeds "$seeds" --finished --no-progress 2>&1 | grep -vE "Warning|^\s*$" | tail -2
+        for name in $($PYTHON -m kdenv.benchmark.regimes names); do
+            $PYTHON agents/build_tree.py $(flags_of "$name") --seeds "$(seeds_of "$name")" --finished --no-progress 2>&1 | grep -vE "Warning|^\s*$" | tail -2
         done
         ;;
     status)
         pgrep -af "agents/build_tree.py" | grep -v "regime-queue\|pgrep" | cut -c1-200 || echo "no build runs"
-        for entry in "${REGIMES[@]}"; do
-            IFS="|" read -r name _ seeds <<< "$entry"
-            echo "$name: seeds $seeds, not shipped: $(unshipped "$name")"
+        for name in $($PYTHON -m kdenv.benchmark.regimes names); do
+            echo "$name: seeds $(seeds_of "$name"), not shipped: $(unshipped "$name")"
         done
         ;;
     *) sed -n '2,14p' "$0"; exit 2 ;;

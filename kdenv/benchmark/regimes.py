@@ -1,0 +1,161 @@
+"""The regime survey (docs/benchmark.md, "Regimes"): where might time-varying knowledge selection
+pay? Each regime is a schedule table built with per-example outputs; the survey reports, per regime,
+the headroom over the best constant chosen on one set of examples and scored on another (kdenv.benchmark
+.outofsample), the student against its teacher, and the build's cost.
+
+The regimes are defined here once: ``bench/regime_builds.sh`` reads their build flags and seeds from
+this module (``python -m kdenv.benchmark.regimes flags NAME``), and ``agents/regimes.py`` surveys the
+ones that are shipped."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kdenv.benchmark.oracle import all_dev_metrics, all_returns, all_sequences, constant_columns, dev_metric_name
+from kdenv.benchmark.outofsample import TableLabels, out_of_sample, table_labels
+from kdenv.benchmark.table import Table
+from kdenv.cli import parse_seeds
+from kdenv.paths import tables_dir
+from kdenv.stats import over_seeds, with_interval
+
+# Every regime keeps outputs (build_tree's default), scores dev on all of it or on 1,000 examples where
+# it is larger, and keeps a reward split of up to 512 examples, so that the reward's size can be studied
+# below it.
+COMMON_FLAGS = "--phases 3 --threads 1 --max-reward-examples 512"
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str  # the table's name (kdenv/tables/<name>)
+    question: str  # what it gives time-varying selection a chance at
+    flags: str  # build_tree flags besides COMMON_FLAGS and --output
+    seeds: str  # the seeds it is built to
+
+    def build_flags(self) -> str:
+        return f"{self.flags} {COMMON_FLAGS} --output kdenv/tables/{self.name}"
+
+
+REGIMES: tuple[Regime, ...] = (
+    Regime("stsb_u8_o", "the control: stsb_u8's regime (3 types, 3 phases x 8 updates) with outputs",
+           "--task stsb --updates-per-phase 8 --dev-examples 1000", "0-3"),
+    Regime("rte_u8", "a low-resource task (RTE, 2,490 train examples): the teacher may help early, hurt late",
+           "--task rte --updates-per-phase 8", "0-3"),
+    Regime("stsb_k2_u128", "a longer horizon: 2 types, 3 phases x 128 updates (0.4 epoch of STS-B a phase)",
+           "--task stsb --knowledge hidden,gradient --updates-per-phase 128 --dev-examples 1000", "0-3"),
+    # At U = 8 a 1-layer student learns nothing in 24 updates (dev Pearson 0.03, every schedule alike),
+    # so the capacity gap is surveyed at U = 64; the U = 8 seed stays as the record of that.
+    Regime("stsb_l1_u8", "a larger capacity gap at U = 8 (one seed: the student learns nothing)",
+           "--task stsb --student-layers 1 --updates-per-phase 8 --dev-examples 1000", "0"),
+    Regime("stsb_l1_u64", "a larger capacity gap: a 1-layer student of the 6-layer teacher, 3 phases x 64 updates",
+           "--task stsb --student-layers 1 --updates-per-phase 64 --dev-examples 1000", "0-3"),
+)
+
+
+def regime(name: str) -> Regime:
+    for entry in REGIMES:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no regime {name!r}; regimes: {', '.join(r.name for r in REGIMES)}")
+
+
+def student_and_teacher(table: Table, chosen: int, sequences: list[tuple[int, ...]]) -> dict[str, Any] | None:
+    """The dev metric of the constant schedule the reward chooses, against the teacher's."""
+    dev = all_dev_metrics(table, sequences)
+    if dev is None:
+        return None
+    teacher = table.manifest.get("teacher", {}).get(f"dev_{dev_metric_name(table)}")
+    student = over_seeds(dev[:, chosen])
+    return {"metric": dev_metric_name(table), "student": student, "teacher": teacher,
+            "ratio": None if not teacher else float(np.nanmean(dev[:, chosen]) / teacher)}
+
+
+def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, resamples: int = 200,
+                 labels: TableLabels | None = None) -> dict[str, Any]:
+    """One regime's figures: out-of-sample headroom (metric_gain reward), the student against its teacher,
+    and the cost per seed. ``labels``: the reward and dev labels (default: read from the task's data)."""
+    sequences, returns = all_returns(table, "metric_gain")
+    constants = constant_columns(table, sequences)
+    chosen = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]  # by the reward
+    figures: dict[str, Any] = {
+        "table": table.name, "seeds": list(table.seeds), "knowledge": list(table.knowledge),
+        "phases": table.phases, "updates_per_phase": table.manifest.get("updates_per_phase"),
+        "student_layers": table.manifest.get("distill", {}).get("student_layers"),
+        "hours_per_seed": round(float(table.manifest.get("build_seconds", 0.0)) / 3600 / len(table.seeds), 2),
+        "schedules": len(all_sequences(table)),
+        "student_vs_teacher": student_and_teacher(table, chosen, sequences),
+    }
+    if table.manifest.get("outputs"):
+        figures["out_of_sample"] = out_of_sample(table, labels or table_labels(table.manifest, data_dir),
+                                                 "metric_gain", halvings, resamples)
+    return figures
+
+
+def survey(names: list[str] | None = None, data_dir: str | None = None, halvings: int = 50,
+           resamples: int = 200, progress=None) -> list[dict[str, Any]]:
+    """Every named (default: every) regime whose table is shipped, surveyed; the others listed as not built."""
+    rows = []
+    for entry in [regime(name) for name in names] if names else REGIMES:
+        folder = tables_dir() / entry.name
+        if not (folder / "manifest.json").is_file():
+            rows.append({"table": entry.name, "question": entry.question, "built": False,
+                         "seeds_planned": parse_seeds(entry.seeds)})
+            continue
+        if progress is not None:
+            progress(entry.name)
+        figures = survey_table(Table.load(folder), data_dir, halvings, resamples)
+        rows.append({**figures, "question": entry.question, "built": True, "seeds_planned": parse_seeds(entry.seeds)})
+    return rows
+
+
+def _cell(figures: dict[str, Any] | None, name: str) -> str:
+    if not figures or name not in figures:
+        return "n/a"
+    entry = figures[name]
+    return f"{with_interval(entry['mean'], entry['ci'])} (n={entry['n']})"
+
+
+def survey_markdown(rows: list[dict[str, Any]]) -> str:
+    """The survey as a page: one row per regime, every headroom out of sample with its 95% interval
+    (seeds and examples resampled) and the number of seeds behind it."""
+    lines = [
+        "| regime | what it tests | seeds | schedules (types x phases x updates) | oracle, reward → dev | "
+        "best open-loop, reward → dev | oracle, cross-fitted on the reward split | oracle, dev halves | "
+        "student / teacher (dev) | one-thread hours a seed |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if not row["built"]:
+            lines.append(f"| {row['table']} | {row['question']} | 0 of {len(row['seeds_planned'])} | not built yet "
+                         "| | | | | | |")
+            continue
+        oos = row.get("out_of_sample") or {}
+        versus = row.get("student_vs_teacher")
+        ratio = (f"{versus['student']['mean']:.4f} / {versus['teacher']:.4f} ({versus['ratio']:.3f})"
+                 if versus and versus.get("teacher") else "n/a")
+        shape = (f"{row['schedules']} ({len(row['knowledge'])} x {row['phases']} x {row['updates_per_phase']}"
+                 f"{', 1-layer student' if row.get('student_layers') == 1 else ''})")
+        lines.append(f"| {row['table']} | {row['question']} | {len(row['seeds'])} of {len(row['seeds_planned'])} | "
+                     f"{shape} | {_cell(oos.get('reward_to_dev'), 'oracle')} | "
+                     f"{_cell(oos.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('crossfit'), 'oracle')} | "
+                     f"{_cell(oos.get('dev_halves'), 'oracle')} | {ratio} | {row['hours_per_seed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _main(argv: list[str]) -> int:
+    """For bench/regime_builds.sh: ``names``, ``flags NAME`` or ``seeds NAME``, printed."""
+    if argv == ["names"]:
+        print(" ".join(entry.name for entry in REGIMES))
+    elif len(argv) == 2 and argv[0] in ("flags", "seeds"):
+        entry = regime(argv[1])
+        print(entry.build_flags() if argv[0] == "flags" else entry.seeds)
+    else:
+        print("usage: python -m kdenv.benchmark.regimes names | flags NAME | seeds NAME", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

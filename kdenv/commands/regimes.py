@@ -1,0 +1,75 @@
+"""The regime survey: where might time-varying knowledge selection pay?
+
+    python agents/regimes.py                          # every shipped regime table (runs/regimes/)
+    python agents/regimes.py --docs                   # and the page docs/regimes.md
+    python agents/regimes.py --regimes stsb_k2_u128   # one regime
+
+Each regime (kdenv/benchmark/regimes.py, built by bench/regime_builds.sh) is a schedule table that
+keeps per-example outputs. Per regime: the headroom of the hindsight oracle and of the best open-loop
+schedule over the best constant, each chosen on the reward split and scored on GLUE dev; the oracle
+cross-fitted on halves of the reward split, and on halves of dev itself; all with 95% intervals that
+resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
+reward picks against its teacher on dev, and the build's cost in one-thread hours per seed.
+Regimes not built yet are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
+from kdenv.benchmark.regimes import REGIMES, survey, survey_markdown
+from kdenv.cli import CLEAR_ERRORS, fail, run_main
+from kdenv.io import check_writable, write_all
+from kdenv.paths import runs_dir
+
+REPO_DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regimes", default=None,
+                        help=f"comma list of regimes (default: all: {','.join(r.name for r in REGIMES)})")
+    parser.add_argument("--data-dir", default=None, help="GLUE folder with the labels (default $KDENV_GLUE_DIR)")
+    parser.add_argument("--halvings", type=int, default=HALVINGS,
+                        help=f"random halvings of the examples for the cross-fitted figures (default {HALVINGS})")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES,
+                        help=f"bootstrap resamples of seeds and examples (default {RESAMPLES})")
+    parser.add_argument("--output-dir", default=None, help="where to write regimes.md and regimes.json "
+                                                           "(default runs/regimes)")
+    parser.add_argument("--docs", action="store_true", help="also write the page docs/regimes.md (in a checkout)")
+    return parser.parse_args(argv)
+
+
+@run_main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        names = [name.strip() for name in args.regimes.split(",") if name.strip()] if args.regimes else None
+        known = {r.name for r in REGIMES}
+        unknown = [name for name in names or [] if name not in known]
+        if unknown:
+            raise ValueError(f"unknown regimes {unknown}; regimes: {', '.join(sorted(known))}")
+        if args.halvings < 1 or args.resamples < 10:
+            raise ValueError(f"--halvings must be >= 1 and --resamples >= 10, not {args.halvings} and {args.resamples}")
+        output = Path(args.output_dir) if args.output_dir else runs_dir() / "regimes"
+        check_writable(output)
+        if args.docs and not REPO_DOCS.is_dir():
+            raise ValueError(f"--docs writes docs/regimes.md of a checkout; {REPO_DOCS} is not there (an installed "
+                             "package): leave --docs out")
+        rows = survey(names, args.data_dir, args.halvings, args.resamples,
+                      progress=lambda name: print(f"surveying {name} ...", flush=True))
+    except CLEAR_ERRORS as error:
+        return fail(error)
+    text = ("# The regime survey\n\nWritten by `python agents/regimes.py` (kdenv/benchmark/regimes.py). Every "
+            "headroom is over the best constant, chosen on one set of examples and scored on another, with its "
+            "95% interval (seeds and examples resampled) and n = seeds; the reward is metric_gain. See "
+            "docs/benchmark.md, *Regimes*, for what each figure means.\n\n" + survey_markdown(rows))
+    print(text)
+    files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
+             **({REPO_DOCS / "regimes.md": text.encode()} if args.docs else {})}
+    write_all(files)
+    print(f"written to {output}" + (f" and {REPO_DOCS / 'regimes.md'}" if args.docs else ""))
+    return 0

@@ -1,0 +1,68 @@
+"""The regime survey (kdenv.benchmark.regimes, agents/regimes.py): one registry of regimes that the
+build script reads, and a survey that reports each regime's headroom out of sample."""
+
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from kdenv.benchmark.regimes import REGIMES, regime, survey, survey_markdown, survey_table
+from kdenv.cli import parse_seeds
+from tests.conftest import REPO, command
+from tests.test_outputs import noise_table
+
+
+@pytest.mark.parametrize("entry", REGIMES, ids=lambda entry: entry.name)
+def test_every_regimes_flags_are_build_tree_flags(entry):
+    """bench/regime_builds.sh passes these to build_tree: a typo would fail only hours into a session."""
+    args = command("build_tree").parse_args([*shlex.split(entry.build_flags()), "--seeds", entry.seeds])
+    assert args.output == f"kdenv/tables/{entry.name}" and parse_seeds(entry.seeds)
+
+
+def test_the_long_horizon_regime_keeps_its_work_folder():
+    """stsb_k2_u128's seeds are built across sessions in runs/trees/stsb/61e679428dfe: the registry's
+    flags must give that key, whatever moved in the code around them."""
+    from kdenv.benchmark.build import DevScoring, TreeSetup
+    from kdenv.cli import config_from_args
+    from kdenv.config import BUDGETS, DataConfig, DistillConfig, EnvConfig
+
+    build_tree = command("build_tree")
+    args = build_tree.parse_args([*shlex.split(regime("stsb_k2_u128").build_flags()), "--seeds", "1"])
+    env = config_from_args(EnvConfig, args, "env", **build_tree.TREE, episode_epochs=None)
+    data = config_from_args(DataConfig, args, "data", task="stsb", data_dir=None,
+                            max_reward_examples=BUDGETS["cpu"].max_reward_examples)
+    distill = config_from_args(DistillConfig, args, "distill", device="cpu", precision="auto")
+    setup = TreeSetup(data, distill, env, 1, DevScoring(1000, args.dev_leaves, args.dev_seed), outputs=True)
+    assert setup.key() == "61e679428dfe"
+
+
+def test_the_build_script_reads_the_registry():
+    out = subprocess.run([sys.executable, "-m", "kdenv.benchmark.regimes", "flags", "rte_u8"], capture_output=True,
+                         text=True, cwd=REPO, check=True).stdout.strip()
+    assert out == regime("rte_u8").build_flags()
+    assert subprocess.run([sys.executable, "-m", "kdenv.benchmark.regimes", "flags", "nope"], capture_output=True,
+                          cwd=REPO).returncode != 0
+
+
+@pytest.mark.parametrize("signal, pays", [(1.5, True), (0.0, False)])
+def test_the_survey_reports_headroom_out_of_sample_with_intervals(tmp_path, signal, pays):
+    """A regime where one schedule is really better shows it out of sample, interval above 0; where
+    schedules differ by noise only, the out-of-sample interval holds 0."""
+    table, labels = noise_table(tmp_path, signal=signal)
+    row = survey_table(table, halvings=10, resamples=60, labels=labels)
+    to_dev = row["out_of_sample"]["reward_to_dev"]["open_loop"]
+    assert (to_dev["ci"][0] > 0) == pays, to_dev
+    assert row["seeds"] == [0, 1, 2, 3] and row["schedules"] == 16
+    text = survey_markdown([{**row, "question": "q", "built": True, "seeds_planned": [0, 1, 2, 3]}])
+    assert "(n=4)" in text and "4 of 4" in text
+
+
+def test_regimes_not_built_are_listed_as_such(tmp_path, monkeypatch):
+    import kdenv.benchmark.regimes as regimes
+
+    monkeypatch.setattr(regimes, "tables_dir", lambda: tmp_path)
+    rows = survey()
+    assert [row["table"] for row in rows] == [entry.name for entry in REGIMES] and not any(r["built"] for r in rows)
+    assert "not built yet" in survey_markdown(rows)
+    assert command("regimes").main(["--regimes", "nope"]) == 2
