@@ -111,3 +111,17 @@ def test_the_old_table_command_of_train_py_points_to_train_table(capsys):
 
     assert command("train").main(["--algo", "ppo", "--table", "stsb"]) == 2
     assert "python agents/train_table.py --algo ALGO --table NAME" in capsys.readouterr().err
+
+
+def test_a_live_agent_budget_may_be_given_in_episodes_as_table_agents_count_it(capsys):
+    """train.py counts its budget in phases (--total-timesteps); --episodes N is N x phases, the unit
+    train_table.py uses; giving both is refused by the parser."""
+    train = command("train")
+    args = train.parse_args(["--algo", "a2c", "--task", "wnli", "--phases", "3", "--episodes", "5"])
+    *_, total = train.make_configs(args, "multibinary")
+    assert total == 15
+    args = train.parse_args(["--algo", "a2c", "--task", "wnli", "--phases", "3", "--total-timesteps", "7"])
+    assert train.make_configs(args, "multibinary")[-1] == 7
+    with pytest.raises(SystemExit):
+        train.parse_args(["--algo", "a2c", "--task", "wnli", "--episodes", "2", "--total-timesteps", "6"])
+    assert "not allowed with argument" in capsys.readouterr().err

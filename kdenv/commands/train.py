@@ -90,7 +90,11 @@ def parse_args(argv: list[str] | None = None, default_algo: str | None = None,
     add("--preset", choices=list(BUDGETS), default="cpu",
         help="run budget; flags below override it. " + "; ".join(f"{name}: {b.description}" for name, b in BUDGETS.items()))
     add("--base", default="ce=1", help="always-on terms as type=weight list (default ce=1; '' for none)")
-    add("--total-timesteps", type=int, default=None, help="agent training budget in phases (env steps; default: the preset's)")
+    budget_flags = parser.add_mutually_exclusive_group()
+    budget_flags.add_argument("--total-timesteps", type=int, default=None,
+                              help="agent training budget in phases (env steps; default: the preset's)")
+    budget_flags.add_argument("--episodes", type=int, default=None,
+                              help="the same budget in episodes, as train_table.py counts it: episodes x phases steps")
     add("--baselines", default="all,kd", help="fixed policies compared with the agent at the end (comma list; '' for none)")
     add("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameter overrides (YAML values), e.g. learning_rate=1e-3")
     add("--hp-file", default=None, metavar="PATH",
@@ -136,6 +140,10 @@ def make_configs(args: argparse.Namespace, action_space: str) -> tuple[DataConfi
     distill_config = config_from_args(DistillConfig, args, "distill", student_layers=budget.student_layers,
                                       teacher_model=budget.teacher_model, device=args.device, precision=args.precision)
     total_timesteps = budget.total_timesteps if args.total_timesteps is None else args.total_timesteps
+    if args.episodes is not None:
+        if args.episodes < 1:
+            raise ConfigError(f"--episodes must be >= 1, not {args.episodes}")
+        total_timesteps = args.episodes * env_config.phases
     if total_timesteps < 1:
         raise ConfigError(f"--total-timesteps must be >= 1, not {total_timesteps}")
     if args.checkpoint_every < 1:
@@ -297,7 +305,7 @@ def resume_command(argv: list[str], default_algo: str | None, agent_path: Path, 
     settings, hyperparameters) with the saved agent to resume and the phases still to train."""
     import shlex
 
-    dropped = {"--resume", "--total-timesteps", "--output-dir", "--tensorboard-log"}
+    dropped = {"--resume", "--total-timesteps", "--episodes", "--output-dir", "--tensorboard-log"}
     kept, skip = [], False
     for word in argv:
         if skip:
