@@ -68,7 +68,7 @@ def test_the_tree_holds_every_schedule_with_shared_prefixes(built):
         assert len(leaves) == 16 and all("dev" in leaf and "accuracy" in leaf["dev"] for leaf in leaves)
     root = table.nodes[0][()]
     first = table.nodes[0][(0,)]
-    assert set(first["rewards"]) == {"metric_gain", "loss_decrease", "log_loss", "final_metric"}
+    assert set(first["rewards"]) == {"metric_gain", "loss_decrease", "log_loss", "final_metric", "teacher_agreement"}
     assert first["rewards"]["metric_gain"] == pytest.approx(first["metric"] - root["metric"])
     # Common random numbers: the all-off action trains ce only, so its loss differs from the
     # logits-on sibling only through the action; seeds differ through data order and dropout.
@@ -430,7 +430,7 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     assert result["oracle"]["return"]["mean"] >= result["open_loop"]["return"]["mean"] >= \
         result["best_constant"]["return"]["mean"] - 1e-12
     assert result["headroom"]["mean"] >= 0 and set(report["results"]) == {"metric_gain", "loss_decrease", "log_loss",
-                                                                          "final_metric"}
+                                                                          "final_metric", "teacher_agreement"}
     for name in ("oracle.md", "oracle_seed0.png", "open_loop.png", "best_constant.png"):
         assert (out / name).is_file(), name
     text = (out / "oracle.md").read_text()

@@ -188,3 +188,35 @@ def test_both_environments_refuse_the_same_bad_actions_and_accept_the_same_good_
         with pytest.raises(ValueError, match="action"):
             table.step(action)
     assert table.action_index({"discrete": np.array([1]), "multibinary": np.array([1]), "box": np.array([0.7])}[space]) == 1
+
+
+def test_teacher_agreement_reward():
+    step = RewardInput(0.5, 0.6, 0.8, 0.4, 0.45, terminal=False, agreement_before=0.70, agreement_after=0.75)
+    assert REWARDS["teacher_agreement"](step) == pytest.approx(0.05)
+    assert REWARDS["teacher_agreement"](RewardInput(0.5, 0.6, 0.8, 0.4, 0.45, terminal=True)) == 0.0
+
+
+def test_the_live_teacher_agreement_reward_is_the_change_of_agreement_with_the_teacher(tiny_teacher, glue_dir):
+    """With reward="teacher_agreement" each step pays (agreement after - before) x scale, where agreement
+    is the student's with the teacher's predictions on the reward split (the teacher's cached logits)."""
+    import gymnasium
+
+    from kdenv.config import DataConfig
+
+    env = gymnasium.make("kdenv/KnowledgeSelection-v0", task="wnli",
+                         env_config={"phases": 2, "updates_per_phase": 2, "reward": "teacher_agreement",
+                                     "reward_scale": 10.0},
+                         data_config=DataConfig(task="wnli", data_dir=str(glue_dir), max_train_examples=32,
+                                                max_reward_examples=16))
+    try:
+        env.reset(seed=0)
+        episode = env.unwrapped.episode
+        agreements, rewards = [episode.agreement], []
+        for _ in range(2):
+            _, reward, terminated, truncated, _ = env.step(np.ones(3, dtype=np.int8))
+            agreements.append(env.unwrapped.episode.agreement)
+            rewards.append(reward)
+        assert 0.0 <= min(agreements) and max(agreements) <= 1.0  # label agreement on WNLI
+        assert rewards == pytest.approx([10.0 * (b - a) for a, b in zip(agreements, agreements[1:])])
+    finally:
+        env.close()

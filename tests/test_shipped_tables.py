@@ -80,3 +80,26 @@ def test_the_evidence_build_script_builds_exactly_the_seeds_a_shipped_table_lack
     unknown = unshipped("no_such_table")
     assert unknown.returncode != 0 and "no table no_such_table" in unknown.stderr
     assert unshipped("sst2_u8", python="/bin/false").returncode != 0
+
+
+def test_rewards_derived_at_load_reproduce_every_recorded_one_on_every_shipped_table():
+    """A table stores RECORDED_REWARDS; a reward added since (teacher_agreement) is derived from each node
+    and its parent when the table loads. The derivation, applied to the recorded ones, gives them back
+    to the bit on every shipped table: so what it derives is what a build would have recorded."""
+    from kdenv.benchmark.table import available_tables, resolve_table
+    from kdenv.decision.rewards import RECORDED_REWARDS, REWARDS, RewardInput
+
+    assert "teacher_agreement" in REWARDS and "teacher_agreement" not in RECORDED_REWARDS
+    for name in available_tables():
+        table = resolve_table(name)
+        for nodes in table.nodes.values():
+            root = nodes[()]
+            for history, node in nodes.items():
+                if not history or node.get("status") != "ok":
+                    continue
+                parent = nodes[history[:-1]]
+                step = RewardInput(parent["metric"], node["metric"], parent["loss"], node["loss"], root["metric"],
+                                   bool(node["terminal"]), parent["agreement"], node["agreement"])
+                assert {r: REWARDS[r](step) for r in RECORDED_REWARDS} == {r: node["rewards"][r]
+                                                                             for r in RECORDED_REWARDS}
+                assert node["rewards"]["teacher_agreement"] == node["agreement"] - parent["agreement"]

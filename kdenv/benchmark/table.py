@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdenv.config import DataConfig, DistillConfig, EnvConfig, from_dict
+from kdenv.decision.rewards import REWARDS, RewardInput
 from kdenv.errors import KdenvError
 from kdenv.io import atomic_write, file_sha256
 from kdenv.paths import tables_dir
@@ -124,6 +125,26 @@ def tree_problems(records: dict[str, dict[str, Any]], num_actions: int, phases: 
         if depth > 0 and record.get("status") == "ok" and record.get("terminal") and depth != phases:
             problems.append(f"node [{key}] ends the episode after {depth} of {phases} phases without a crash")
     return problems
+
+
+def derive_rewards(nodes: dict[tuple[int, ...], dict[str, Any]]) -> dict[tuple[int, ...], dict[str, Any]]:
+    """Adds to each phase's record the registered rewards it does not store, computed from the node and
+    its parent as the live environment computes them (kdenv.decision.rewards.RECORDED_REWARDS are stored)."""
+    root = nodes[()]
+    for history, node in nodes.items():
+        rewards = node.get("rewards")
+        if not history or node.get("status") != "ok" or rewards is None:
+            continue
+        missing = [name for name in REWARDS if name not in rewards]
+        if not missing:
+            continue
+        parent = nodes[history[:-1]]
+        step = RewardInput(metric_before=parent["metric"], metric_after=node["metric"], loss_before=parent["loss"],
+                           loss_after=node["loss"], metric_initial=root["metric"], terminal=bool(node.get("terminal")),
+                           agreement_before=parent.get("agreement", 0.0), agreement_after=node.get("agreement", 0.0))
+        for name in missing:
+            rewards[name] = float(REWARDS[name](step))
+    return nodes
 
 
 @dataclass
@@ -233,7 +254,7 @@ class Table:
             if problems:
                 raise TableError(f"{file} does not hold the tree its manifest describes ({problems[0]}; "
                                  f"{len(problems)} problem(s)); restore the table from the repository or rebuild it")
-            nodes[int(seed)] = {tuple(record["history"]): record for record in records.values()}
+            nodes[int(seed)] = derive_rewards({tuple(record["history"]): record for record in records.values()})
         table.nodes = nodes  # all seeds checked: the table is used whole or not at all
         return table
 

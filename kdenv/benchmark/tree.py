@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from kdenv.benchmark.outputs import encode
 from kdenv.benchmark.table import history_key, subtree_size, tree_problems, tree_size  # noqa: F401  (re-exported)
 from kdenv.decision.env import KnowledgeDistillationEnv
-from kdenv.decision.rewards import REWARDS, RewardInput
+from kdenv.decision.rewards import RECORDED_REWARDS, REWARDS, RewardInput
 
 RECORD_FORMAT = 1
 TIMED_UPDATES = 16  # --estimate times a phase over at most this many updates, then scales
@@ -40,8 +40,9 @@ def parse_prefix(text: str) -> tuple[int, ...]:
 
 
 def all_rewards(step: RewardInput) -> dict[str, float]:
-    """Every registered reward (unscaled) for one phase, from the input the environment gave its own."""
-    return {name: float(function(step)) for name, function in REWARDS.items()}
+    """The recorded rewards (unscaled) for one phase, from the input the environment gave its own: a
+    fixed set, so that records stay comparable as rewards are added (the others are derived at load)."""
+    return {name: float(REWARDS[name](step)) for name in RECORDED_REWARDS}
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:

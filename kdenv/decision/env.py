@@ -182,7 +182,8 @@ class EpisodeState:
         """What every reward function reads for a phase that ended with ``evaluation``."""
         return RewardInput(metric_before=self.metric, metric_after=evaluation[self.metric_name],
                            loss_before=self.loss, loss_after=evaluation["loss"],
-                           metric_initial=self.initial[self.metric_name], terminal=terminal)
+                           metric_initial=self.initial[self.metric_name], terminal=terminal,
+                           agreement_before=self.agreement, agreement_after=evaluation.get("agreement", 0.0))
 
     def update(self, evaluation: dict[str, float], stats, weights: dict[str, float], knowledge: list[str]) -> None:
         """The state after a phase that ended with ``evaluation`` (its stats, the action's weights)."""
