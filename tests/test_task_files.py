@@ -193,3 +193,22 @@ def test_a_task_file_may_name_a_dataset_instead_of_files(tmp_path):
         bad.write_text(text)
         with pytest.raises(TaskFileError, match=re.escape(message)):
             get_task(str(bad))
+
+
+def test_a_task_files_data_is_read_once_per_process_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import kdenv.engine.task_files as task_files
+
+    calls = []
+    real = task_files._read_columns
+    monkeypatch.setattr(task_files, "_read_columns", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    spec = get_task(str(classification(tmp_path, name="once")))
+    first = load_raw_splits(spec, None)
+    assert sorted(calls) == ["dev.csv", "train.csv"]  # checked by get_task, then given back as read
+    first["train"].text_a.append("changed by a caller")
+    assert load_raw_splits(spec, None)["train"].text_a == [row[0] for row in ROWS] and len(calls) == 2
+    train = tmp_path / "train.csv"
+    train.write_text(train.read_text() + "another warm film,positive\n")
+    os.utime(train, ns=(train.stat().st_atime_ns, train.stat().st_mtime_ns + 10**9))
+    assert len(load_raw_splits(spec, None)["train"].text_a) == len(ROWS) + 1 and calls.count("train.csv") == 2

@@ -61,8 +61,8 @@ def final_metric(step: RewardInput) -> float:
 @register_reward("teacher_agreement")
 def teacher_agreement(step: RewardInput) -> float:
     """Change of the student's agreement with the teacher on the reward split. A reward that reads no
-    label: on the long-horizon regime it ranks schedules as dev does about as well as metric_gain, and
-    more reliably at 256 examples (docs/benchmark.md, Regimes)."""
+    label: on the long-horizon regime's first seed it ranks schedules as dev does about as well as
+    metric_gain, and more reliably at 256 examples (docs/benchmark.md, Regimes)."""
     return step.agreement_after - step.agreement_before
 
 

@@ -227,7 +227,17 @@ def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = froze
                               hub))
     splits = {split: check_rows(task, columns[split], task.files.source(split)) for split in ("train", "dev")}
     _warn_duplicates(splits, path)
+    _CHECKED[task.files.sha256] = (files_stamp(task.files), splits)  # what read_file_splits gives while unchanged
     return task
+
+
+_CHECKED: dict[str, tuple[tuple, dict]] = {}  # a task's checksum -> (its files' stamp, its checked splits)
+
+
+def files_stamp(files: TaskFiles) -> tuple:
+    """Size and modification time of the task file and its data files (a hub dataset's: the task file's)."""
+    return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p is not None and p.is_file() else None
+                 for p in (files.path, files.train, files.dev))
 
 
 def _read_columns(data: Path, wanted: list[str], split: str, task_file: Path) -> dict[str, list[Any]]:
@@ -332,9 +342,13 @@ def _warn_duplicates(splits: dict[str, Any], path: Path) -> None:
 
 
 def read_file_splits(task: FileTask) -> dict[str, tuple[list[str], list[str] | None, np.ndarray]]:
-    """The train and dev splits of a file task (read again, so an edited file is seen: its checksum
-    changes the data fingerprints), as (text_a, text_b or None, labels)."""
+    """The train and dev splits of a file task, as (text_a, text_b or None, labels): those read when the task
+    file was checked, while no file has changed since; read again otherwise (an edited file is seen)."""
     files, wanted = task.files, [*task.files.text, task.files.label]
+    checked = _CHECKED.get(files.sha256)
+    if checked is not None and checked[0] == files_stamp(files):  # read and checked here, unchanged since
+        return {split: (list(a), None if b is None else list(b), labels.copy())
+                for split, (a, b, labels) in checked[1].items()}  # copies: the cache stays as read
     if files.hub is not None:
         return {split: check_rows(task, _read_hub_columns(files.hub, split_name, wanted, split, files.path)[0],
                                   files.source(split))

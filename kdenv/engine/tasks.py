@@ -127,22 +127,16 @@ _FILE_TASKS: dict[str, tuple[tuple, TaskSpec]] = {}  # resolved path -> (files' 
 _FILE_NAMES: dict[str, TaskSpec] = {}
 
 
-def _file_stamp(*paths: Path | None) -> tuple:
-    """What tells that a file changed without reading it: its size and modification time."""
-    return tuple((path.stat().st_mtime_ns, path.stat().st_size) if path is not None and path.is_file() else None
-                 for path in paths)  # a hub dataset's task has no data files
-
-
 def get_task(name: str) -> TaskSpec:
     """Looks a task up by name, case-insensitively (``RTE``, ``sst-2`` and ``sst2`` all work), or
     reads a task file (``path/to/task.yaml``: kdenv.engine.task_files), once per version of it."""
-    from kdenv.engine.task_files import is_task_file, read_task_file
+    from kdenv.engine.task_files import files_stamp, is_task_file, read_task_file
 
     if is_task_file(name):
         path = Path(name).expanduser()
         key = str(path.resolve())
         cached = _FILE_TASKS.get(key)  # read again when the task file or either data file changed
-        if cached is None or cached[0] != _file_stamp(path, cached[1].files.train, cached[1].files.dev):
+        if cached is None or cached[0] != files_stamp(cached[1].files):
             described = read_task_file(path, reserved=set(TASKS) | set(_ALIASES))
             files = described.files
             spec = TaskSpec(name=described.name, hub_config="", hub_text_fields=files.text,
@@ -155,7 +149,7 @@ def get_task(name: str) -> TaskSpec:
             if known is not None and known.files.path != spec.files.path:
                 raise ValueError(f"two task files are named {spec.name!r} ({known.files.path} and {spec.files.path}): "
                                  "their teachers and caches would share a folder; give each its own name")
-            _FILE_TASKS[key] = (_file_stamp(path, files.train, files.dev), spec)
+            _FILE_TASKS[key] = (files_stamp(files), spec)
             _FILE_NAMES[spec.name] = spec
         return _FILE_TASKS[key][1]
     key = name.strip().lower()
