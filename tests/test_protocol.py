@@ -225,6 +225,10 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     path.write_text(json.dumps(edited))
     assert command("leaderboard").main([*args, "--verify"]) == 1
     assert "format 1, returns without schedules" in capsys.readouterr().err
+    # --retrain --dry-run counts such a file's agents as still to train (it is trained again for its
+    # schedules), not as done because its returns are there.
+    assert command("leaderboard").main([*args, "--retrain", "--dry-run"]) == 0
+    assert "4 agents still to train" in capsys.readouterr().out  # 2 folds x 2 agent seeds
     path.write_text(before)
 
 

@@ -304,7 +304,11 @@ def agents_to_train(tables: dict[str, Table], agents: list[str], settings: Board
 
     def current(name: str, table: Table, agent: str) -> dict[str, Any]:
         result = load_result(result_path(settings.results_dir, Path(name).name, agent), table, settings.folds_of(table))
-        return result if result and result.get("config") == row_config(agent, settings) else {"returns": {}}
+        if not result or result.get("config") != row_config(agent, settings):
+            return {"returns": {}}
+        if result.get("format", 1) < RESULT_FORMAT:  # trained again for its schedules, its searches kept
+            return {**result, "returns": {}, "cross": {}}
+        return result
 
     def add(agent: str, result: dict[str, Any], key: str, still: int) -> None:
         counts[agent] += still
