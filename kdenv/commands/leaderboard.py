@@ -38,6 +38,7 @@ from pathlib import Path
 from kdenv.benchmark import board_report
 from kdenv.benchmark.board import (
     AGENTS,
+    BOARD_TABLES,
     BoardSettings,
     agents_to_train,
     build_board,
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--tables", default=None, metavar="A,B",
-        help="tables to rank on (names or folders; default: the shipped CPU tables and the H100 U=8 table)")
+        help="tables to rank on (names or folders; default: the board's tables, " + ",".join(BOARD_TABLES) + ")")
     add("--k", type=int, default=DEFAULTS.k, help=f"folds over each table's seeds (default {DEFAULTS.k}; every seed "
         "held out once)")
     add("--retrain", action="store_true", help="train the agent rows afresh (resumable), then write the leaderboard")
