@@ -206,3 +206,15 @@ def test_a_table_with_outputs_still_replays_live_exactly(built_with_outputs):
         for seed, schedule in [(0, [3, 1]), (1, [2, 0])]:
             result = validate(built_with_outputs["table"], schedule, seed, built_with_outputs["environment"])
             assert result.ok, result.mismatches
+
+
+def test_teacher_agreement_is_scored_out_of_sample_from_the_teachers_outputs(tmp_path):
+    """teacher_agreement reads the teacher's stored outputs instead of labels: where one schedule's
+    student is really closer to the truth (and so to a good teacher), it is found out of sample; where
+    schedules differ by noise only, it is not."""
+    table, labels = noise_table(tmp_path / "signal", signal=1.5)
+    result = out_of_sample(table, labels, reward="teacher_agreement", halvings=10, resamples=60)
+    assert result["reward_to_dev"]["open_loop"]["ci"][0] > 0 and result["crossfit"]["open_loop"]["ci"][0] > 0
+    table, labels = noise_table(tmp_path / "noise", signal=0.0)
+    result = out_of_sample(table, labels, reward="teacher_agreement", halvings=10, resamples=60)
+    assert result["reward_to_dev"]["open_loop"]["ci"][0] < 0.01

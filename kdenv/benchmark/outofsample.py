@@ -43,7 +43,7 @@ from kdenv.stats import percentile_interval
 
 HALVINGS = 50
 RESAMPLES = 200
-SCORED_REWARDS = ("metric_gain", "final_metric", "loss_decrease", "log_loss")
+SCORED_REWARDS = ("metric_gain", "final_metric", "loss_decrease", "log_loss", "teacher_agreement")
 CHOICES = ("oracle", "closed_loop", "open_loop")
 
 
@@ -192,11 +192,18 @@ class StackedOutputs:
 
 
 def _returns(task: TaskSpec, reward: str, stacked: StackedOutputs, labels: np.ndarray,
-             examples: np.ndarray) -> np.ndarray:
-    """Each schedule's return on the reward-split ``examples`` (positions, repeats allowed): [seeds, schedules]."""
-    y = labels[examples]
-    final = reward_score(task, reward, stacked.reward[:, :, examples], y)
-    start = reward_score(task, reward, stacked.root[:, examples], y)
+             examples: np.ndarray, teacher: np.ndarray | None = None) -> np.ndarray:
+    """Each schedule's return on the reward-split ``examples`` (positions, repeats allowed): [seeds, schedules].
+    ``teacher``: the teacher's reward-split outputs, which teacher_agreement reads instead of the labels."""
+    if reward == "teacher_agreement":
+        if teacher is None:
+            raise ValueError("teacher_agreement needs the teacher's outputs on the reward split")
+        final = teacher_agreement_score(task, stacked.reward[:, :, examples], teacher[examples])
+        start = teacher_agreement_score(task, stacked.root[:, examples], teacher[examples])
+    else:
+        y = labels[examples]
+        final = reward_score(task, reward, stacked.reward[:, :, examples], y)
+        start = reward_score(task, reward, stacked.root[:, examples], y)
     return np.where(stacked.crashed, CRASH_RETURN, final - start[:, None])
 
 
@@ -272,8 +279,10 @@ def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain"
                 inside[name] = inside[name] + value / 2
         return out, inside
 
+    teacher = StackedTeacher.of(table).reward if reward == "teacher_agreement" else None
+
     def on_reward(examples: np.ndarray) -> np.ndarray:
-        return _returns(task, reward, stacked, labels.reward, examples)
+        return _returns(task, reward, stacked, labels.reward, examples, teacher)
 
     def on_dev(examples: np.ndarray) -> np.ndarray:
         return _dev_scores(task, stacked, labels.dev, examples)
@@ -381,11 +390,7 @@ def reward_curve(table: Table, labels: TableLabels, sizes: list[int] | None = No
                                                        _dev_scores(task, stacked, labels.dev, b))))
 
     def returns(reward: str, examples: np.ndarray) -> np.ndarray:
-        if reward == "teacher_agreement":
-            final = teacher_agreement_score(task, stacked.reward[:, :, examples], teacher.reward[examples])
-            start = teacher_agreement_score(task, stacked.root[:, examples], teacher.reward[examples])
-            return np.where(stacked.crashed, CRASH_RETURN, final - start[:, None])
-        return _returns(task, reward, stacked, labels.reward, examples)
+        return _returns(task, reward, stacked, labels.reward, examples, teacher.reward)
 
     rows = []
     for reward in rewards:
