@@ -96,8 +96,10 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
         "student_vs_teacher": student_and_teacher(table, chosen, sequences),
     }
     if table.manifest.get("outputs"):
-        figures["out_of_sample"] = out_of_sample(table, labels or table_labels(table.manifest, data_dir),
-                                                 "metric_gain", halvings, resamples)
+        labels = labels or table_labels(table.manifest, data_dir)
+        figures["out_of_sample"] = out_of_sample(table, labels, "metric_gain", halvings, resamples)
+        figures["out_of_sample_teacher_agreement"] = out_of_sample(table, labels, "teacher_agreement", halvings,
+                                                                   resamples)
     return figures
 
 
@@ -130,15 +132,17 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
     (seeds and examples resampled) and the number of seeds behind it."""
     lines = [
         "| regime | what it tests | seeds | schedules (types x phases x updates) | oracle, reward → dev | "
-        "best open-loop, reward → dev | oracle, cross-fitted on the reward split | oracle, dev halves | "
-        "student / teacher (dev) | one-thread hours a seed |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "best open-loop, reward → dev | oracle, cross-fitted on the reward split | "
+        "best open-loop, teacher_agreement → dev | oracle, dev halves | student / teacher (dev) | "
+        "one-thread hours a seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if not row["built"]:
             lines.append(f"| {row['table']} | {row['question']} | 0 of {len(row['seeds_planned'])} | not built yet "
-                         "| | | | | | |")
+                         "| | | | | | | |")
             continue
         oos = row.get("out_of_sample") or {}
+        agreement = row.get("out_of_sample_teacher_agreement") or {}
         versus = row.get("student_vs_teacher")
         ratio = (f"{versus['student']['mean']:.4f} / {versus['teacher']:.4f} ({versus['ratio']:.3f})"
                  if versus and versus.get("teacher") else "n/a")
@@ -147,7 +151,8 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['table']} | {row['question']} | {len(row['seeds'])} of {len(row['seeds_planned'])} | "
                      f"{shape} | {_cell(oos.get('reward_to_dev'), 'oracle')} | "
                      f"{_cell(oos.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('crossfit'), 'oracle')} | "
-                     f"{_cell(oos.get('dev_halves'), 'oracle')} | {ratio} | {row['hours_per_seed']} |")
+                     f"{_cell(agreement.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('dev_halves'), 'oracle')} | "
+                     f"{ratio} | {row['hours_per_seed']} |")
     return "\n".join(lines) + "\n"
 
 

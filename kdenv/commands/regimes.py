@@ -7,7 +7,8 @@
 Each regime (kdenv/benchmark/regimes.py, built by bench/regime_builds.sh) is a schedule table that
 keeps per-example outputs. Per regime: the headroom of the hindsight oracle and of the best open-loop
 schedule over the best constant, each chosen on the reward split and scored on GLUE dev; the oracle
-cross-fitted on halves of the reward split, and on halves of dev itself; all with 95% intervals that
+cross-fitted on halves of the reward split, and on halves of dev itself; the best open-loop schedule
+chosen by teacher_agreement (a reward that reads no label) and scored on dev; all with 95% intervals that
 resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
 reward picks against its teacher on dev, and the build's cost in one-thread hours per seed.
 Regimes not built yet are listed as such.
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     text = ("# The regime survey\n\nWritten by `python agents/regimes.py` (kdenv/benchmark/regimes.py). Every "
             "headroom is over the best constant, chosen on one set of examples and scored on another, with its "
-            "95% interval (seeds and examples resampled) and n = seeds; the reward is metric_gain. See "
+            "95% interval (seeds and examples resampled) and n = seeds; the reward is metric_gain unless named. See "
             "docs/benchmark.md, *Regimes*, for what each figure means.\n\n" + survey_markdown(rows))
     print(text)
     files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
