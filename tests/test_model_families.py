@@ -190,7 +190,7 @@ def test_a_family_runs_from_teacher_to_evaluation(family, folders, tmp_path, pri
     assert {run["policy"] for run in runs} == {"kd", "all"} and all(0 <= run["dev"]["accuracy"] <= 1 for run in runs)
 
 
-def test_a_tiny_tree_of_a_regression_task_file_gives_a_table_environment(folders, tmp_path, private_runs_dir):
+def test_a_tiny_tree_of_a_regression_task_file_gives_a_table_environment(folders, tmp_path, private_runs_dir, capsys):
     """RoBERTa (a two-label head, replaced by a one-output head) on a regression task file: the teacher
     fine-tuned from --teacher-model's folder, a 2-phase tree over two knowledge types, its table, and an
     episode of the table environment."""
@@ -203,6 +203,7 @@ def test_a_tiny_tree_of_a_regression_task_file_gives_a_table_environment(folders
                                        "2", "--updates-per-phase", "1", "--max-train-examples", "32",
                                        "--max-reward-examples", "16", "--threads", "1", "--output", str(table_dir),
                                        "--no-progress"]) == 0
+    assert "has a head of 2 output(s)" in capsys.readouterr().out  # said once, when the teacher is fine-tuned
     table = Table.load(table_dir)
     assert table.manifest["task"] == task and table.manifest["teacher"]["task_files_sha256"]
     assert table.manifest["teacher"]["base_model"] == str(folders / "roberta")

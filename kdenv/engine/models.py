@@ -127,8 +127,10 @@ def load_classifier(
     if task is not None:
         kwargs["num_labels"] = task.num_labels
         kwargs["problem_type"] = "regression" if task.is_regression else "single_label_classification"
-        outputs = getattr(load_config(source), "num_labels", task.num_labels)
-        if outputs != task.num_labels:  # a classifier of another task as the base: its head cannot be kept
+        config = load_config(source)
+        has_head = any(name.endswith("ForSequenceClassification") for name in (config.architectures or []))
+        outputs = getattr(config, "num_labels", task.num_labels)
+        if has_head and outputs != task.num_labels:  # a classifier of another task as the base: a new head
             print(f"note: {name} has a head of {outputs} output(s) and {task.name} needs {task.num_labels}: "
                   f"the head is initialised afresh")
             kwargs["ignore_mismatched_sizes"] = True
