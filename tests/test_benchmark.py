@@ -437,7 +437,8 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     # The table keeps outputs (the default): the report leads with the out-of-sample figures, every reward
     # that outputs can score cross-fitted, and labels the in-sample one as an upper bound.
     assert text.index("## Headroom out of sample") < text.index("## In sample, and the schedules")
-    assert set(report["out_of_sample"]) == {"metric_gain", "loss_decrease", "log_loss", "final_metric"}
+    assert set(report["out_of_sample"]) == {"metric_gain", "loss_decrease", "log_loss", "final_metric",
+                                           "teacher_agreement"}
     assert "| metric_gain | half the reward split (8) → the other half; 2 halvings | seeds, examples |" in text
     assert "| metric_gain | reward split (16) → dev (71, from outputs) | seeds, examples |" in text
     assert "In-sample headroom (oracle − best constant, chosen and scored on the same reward examples: an upper bound)" in text
