@@ -208,6 +208,7 @@ def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = froze
             files[split] = data
         columns = {split: _read_columns(files[split], wanted, split, path) for split in files}
         class_names, checksum = None, _checksum([path, files["train"], files["dev"]])
+    where = TaskFiles(path.resolve(), files.get("train"), files.get("dev"), about.text, raw["label"], checksum, hub)
     label_names = about.labels
     if label_names is None or label_names:  # classification: the names checked against train
         train_labels = [str(v) for v in columns["train"][raw["label"]]]
@@ -217,14 +218,12 @@ def read_task_file(path: str | Path, reserved: set[str] | frozenset[str] = froze
         absent = [n for n in label_names if n not in set(train_labels)]
         if absent:
             raise _fail(path, f"label(s) {absent} never occur in the train {'split' if hub else 'file'} "
-                              f"{task_source(hub, files)}: a class the teacher never sees cannot be learned; add "
+                              f"{where.source('train')}: a class the teacher never sees cannot be learned; add "
                               "examples or drop the label")
         if len(label_names) > 2 and set(about.metrics) - {"accuracy"}:
             raise _fail(path, f"f1 and matthews_corr are computed for two classes here; with {len(label_names)} "
                               "use accuracy")
-    task = FileTask(about.name, label_names, about.metrics,
-                    TaskFiles(path.resolve(), files.get("train"), files.get("dev"), about.text, raw["label"], checksum,
-                              hub))
+    task = FileTask(about.name, label_names, about.metrics, where)
     splits = {split: check_rows(task, columns[split], task.files.source(split)) for split in ("train", "dev")}
     _warn_duplicates(splits, path)
     _CHECKED[task.files.sha256] = (files_stamp(task.files), splits)  # what read_file_splits gives while unchanged
@@ -262,10 +261,6 @@ def _read_columns(data: Path, wanted: list[str], split: str, task_file: Path) ->
     if missing:
         raise _fail(task_file, f"{split} file {data.name} has no column {missing[0]!r} (it has {table.column_names})")
     return {column: list(table[column]) for column in wanted}
-
-
-def task_source(hub: tuple[str, str | None, str, str] | None, files: dict[str, Path]) -> str:
-    return f"{hub[0]}[{hub[2]}]" if hub else files["train"].name
 
 
 def _read_hub_columns(hub: tuple[str, str | None, str, str], split_name: str, wanted: list[str], split: str,
