@@ -30,14 +30,27 @@ from kdenv.engine.runtime import quiet_transformers
 BASELINE_SIZE = 128  # the CPU budget's reward split today (kdenv.config.BUDGETS["cpu"])
 
 
+def counts(flag: str):
+    """An argparse type: a list of whole numbers in parse_seeds' syntax, its message kept."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = parse_seeds(text, flag)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if min(values) < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: give whole numbers >= 1")
+        return values
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="stsb", help="GLUE task (its teacher must exist)")
     parser.add_argument("--knowledge", default="logits,hidden,gradient",
                         help="knowledge types whose subsets are timed (comma-separated)")
-    parser.add_argument("--sizes", type=lambda text: parse_seeds(text, "--sizes"), default=[64, 128, 256, 512, 1000],
+    parser.add_argument("--sizes", type=counts("--sizes"), default=[64, 128, 256, 512, 1000],
                         help="reward-split sizes to price (the largest is loaded; smaller ones are its first examples)")
-    parser.add_argument("--updates", type=lambda text: parse_seeds(text, "--updates"), default=[8, 64, 128], help="phase lengths U to report")
+    parser.add_argument("--updates", type=counts("--updates"), default=[8, 64, 128], help="phase lengths U to report")
     parser.add_argument("--timed-updates", type=int, default=4, help="updates timed per knowledge subset and repeat")
     parser.add_argument("--repeats", type=int, default=3, help="repeats (medians reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the regime builds use 1)")
