@@ -54,8 +54,17 @@ def test_the_survey_reports_headroom_out_of_sample_with_intervals(tmp_path, sign
     to_dev = row["out_of_sample"]["reward_to_dev"]["open_loop"]
     assert (to_dev["ci"][0] > 0) == pays, to_dev
     assert row["seeds"] == [0, 1, 2, 3] and row["schedules"] == 16
+    # dev itself prefers the planted schedule (logits, then hidden) on every seed where it is better
+    prefers = row["dev_prefers"]
+    assert (prefers["schedule"] == [0, 1] and prefers["seeds"] == 4 and not prefers["constant"]) == pays, prefers
+    if pays:
+        assert prefers["named"] == "- → logits"
+    assert -1 <= row["reward_dev_spearman"]["metric_gain"] <= 1
+    # this synthetic table records no agreement with the teacher: every return ties, no ranking to compare
+    assert row["reward_dev_spearman"]["teacher_agreement"] is None
     text = survey_markdown([{**row, "question": "q", "built": True, "seeds_planned": [0, 1, 2, 3]}])
     assert "(n=4)" in text and "4 of 4" in text
+    assert ("- → logits (4 of 4; time-varying)" in text) == pays
 
 
 def test_regimes_not_built_are_listed_as_such(tmp_path, monkeypatch):

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from kdenv.benchmark.oracle import all_dev_metrics, all_returns, all_sequences, constant_columns, dev_metric_name
+from kdenv.benchmark.oracle import (
+    all_dev_metrics,
+    all_returns,
+    all_sequences,
+    constant_columns,
+    dev_metric_name,
+    rank_correlation,
+    subset_names,
+)
 from kdenv.benchmark.outofsample import TableLabels, out_of_sample, table_labels
 from kdenv.benchmark.table import Table
 from kdenv.cli import parse_seeds
@@ -80,6 +88,31 @@ def student_and_teacher(table: Table, chosen: int, sequences: list[tuple[int, ..
             "ratio": None if not teacher else float(np.nanmean(dev[:, chosen]) / teacher)}
 
 
+def dev_preference(table: Table, sequences: list[tuple[int, ...]], dev: np.ndarray) -> dict[str, Any]:
+    """The schedule dev itself ranks first (analysis only: no agent sees dev), the one most seeds share,
+    named, with how many seeds share it and whether it is a constant."""
+    best = [tuple(sequences[i]) for i in np.nanargmax(dev, axis=1)]
+    schedule = max(set(best), key=lambda s: (best.count(s), -best.index(s)))
+    names = subset_names(list(table.knowledge))
+    return {"schedule": list(schedule), "named": " → ".join(names[a] for a in schedule),
+            "seeds": best.count(schedule), "constant": len(set(schedule)) == 1}
+
+
+REWARD_RANKINGS = ("metric_gain", "teacher_agreement")
+
+
+def reward_rankings(table: Table, dev: np.ndarray) -> dict[str, float | None]:
+    """Per reward, Spearman's correlation over a seed's schedules between the reward's return (on the
+    whole reward split) and the dev metric, averaged over seeds: how faithfully the reward ranks."""
+    result: dict[str, float | None] = {}
+    for reward in REWARD_RANKINGS:
+        _, returns = all_returns(table, reward)
+        values = [rank_correlation(list(returns[row]), list(dev[row])) for row in range(len(table.seeds))]
+        defined = [value for value in values if value is not None]
+        result[reward] = float(np.mean(defined)) if defined else None
+    return result
+
+
 def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, resamples: int = 200,
                  labels: TableLabels | None = None) -> dict[str, Any]:
     """One regime's figures: out-of-sample headroom (metric_gain reward), the student against its teacher,
@@ -94,7 +127,12 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
         "hours_per_seed": round(float(table.manifest.get("build_seconds", 0.0)) / 3600 / len(table.seeds), 2),
         "schedules": len(all_sequences(table)),
         "student_vs_teacher": student_and_teacher(table, chosen, sequences),
+        "reward_examples": (table.manifest.get("outputs") or {}).get("examples", {}).get("reward"),
     }
+    dev = all_dev_metrics(table, sequences)
+    if dev is not None:
+        figures["dev_prefers"] = dev_preference(table, sequences, dev)
+        figures["reward_dev_spearman"] = reward_rankings(table, dev)
     if table.manifest.get("outputs"):
         labels = labels or table_labels(table.manifest, data_dir)
         figures["out_of_sample"] = out_of_sample(table, labels, "metric_gain", halvings, resamples)
@@ -127,19 +165,36 @@ def _cell(figures: dict[str, Any] | None, name: str) -> str:
     return f"{with_interval(entry['mean'], entry['ci'])} (n={entry['n']})"
 
 
+def _preference(row: dict[str, Any]) -> str:
+    prefers = row.get("dev_prefers")
+    if not prefers:
+        return "n/a"
+    kind = "a constant" if prefers["constant"] else "time-varying"
+    return f"{prefers['named']} ({prefers['seeds']} of {len(row['seeds'])}; {kind})"
+
+
+def _rankings(row: dict[str, Any]) -> str:
+    rankings = row.get("reward_dev_spearman")
+    if not rankings:
+        return "n/a"
+    cells = " / ".join("n/a" if rankings.get(r) is None else f"{rankings[r]:+.2f}" for r in REWARD_RANKINGS)
+    return cells + (f" ({row['reward_examples']})" if row.get("reward_examples") else "")
+
+
 def survey_markdown(rows: list[dict[str, Any]]) -> str:
     """The survey as a page: one row per regime, every headroom out of sample with its 95% interval
     (seeds and examples resampled) and the number of seeds behind it."""
     lines = [
         "| regime | what it tests | seeds | schedules (types x phases x updates) | oracle, reward → dev | "
         "best open-loop, reward → dev | oracle, cross-fitted on the reward split | "
-        "best open-loop, teacher_agreement → dev | oracle, dev halves | student / teacher (dev) | "
+        "best open-loop, teacher_agreement → dev | oracle, dev halves | dev's own best schedule (seeds) | "
+        "Spearman with dev: metric_gain / teacher_agreement (reward examples) | student / teacher (dev) | "
         "one-thread hours a seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if not row["built"]:
             lines.append(f"| {row['table']} | {row['question']} | 0 of {len(row['seeds_planned'])} | not built yet "
-                         "| | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         oos = row.get("out_of_sample") or {}
         agreement = row.get("out_of_sample_teacher_agreement") or {}
@@ -152,7 +207,7 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{shape} | {_cell(oos.get('reward_to_dev'), 'oracle')} | "
                      f"{_cell(oos.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('crossfit'), 'oracle')} | "
                      f"{_cell(agreement.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('dev_halves'), 'oracle')} | "
-                     f"{ratio} | {row['hours_per_seed']} |")
+                     f"{_preference(row)} | {_rankings(row)} | {ratio} | {row['hours_per_seed']} |")
     return "\n".join(lines) + "\n"
 
 
