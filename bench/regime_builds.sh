@@ -31,8 +31,9 @@ mkdir -p runs/logs
 # Both queues build the same regimes in the same order, so two one-thread processes share each seed's jobs
 # (a job another process holds is skipped, then waited for): a seed lands in about half its one-process time,
 # within one session, since runs/ (and a half-built seed) does not travel between machines.
-# The long horizon first, then more decisions (6 phases), the control, the capacity gap and RTE (needs its
-# teacher: `teachers`).
+# The long horizon first (to 16 seeds: at 4 its out-of-sample interval was above 0, and its seeds must be
+# built on the replay class of the first four), then more decisions (6 phases), the control, the capacity
+# gap and RTE (needs its teacher: `teachers`).
 QUEUE_A=(stsb_k2_u128 stsb_logits_p6_u64 stsb_u8_o stsb_l1_u64 rte_u8)
 QUEUE_B=("${QUEUE_A[@]}")
 

@@ -125,3 +125,17 @@ def test_a_live_agent_budget_may_be_given_in_episodes_as_table_agents_count_it(c
     with pytest.raises(SystemExit):
         train.parse_args(["--algo", "a2c", "--task", "wnli", "--episodes", "2", "--total-timesteps", "6"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_each_preset_sets_its_measured_reward_and_a_flag_overrides_it():
+    """The budgets' rewards (kdenv.config.BUDGETS, chosen by the reward curve in docs/benchmark.md) reach the
+    environment through --preset; --reward given on the command line wins."""
+    from kdenv.commands.train import make_configs, parse_args
+
+    def env_of(*flags):
+        return make_configs(parse_args(["--algo", "a2c", "--task", "rte", *flags]), "discrete")[2]
+
+    assert env_of().reward == "metric_gain"
+    assert env_of("--preset", "gpu").reward == "teacher_agreement"
+    assert env_of("--preset", "gpu", "--reward", "loss_decrease").reward == "loss_decrease"
+    assert env_of("--preset", "cpu", "--reward", "teacher_agreement").reward == "teacher_agreement"
