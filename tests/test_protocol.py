@@ -195,6 +195,14 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     assert on_dev["mean"] == pytest.approx(0.3 / 4) and on_dev["n"] == 4
     assert summary.startswith(f"| {tmp_path / 'table'} | 4 | +0.0750 [")
     assert (tmp_path / "board.png").stat().st_size > 1000
+    # Every row is also scored out of sample, from its schedules: here dev is the return, so each row's
+    # gain on dev is its gain over the train folds' constant, agents included (from their stored schedules).
+    scored = board["tables"][str(tmp_path / "table")]["on_dev"]
+    for row in ("oracle", "closed-loop bound", "best open-loop (train folds)", "constant logits", "A2C"):
+        assert scored[row]["gain"]["mean"] == pytest.approx(rows[row]["gain"]["mean"]), row
+    assert scored["A2C"]["seeds"] == 4 and scored["A2C"]["agent_seeds"] == 2
+    assert "random schedule (exact mean)" not in scored  # it plays no one schedule per seed
+    assert f"| {ci_text(scored['A2C']['gain'])} |" in summary and "scored out of sample" in text
     # A rerun trains nothing new: every (held-out seed, agent seed) is in the result file.
     capsys.readouterr()
     assert command("leaderboard").main([*args, "--retrain", "--dry-run"]) == 0
@@ -465,3 +473,18 @@ def test_the_live_checks_advice_never_loops(tmp_path, capsys):
     assert command("live_check").main(["--table", str(tmp_path / "four"), "--row", "a2c", "--k", "3",
                                        "--results-dir", str(tmp_path / "results"), "--dry-run"]) == 2
     assert "--retrain --tables" in (err := capsys.readouterr().err) and err.rstrip().endswith("--agents a2c --k 3")
+
+
+def test_rows_on_dev_score_the_reward_s_choices_on_dev_not_on_the_reward(tmp_path):
+    """Where dev disagrees with the reward (here dev = 1 - return), each row is scored by the dev metric
+    of the schedule the reward chose, against the constant the reward chose on the train folds."""
+    from kdenv.benchmark.board import rows_on_dev
+
+    view = FoldView(synthetic_table(tmp_path, RETURNS, dev=lambda value: 1.0 - value), "metric_gain")
+    splits = fold_splits([0, 1, 2, 3], 4)
+    scored = rows_on_dev(view, splits, [], {}, None)
+    # The reward's oracle on seed 3 is (0, 1) (return 0.4, dev 0.6); the train folds' constant is (1, 1)
+    # (return 0.1, dev 0.9): -0.3 on dev where the reward saw +0.3. Seeds 0-2's oracle is that constant.
+    assert scored["oracle"]["gain"]["mean"] == pytest.approx(-0.3 / 4)
+    assert scored["constant logits"]["gain"]["mean"] == pytest.approx(0.0)
+    assert scored["constant -"]["dev"]["mean"] == pytest.approx(np.mean([1.0, 1.0, 0.9, 1.0]))

@@ -24,8 +24,15 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark import tuning
-from kdenv.benchmark.oracle import all_returns, named_policies, solve
-from kdenv.benchmark.protocol import FoldView, baseline_returns, fold_splits, score_policy
+from kdenv.benchmark.oracle import all_dev_metrics, all_returns, named_policies, solve
+from kdenv.benchmark.protocol import (
+    FoldView,
+    baseline_columns,
+    baseline_returns,
+    fold_splits,
+    score_on_dev,
+    score_policy,
+)
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.table_env import REWARD_SCALE
@@ -452,6 +459,36 @@ def best_agent(name: str, table: Table, results_dir: Path, k: int) -> tuple[str,
     return agent, scored[agent]
 
 
+def agent_columns(view: FoldView, result: dict[str, Any]) -> dict[int, np.ndarray] | None:
+    """The schedules an agent row's agents played on each seed (a format-2 result file), as columns of
+    the view: [agent seeds] per seed. None for a format-1 file, which stored returns only."""
+    schedules = result.get("schedules")
+    if not schedules:
+        return None
+    position = {sequence: column for column, sequence in enumerate(view.sequences)}
+    return {seed: np.array([position[tuple(s)] for s in schedules[str(seed)]]) for seed in view.table.seeds}
+
+
+def rows_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], names: list[str],
+                finished: dict[str, tuple[dict, dict[int, np.ndarray]]], chosen: dict[str, str] | None) -> dict | None:
+    """Every row that plays one schedule per seed scored out of sample (``score_on_dev``): what the
+    reward split chose, scored on GLUE dev. None for a table whose leaves are not all scored on dev.
+    The agents' rows need their schedules (format-2 result files); ``chosen``: the agent row each
+    fold chose (the chosen row's choices), by the fold's held-out seeds."""
+    dev = all_dev_metrics(view.table, view.sequences)
+    if dev is None:
+        return None
+    rows = {row: score_on_dev(view, splits, dev, columns)
+            for row, columns in baseline_columns(view, splits, names).items() if None not in columns.values()}
+    played = {agent: agent_columns(view, result) for agent, (result, _) in finished.items()}
+    rows.update({AGENTS[agent].row: score_on_dev(view, splits, dev, columns)
+                 for agent, columns in played.items() if columns is not None})
+    if chosen and all(played.get(agent) is not None for agent in chosen.values()):
+        columns = {int(seed): played[agent][int(seed)] for fold, agent in chosen.items() for seed in fold.split(",")}
+        rows[CHOSEN_ROW] = {**score_on_dev(view, splits, dev, columns), "chosen": chosen}
+    return rows
+
+
 def build_board(tables: dict[str, Table], settings: BoardSettings, command: str) -> dict[str, Any]:
     """Every row of every table scored by the protocol, and the across-tasks pairs: the board's
     data (``command``: the command that rebuilds it, recorded in the board)."""
@@ -460,7 +497,8 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
         view = FoldView(table, REPORT_REWARD)
         k = settings.folds_of(table)
         splits = fold_splits(table.seeds, k)
-        baselines = baseline_returns(view, splits, [n for n in named_policies(table) if n in NAMED])
+        names = [n for n in named_policies(table) if n in NAMED]
+        baselines = baseline_returns(view, splits, names)
         closed_loop = baselines["closed-loop bound"]
         rows = {row: score_policy(view, splits, per_seed, closed_loop) for row, per_seed in baselines.items()}
         finished = finished_returns(name, table, settings.results_dir, k)
@@ -472,7 +510,10 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows,
                                  # out of sample: the reward's choices scored on GLUE dev (None without dev at leaves)
-                                 "reward_to_dev": solve(table, REPORT_REWARD)["reward_to_dev"]}
+                                 "reward_to_dev": solve(table, REPORT_REWARD)["reward_to_dev"],
+                                 # every row's choices scored on GLUE dev (None without dev at every leaf)
+                                 "on_dev": rows_on_dev(view, splits, names, finished,
+                                                       rows.get(CHOSEN_ROW, {}).get("chosen"))}
     board["cross"] = {}
     for name_a, name_b in cross_pairs(tables):
         a, b = tables[name_a], tables[name_b]

@@ -56,8 +56,8 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
              "the seeds it is scored on; with one agent row trained, that row.", "",
              "| table | seeds | out of sample: oracle, reward → dev | above 0? | closed loop, reward → dev | "
              "in sample: headroom (oracle; upper bound) | closed-loop bound (in sample) | agents | their gain | "
-             "above 0? | share of closed-loop headroom | P(improve) | n |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "above 0? | their gain on dev (out of sample) | share of closed-loop headroom | P(improve) | n |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in board["tables"].items():
         rows = entry["rows"]
         oracle, closed = rows["oracle"]["gain"], rows["closed-loop bound"]["gain"]
@@ -68,11 +68,13 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
         trained = [row for row in rows if row in agent_rows]
         row = CHOSEN_ROW if CHOSEN_ROW in rows else trained[0] if trained else None
         if row is None:
-            lines.append(line + " no agent row trained | | | | | |")
+            lines.append(line + " no agent row trained | | | | | | |")
             continue
         scores = rows[row]
         label = chosen_text(scores["chosen"]) if "chosen" in scores else row
+        dev_scores = (entry.get("on_dev") or {}).get(row)
         lines.append(line + f" {label} | {ci_text(scores['gain'])} | {excludes_zero(scores['gain'])} | "
+                     f"{ci_text(dev_scores['gain']) if dev_scores else 'n/a'} | "
                      f"{share_text(scores.get('closed_loop_share'))} | {improvement_text(scores['improvement'])} | "
                      f"{scores['seeds']} x {scores['agent_seeds']} |")
     cross = [(pair, rows) for pair, rows in board.get("cross", {}).items() if any(row in agent_rows for row in rows)]
@@ -125,6 +127,15 @@ def markdown_text(board: dict[str, Any]) -> str:
                          f"{ci_text(scores['normalised_regret'], 'iqm', 2)} | {ci_text(scores['gain'])} | "
                          f"{improvement_text(scores['improvement'])} | "
                          f"{share_text(scores.get('closed_loop_share'))} | {scores['seeds']} x {scores['agent_seeds']} |")
+        if entry.get("on_dev"):
+            lines += ["", "The same rows scored out of sample: the schedule each plays on a held-out seed, minus the "
+                      "constant the reward chose on the train folds, both scored on GLUE dev (its metric after the "
+                      "last phase; no row sees dev). Rows that play no one schedule per seed are left out.", "",
+                      "| policy | dev metric (mean) | gain over the reward's constant on dev (mean) | P(improve) | n |",
+                      "|---|---|---|---|---|"]
+            for row, scores in sorted(entry["on_dev"].items(), key=lambda item: -(item[1]["gain"]["mean"] or -1e9)):
+                lines.append(f"| {row} | {ci_text(scores['dev'])} | {ci_text(scores['gain'])} | "
+                             f"{improvement_text(scores['improvement'])} | {scores['seeds']} x {scores['agent_seeds']} |")
         missing = [spec.row for spec in AGENTS.values() if spec.row not in entry["rows"]]
         if missing:
             lines += ["", f"Not yet trained on this table: {', '.join(missing)} (`python agents/leaderboard.py "

@@ -110,36 +110,63 @@ def score_policy(view: FoldView, splits: list[tuple[list[int], list[int]]],
     return scores
 
 
-def baseline_returns(view: FoldView, splits: list[tuple[list[int], list[int]]], names: list[str]) -> dict[str, dict]:
-    """Each seed's return under the baselines that need no training: the oracle, the closed-loop
-    bound of a seed-blind policy (over every seed), the best open-loop schedule and best constant (chosen on the
-    train folds), the random schedule (the exact mean over all schedules: Random-Hard), every
-    constant, and the named fixed policies (kd, gkd, ...)."""
+def baseline_columns(view: FoldView, splits: list[tuple[list[int], list[int]]],
+                     names: list[str]) -> dict[str, dict[int, int | None]]:
+    """Each seed's schedule (a column of the view; None where a named policy's schedule is not a path
+    of the table) under the baselines that play one schedule per seed: the oracle, the closed-loop
+    bound of a seed-blind policy (over every seed), the best open-loop schedule and best constant
+    (chosen on the train folds), every constant, and the named fixed policies (kd, gkd, ...)."""
     table, seeds = view.table, view.table.seeds
-    rows: dict[str, dict[int, float]] = {"oracle": {s: view.oracle(s) for s in seeds},
-                                          "random schedule (exact mean)": {
-                                              s: float(view.returns[view.row[s]].mean()) for s in seeds}}
+    rows: dict[str, dict[int, int | None]] = {"oracle": {s: int(view.returns[view.row[s]].argmax()) for s in seeds}}
     # Over every seed of the table, not per fold: every seed starts from the same observation, so a
     # seed-blind policy opens with one action for all of them, and a fold of one held-out seed
     # would let the bound open with that seed's own best action (the oracle).
-    rows["closed-loop bound"] = dict(zip(seeds, closed_loop(table, view.sequences, view.returns)["per_seed"]))
+    rows["closed-loop bound"] = dict(zip(seeds, closed_loop(table, view.sequences, view.returns)["columns"]))
     rows["best open-loop (train folds)"], rows["best constant (train folds)"] = {}, {}
     for train, test in splits:
         open_loop, constant = view.best_open_loop(train), view.best_constant(train)
         for seed in test:
-            rows["best open-loop (train folds)"][seed] = view.value(seed, open_loop)
-            rows["best constant (train folds)"][seed] = view.value(seed, constant)
+            rows["best open-loop (train folds)"][seed] = open_loop
+            rows["best constant (train folds)"][seed] = constant
     names_of = action_names(table)
     for action, column in enumerate(view.constants):
-        rows[f"constant {names_of[action]}"] = {s: view.value(s, column) for s in seeds}
+        rows[f"constant {names_of[action]}"] = {s: column for s in seeds}
     position = {sequence: column for column, sequence in enumerate(view.sequences)}
     for name in names:
-        per_seed = {}
-        for seed in seeds:
-            column = position.get(tuple(policy_schedule(table, name, seed)))
-            per_seed[seed] = view.value(seed, column) if column is not None else float("nan")
-        rows[name] = per_seed
+        rows[name] = {seed: position.get(tuple(policy_schedule(table, name, seed))) for seed in seeds}
     return rows
+
+
+def baseline_returns(view: FoldView, splits: list[tuple[list[int], list[int]]], names: list[str]) -> dict[str, dict]:
+    """Each seed's return under the baselines that need no training: those of
+    :func:`baseline_columns`, and after the oracle the random schedule (the exact mean over all
+    schedules: Random-Hard)."""
+    rows: dict[str, dict[int, float]] = {}
+    for name, columns in baseline_columns(view, splits, names).items():
+        rows[name] = {seed: view.value(seed, column) if column is not None else float("nan")
+                      for seed, column in columns.items()}
+        if name == "oracle":
+            rows["random schedule (exact mean)"] = {s: float(view.returns[view.row[s]].mean()) for s in view.table.seeds}
+    return rows
+
+
+def score_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], dev: np.ndarray,
+                 columns: dict[int, Any]) -> dict[str, Any]:
+    """One policy scored out of sample: the dev metric ([seeds, schedules], the view's order) of the
+    schedule it plays on each held-out seed (a column, or an array of columns over agent seeds),
+    minus that of the constant the reward chose on the train folds that held the seed out. Chosen on
+    the reward split, scored on GLUE dev; intervals resample seeds and agent seeds."""
+    values, gains = {}, {}
+    for train, test in splits:
+        constant = view.best_constant(train)
+        for seed in test:
+            row = view.row[seed]
+            played = dev[row, np.atleast_1d(np.asarray(columns[seed], dtype=np.int64))].astype(np.float64)
+            values[seed], gains[seed] = played, played - float(dev[row, constant])
+    seeds = sorted(gains)
+    return {"dev": summarise([values[s] for s in seeds]), "gain": summarise([gains[s] for s in seeds]),
+            "improvement": improvement([gains[s] for s in seeds]), "seeds": len(seeds),
+            "agent_seeds": int(max(values[s].size for s in seeds))}
 
 
 def fold_splits(seeds: list[int], k: int) -> list[tuple[list[int], list[int]]]:
