@@ -488,3 +488,37 @@ def test_rows_on_dev_score_the_reward_s_choices_on_dev_not_on_the_reward(tmp_pat
     assert scored["oracle"]["gain"]["mean"] == pytest.approx(-0.3 / 4)
     assert scored["constant logits"]["gain"]["mean"] == pytest.approx(0.0)
     assert scored["constant -"]["dev"]["mean"] == pytest.approx(np.mean([1.0, 1.0, 0.9, 1.0]))
+
+
+def test_train_reward_retrains_the_rows_on_another_reward_and_the_board_names_it(tmp_path, capsys):
+    """--train-reward: the rows that train on metric_gain train on the named reward (recorded in the result
+    file's config, so a file trained on another reward is retrained, not mixed), are still scored in
+    metric_gain, and the board names the reward beside the row; the live check trains on the recorded one."""
+    import json
+
+    from kdenv.benchmark.live import train_agents
+    from tests.conftest import command
+
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "1", "--episodes", "20", "--agents", "a2c",
+            "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]
+    assert command("leaderboard").main([*args, "--train-reward", "loss_decrease"]) == 0
+    path = tmp_path / "results" / "table" / "a2c.json"
+    result = json.loads(path.read_text())
+    assert result["config"]["reward"] == "loss_decrease" and result["config"]["scored_in"] == "metric_gain"
+    board = json.loads((tmp_path / "board.json").read_text())
+    rows = board["tables"][str(tmp_path / "table")]["rows"]
+    assert "A2C, trained on loss_decrease" in rows and "A2C" not in rows
+    text = (tmp_path / "board.md").read_text()
+    assert "| A2C, trained on loss_decrease |" in text and "Not yet trained on this table: A2C," not in text
+    summary = next(line for line in text.splitlines() if line.startswith(f"| {tmp_path / 'table'} | 4 |"))
+    assert "| A2C, trained on loss_decrease |" in summary  # the summary's agent row
+    # The dry run without the flag counts the row as still to train (its file holds another reward).
+    capsys.readouterr()
+    assert command("leaderboard").main([*args, "--dry-run"]) == 0
+    assert "2 agents still to train" in capsys.readouterr().out
+    # The live check's agents train on the reward recorded in the file.
+    from kdenv.benchmark.table import Table
+
+    study, _ = train_agents(Table.load(tmp_path / "table"), "a2c", result, 1, path, tmp_path / "live", progress=False)
+    assert study.reward == "loss_decrease"

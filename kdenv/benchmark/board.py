@@ -53,6 +53,9 @@ class BoardSettings:
     tune_trials: int = 12  # tuned rows: Optuna trials per fold
     tune_agents: int = 2  # tuned rows: agents per trial
     results_dir: Path = field(default_factory=leaderboard_results_dir)
+    # the reward the rows that train on metric_gain train on instead (None: each row's own; the paper
+    # row keeps its loss_decrease); every row is still scored in REPORT_REWARD and on dev
+    train_reward: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +91,27 @@ AGENTS = {
     "a2c-paper": AgentRow("A2C, paper setting (loss_decrease reward, exploration bonus 0.1)", "a2c", "loss_decrease",
                           0.1),
 }
+def row_spec(agent: str, settings: BoardSettings) -> AgentRow:
+    """The agent row as ``settings`` trains it: with ``train_reward``, the rows that train on
+    metric_gain train on that reward instead."""
+    spec = AGENTS[agent]
+    if settings.train_reward and spec.reward == "metric_gain":
+        return replace(spec, reward=settings.train_reward)
+    return spec
+
+
+def is_agent_row(row: str) -> bool:
+    """Whether a board row is an agent row (under its own name or with its training reward, ``row_label``)."""
+    return any(row == spec.row or row.startswith(f"{spec.row}, trained on ") for spec in AGENTS.values())
+
+
+def row_label(agent: str, result: dict[str, Any]) -> str:
+    """An agent row's name on the board: its own, and the reward its result file was trained on where
+    that is not the row's own (``--train-reward``)."""
+    spec, reward = AGENTS[agent], (result.get("config") or {}).get("reward")
+    return spec.row if reward in (None, spec.reward) else f"{spec.row}, trained on {reward}"
+
+
 ALL_SEEDS = "all"  # the tuning key of agents trained on every seed of a table (the across-tasks column)
 NAMED = ["kd", "gkd", "all", "none"]
 REPORT_REWARD = "metric_gain"  # every row is scored on the table's own metric gain
@@ -162,7 +186,7 @@ def check_returns(result: dict[str, Any], path: Path, table: Table) -> None:
 
 def row_config(agent: str, settings: BoardSettings) -> dict[str, Any]:
     """What decides an agent row's results (a result file holding another config is retrained)."""
-    spec = AGENTS[agent]
+    spec = row_spec(agent, settings)
     config = {"algo": spec.algo, "reward": spec.reward, "scored_in": REPORT_REWARD, "exploration_bonus": spec.bonus,
               "episodes": settings.episodes, "hyperparams": load_hyperparams(spec.algo).as_dict(),
               "agent_seeds": list(range(settings.agent_seeds))}
@@ -199,7 +223,7 @@ def retrain(table_name: str, table: Table, agent: str, settings: BoardSettings) 
     """Trains one agent row on one table, fold by fold, agent seed by agent seed (a tuned row first
     searches its hyperparameters on the fold's train seeds); the result file is rewritten after each
     agent and each search, so a killed run resumes where it stopped."""
-    spec = AGENTS[agent]
+    spec = row_spec(agent, settings)
     algorithm = get_algorithm(spec.algo)
     path = result_path(settings.results_dir, table_name, agent)
     config = row_config(agent, settings)
@@ -244,7 +268,7 @@ def retrain_cross(name_a: str, a: Table, name_b: str, b: Table, agent: str, sett
     from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
     from kdenv.decision.wrappers import MultiDiscreteOnOff
 
-    spec = AGENTS[agent]
+    spec = row_spec(agent, settings)
     algorithm = get_algorithm(spec.algo)
     path = result_path(settings.results_dir, name_a, agent)
     result = load_result(path, a, settings.k)
@@ -297,11 +321,11 @@ def cross_rows(name_a: str, a: Table, name_b: str, b: Table, results_dir: Path, 
             f"best open-loop chosen on {name_a}": scored({s: view_b.value(s, chosen_open_loop) for s in b.seeds}),
             f"best constant of {name_b} (chosen on its own seeds)": scored(
                 {s: view_b.value(s, own_constant) for s in b.seeds})}
-    for agent, spec in AGENTS.items():
+    for agent in AGENTS:
         result = load_result(result_path(results_dir, name_a, agent), a, k)
         cross = (result or {}).get("cross", {}).get(name_b)
         if cross and cross["table_files"] == b.manifest["files"] and all(str(s) in cross["returns"] for s in b.seeds):
-            rows[spec.row] = scored({s: np.array(cross["returns"][str(s)]) for s in b.seeds})
+            rows[row_label(agent, result)] = scored({s: np.array(cross["returns"][str(s)]) for s in b.seeds})
     return rows
 
 
@@ -346,7 +370,7 @@ def projected_cost(counts: dict[str, int], probe: Table, settings: BoardSettings
     for agent, count in counts.items():
         if not count:
             continue
-        spec = AGENTS[agent]
+        spec = row_spec(agent, settings)
         if (spec.algo, spec.reward, spec.bonus) not in timed:
             study = TableStudy(probe, get_algorithm(spec.algo), probe.seeds[1:], probe.seeds[:1], spec.reward, REWARD_SCALE,
                                200, exploration_bonus=spec.bonus)
@@ -481,7 +505,7 @@ def rows_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], names
     rows = {row: score_on_dev(view, splits, dev, columns)
             for row, columns in baseline_columns(view, splits, names).items() if None not in columns.values()}
     played = {agent: agent_columns(view, result) for agent, (result, _) in finished.items()}
-    rows.update({AGENTS[agent].row: score_on_dev(view, splits, dev, columns)
+    rows.update({row_label(agent, finished[agent][0]): score_on_dev(view, splits, dev, columns)
                  for agent, columns in played.items() if columns is not None})
     if chosen and all(played.get(agent) is not None for agent in chosen.values()):
         columns = {int(seed): played[agent][int(seed)] for fold, agent in chosen.items() for seed in fold.split(",")}
@@ -502,13 +526,15 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
         closed_loop = baselines["closed-loop bound"]
         rows = {row: score_policy(view, splits, per_seed, closed_loop) for row, per_seed in baselines.items()}
         finished = finished_returns(name, table, settings.results_dir, k)
-        rows.update({AGENTS[agent].row: scores for agent, scores in agent_scores(view, finished, k, closed_loop).items()})
+        rows.update({row_label(agent, finished[agent][0]): scores
+                     for agent, scores in agent_scores(view, finished, k, closed_loop).items()})
         if len(finished) > 1:
             rows[CHOSEN_ROW] = chosen_row(view, splits, {agent: returns for agent, (_, returns) in finished.items()},
                                           closed_loop)
         board["tables"][name] = {"seeds": table.seeds, "k": k, "phases": table.phases,
                                  "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                  "knowledge": table.knowledge, "rows": rows,
+                                 "agents": {agent: row_label(agent, result) for agent, (result, _) in finished.items()},
                                  # out of sample: the reward's choices scored on GLUE dev (None without dev at leaves)
                                  "reward_to_dev": solve(table, REPORT_REWARD)["reward_to_dev"],
                                  # every row's choices scored on GLUE dev (None without dev at every leaf)

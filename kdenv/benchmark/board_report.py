@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from kdenv.benchmark.board import AGENTS, CHOSEN_ROW, average_ranks
+from kdenv.benchmark.board import AGENTS, CHOSEN_ROW, average_ranks, is_agent_row
 from kdenv.stats import ci_text, improvement_text, share_text
 
 
@@ -44,7 +44,6 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
     interval above 0)? How much of it could a seed-blind policy take (the closed-loop bound)? What
     do agents take on held-out seeds, their row chosen without looking at those seeds, and does its
     interval exclude 0? Across tasks: the same for agents played on a table they never trained on."""
-    agent_rows = {spec.row for spec in AGENTS.values()}
     lines = ["## Summary", "",
              "Out of sample: the oracle's schedule per seed and the closed loop's, chosen by the reward split, minus the "
              "constant the reward split picks, all scored on GLUE dev (bootstrap 95% interval over seeds; analysis "
@@ -65,7 +64,7 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
         line = (f"| {name} | {len(entry['seeds'])} | {dev_text(on_dev.get('oracle'))} | "
                 f"{excludes_zero(ci_summary(on_dev.get('oracle')))} | {dev_text(on_dev.get('closed_loop'))} | "
                 f"{ci_text(oracle)} | {ci_text(closed)} |")
-        trained = [row for row in rows if row in agent_rows]
+        trained = [row for row in rows if is_agent_row(row)]
         row = CHOSEN_ROW if CHOSEN_ROW in rows else trained[0] if trained else None
         if row is None:
             lines.append(line + " no agent row trained | | | | | | |")
@@ -77,7 +76,7 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
                      f"{ci_text(dev_scores['gain']) if dev_scores else 'n/a'} | "
                      f"{share_text(scores.get('closed_loop_share'))} | {improvement_text(scores['improvement'])} | "
                      f"{scores['seeds']} x {scores['agent_seeds']} |")
-    cross = [(pair, rows) for pair, rows in board.get("cross", {}).items() if any(row in agent_rows for row in rows)]
+    cross = [(pair, rows) for pair, rows in board.get("cross", {}).items() if any(is_agent_row(row) for row in rows)]
     if cross:
         lines += ["", "Across tasks: agents trained on every seed of one table, played on every seed of another; the "
                   "row with the best mean gain (looking at the target's seeds: optimistic by that choice), against "
@@ -86,7 +85,7 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
                   "| source -> target | agents | gain over the source's constant | above 0? | gain over the target's "
                   "own constant | above 0? | P(improve) | n |", "|---|---|---|---|---|---|---|---|"]
     for pair, rows in cross:
-        agents = {row: scores for row, scores in rows.items() if row in agent_rows}
+        agents = {row: scores for row, scores in rows.items() if is_agent_row(row)}
         best = max(agents, key=lambda row: agents[row]["gain"]["mean"])
         scores = agents[best]
         lines.append(f"| {pair} | {best} (best of {len(agents)}) | {ci_text(scores['gain'])} | "
@@ -136,7 +135,7 @@ def markdown_text(board: dict[str, Any]) -> str:
             for row, scores in sorted(entry["on_dev"].items(), key=lambda item: -(item[1]["gain"]["mean"] or -1e9)):
                 lines.append(f"| {row} | {ci_text(scores['dev'])} | {ci_text(scores['gain'])} | "
                              f"{improvement_text(scores['improvement'])} | {scores['seeds']} x {scores['agent_seeds']} |")
-        missing = [spec.row for spec in AGENTS.values() if spec.row not in entry["rows"]]
+        missing = [spec.row for agent, spec in AGENTS.items() if agent not in entry.get("agents", {})]
         if missing:
             lines += ["", f"Not yet trained on this table: {', '.join(missing)} (`python agents/leaderboard.py "
                       f"--retrain --tables {name}`)."]

@@ -33,7 +33,9 @@ def train_agents(table: Table, row: str, result: dict[str, Any], agent_seeds: in
     (finished zips are reused); the run record beside them lets evaluate.py rebuild each agent.
     Returns the study they trained in and their zips."""
     spec, config = AGENTS[row], result["config"]
-    study = TableStudy(table, get_algorithm(spec.algo), list(table.seeds), [], spec.reward, REWARD_SCALE, config["episodes"],
+    # the reward the row's result file was trained on (a board retrained with --train-reward)
+    study = TableStudy(table, get_algorithm(spec.algo), list(table.seeds), [], config.get("reward", spec.reward),
+                       REWARD_SCALE, config["episodes"],
                        exploration_bonus=spec.bonus)
     hyperparams = fold_hyperparams(result, ALL_SEEDS, study, row, path, progress)
     zips = []

@@ -51,6 +51,7 @@ from kdenv.benchmark.board import (
 from kdenv.benchmark.table import Table, resolve_table
 from kdenv.cli import fail, run_main
 from kdenv.config import ConfigError
+from kdenv.decision.rewards import REWARDS
 from kdenv.errors import KdenvError
 from kdenv.io import write_all
 from kdenv.jobs import JobRunner, add_job_arguments
@@ -83,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tune-agents", type=int, default=DEFAULTS.tune_agents,
         help="tuned rows: agents per trial, of --episodes episodes each; their mean train-seed return is the "
              f"objective (default {DEFAULTS.tune_agents})")
+    add("--train-reward", default=None, choices=sorted(REWARDS), metavar="REWARD",
+        help="with --retrain: the reward the rows that train on metric_gain train on instead (the paper row keeps "
+             "loss_decrease); every row is still scored in metric_gain and on dev, and the board names the reward "
+             f"beside such a row. One of {', '.join(sorted(REWARDS))} (default: each row's own)")
     add("--results-dir", default=None, help="where agent result files live (default: the committed ones shipped "
         "with the package, kdenv/results/leaderboard/)")
     add("--output", default=OUTPUT, help=f"leaderboard files: <output>.md, .json, .png (default {OUTPUT})")
@@ -96,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace) -> BoardSettings:
     return BoardSettings(k=args.k, agent_seeds=args.agent_seeds, episodes=args.episodes, tune_trials=args.tune_trials,
-                         tune_agents=args.tune_agents, progress=not args.no_progress,
+                         tune_agents=args.tune_agents, progress=not args.no_progress, train_reward=args.train_reward,
                          results_dir=Path(args.results_dir) if args.results_dir else leaderboard_results_dir())
 
 
