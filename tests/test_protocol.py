@@ -522,3 +522,25 @@ def test_train_reward_retrains_the_rows_on_another_reward_and_the_board_names_it
 
     study, _ = train_agents(Table.load(tmp_path / "table"), "a2c", result, 1, path, tmp_path / "live", progress=False)
     assert study.reward == "loss_decrease"
+
+
+def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_keeps_outputs(tmp_path, monkeypatch):
+    from kdenv.benchmark import outofsample
+    from kdenv.benchmark.board import reward_to_dev
+    from tests.test_outputs import noise_table
+
+    table, labels = noise_table(tmp_path, signal=1.5)
+    monkeypatch.setattr(outofsample, "table_labels", lambda manifest, data_dir=None: labels)
+    figures, resamples = reward_to_dev(table)
+    assert resamples == "seeds, examples" and figures["oracle"]["ci"][0] > 0 and figures["oracle"]["n"] == 4
+    # Without its labels (no GLUE files of the table's fingerprints), seeds only, and why.
+    from kdenv.benchmark.outputs import OutputsError
+
+    def no_labels(manifest, data_dir=None):
+        raise OutputsError("the reward labels read from the GLUE files are not those the table was built with")
+
+    monkeypatch.setattr(outofsample, "table_labels", no_labels)
+    figures, resamples = reward_to_dev(table)
+    assert resamples == ("seeds (examples not: the reward labels read from the GLUE files are not those the table "
+                         "was built with)") and figures["oracle"]["n"] == 4
+    assert reward_to_dev(synthetic_table(tmp_path / "plain", RETURNS))[1] == "seeds"

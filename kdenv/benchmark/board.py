@@ -513,6 +513,22 @@ def rows_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], names
     return rows
 
 
+def reward_to_dev(table: Table) -> tuple[dict[str, Any] | None, str]:
+    """The out-of-sample headroom the summary leads with (the reward's choices scored on GLUE dev), and
+    what its intervals resample: seeds and examples on a table that keeps per-example outputs (whose
+    labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read)."""
+    if table.has_outputs:
+        from kdenv.benchmark.outofsample import out_of_sample, table_labels
+        from kdenv.benchmark.outputs import OutputsError
+        from kdenv.engine.data import DataError
+
+        try:
+            return out_of_sample(table, table_labels(table.manifest), REPORT_REWARD)["reward_to_dev"], "seeds, examples"
+        except (OutputsError, DataError) as error:
+            return solve(table, REPORT_REWARD)["reward_to_dev"], f"seeds (examples not: {error})"
+    return solve(table, REPORT_REWARD)["reward_to_dev"], "seeds"
+
+
 def build_board(tables: dict[str, Table], settings: BoardSettings, command: str) -> dict[str, Any]:
     """Every row of every table scored by the protocol, and the across-tasks pairs: the board's
     data (``command``: the command that rebuilds it, recorded in the board)."""
@@ -536,7 +552,7 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
                                  "knowledge": table.knowledge, "rows": rows,
                                  "agents": {agent: row_label(agent, result) for agent, (result, _) in finished.items()},
                                  # out of sample: the reward's choices scored on GLUE dev (None without dev at leaves)
-                                 "reward_to_dev": solve(table, REPORT_REWARD)["reward_to_dev"],
+                                 **dict(zip(("reward_to_dev", "reward_to_dev_resamples"), reward_to_dev(table))),
                                  # every row's choices scored on GLUE dev (None without dev at every leaf)
                                  "on_dev": rows_on_dev(view, splits, names, finished,
                                                        rows.get(CHOSEN_ROW, {}).get("chosen"))}
