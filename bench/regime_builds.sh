@@ -16,7 +16,8 @@
 # Needs KDENV_GLUE_DIR (default ../shared/data/glue). runs/ does not travel: on a new machine run
 # `teachers` first; seeds already shipped are never rebuilt (each queue builds the seeds a table lacks).
 # A seed takes about an hour with both queues on it, so one may be half built when a session ends:
-# `carry` packs runs/trees/ (job files and provenance; a few hundred KB a seed with outputs) into
+# `carry` packs runs/trees/ (job files and provenance; a few hundred KB a seed with outputs; the folders of
+# seeds a table already ships are left out) into
 # bench/carry/trees.tar.gz, and `start` restores what runs/ lacks from it. The job files heal and
 # check themselves, and a work folder made on another replay class is refused by the build (its
 # provenance), so a carried seed continues only where it replays exactly.
@@ -84,7 +85,18 @@ case "${1:-status}" in
     carry)
         mkdir -p bench/carry
         [ -d runs/trees ] || { echo "nothing to carry: no runs/trees"; exit 0; }
-        tar -czf bench/carry/trees.tar.gz.tmp --exclude='*.lock' --exclude='*.tmp' -C runs trees
+        # the seeds a table already ships are never built again: their work folders stay behind
+        EXCLUDE=()
+        for name in $($PYTHON -m kdenv.benchmark.regimes names); do
+            dir=$($PYTHON agents/build_tree.py $(flags_of "$name") --seeds 0 --work-dir 2>/dev/null | tail -1) || continue
+            shipped=$($PYTHON - "kdenv/tables/$name/manifest.json" <<'PY'
+import json, os, sys
+print(" ".join(str(s) for s in json.load(open(sys.argv[1]))["seeds"]) if os.path.exists(sys.argv[1]) else "")
+PY
+)
+            for seed in $shipped; do EXCLUDE+=("--exclude=trees/${dir#*runs/trees/}/seed$seed"); done
+        done
+        tar -czf bench/carry/trees.tar.gz.tmp --exclude='*.lock' --exclude='*.tmp' "${EXCLUDE[@]}" -C runs trees
         mv bench/carry/trees.tar.gz.tmp bench/carry/trees.tar.gz
         echo "packed runs/trees into bench/carry/trees.tar.gz ($(du -h bench/carry/trees.tar.gz | cut -f1)): commit it"
         ;;

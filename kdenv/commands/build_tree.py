@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seeds", default="0-3", help="episode seeds, one tree each: 0-3 or 0,2,5 (default 0-3)")
     add("--job-depth", type=int, default=1, help="jobs are the subtrees below prefixes of this many actions (default 1)")
     add("--job", default=None, metavar="SEED:PREFIX", help="run this one job only, e.g. 0:3 or 2:1,5 (no table written)")
+    add("--work-dir", action="store_true",
+        help="print the work folder these flags build in (runs/trees/<task>/<key>, where a rerun resumes) and stop; "
+             "bench/regime_builds.sh carry leaves shipped seeds' folders out with it")
     add("--estimate", action="store_true",
         help="time one phase of every action and one dev scoring from seed 0's initial student (writing nothing), "
              "print the projected cost of the build split into phases and dev scoring, and stop")
@@ -138,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         dev = DevScoring(None if args.dev_examples.strip().lower() == "all" else parse_count(args.dev_examples),
                          args.dev_leaves, args.dev_seed)
         setup = TreeSetup(data_config, distill_config, env_config, threads, dev, outputs=not args.no_outputs)
+        if args.work_dir:
+            print(setup.work_dir())
+            return 0
         if not runner.ray:  # the preparation and --estimate run with the build's threads, too: more would
             torch.set_num_threads(threads)  # contend with other builds and time another setup than the build's
         job = None if args.job is None else parse_job(args.job, setup)
