@@ -54,6 +54,29 @@ def _two_level_draws(groups: list[np.ndarray], resamples: int, seed: int) -> tup
     return chosen, draws
 
 
+def bootstrap_interval_with_examples(per_draw: list[list[np.ndarray]], seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the pooled mean under a three-level bootstrap: resample r takes the
+    values computed on its own resample of the evaluation examples (``per_draw[r]``: per seed, the
+    values over agent seeds), then draws seeds, and agent seeds within them, as
+    :func:`bootstrap_interval` does. So evaluation-set noise enters the interval too."""
+    groups = [_groups(draw) for draw in per_draw]
+    sizes = np.array([len(values) for values in groups[0]])
+    if any([len(values) for values in draw] != sizes.tolist() for draw in groups):
+        raise ValueError("every example draw must hold the same seeds and agent seeds (a value went undefined)")
+    resamples, seeds, width = len(groups), len(sizes), int(sizes.max())
+    padded = np.full((resamples, seeds, width), np.nan)
+    for r, draw in enumerate(groups):
+        for row, values in enumerate(draw):
+            padded[r, row, : len(values)] = values
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(seeds, size=(resamples, seeds))
+    counts = sizes[chosen]
+    within = (rng.random((resamples, seeds, width)) * counts[..., None]).astype(np.int64)
+    draws = padded[np.arange(resamples)[:, None, None], chosen[..., None], within]
+    draws = np.where(np.arange(width)[None, None, :] < counts[..., None], draws, np.nan).reshape(resamples, -1)
+    return percentile_interval(np.nanmean(draws, axis=1))
+
+
 def percentile_interval(values) -> tuple[float, float]:
     """The central 95% of bootstrap draws (or of any sample of an estimate)."""
     low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])

@@ -544,3 +544,42 @@ def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_k
     assert resamples == ("seeds (examples not: the reward labels read from the GLUE files are not those the table "
                          "was built with)") and figures["oracle"]["n"] == 4
     assert reward_to_dev(synthetic_table(tmp_path / "plain", RETURNS))[1] == "seeds"
+
+
+def test_the_three_level_bootstrap_adds_the_examples_noise_and_nothing_else():
+    from kdenv.stats import bootstrap_interval_with_examples
+
+    rng = np.random.default_rng(3)
+    per_seed = [rng.normal(0.01, 0.01, size=5) for _ in range(8)]  # 8 seeds x 5 agent seeds
+    # Where every example draw gives the same values, it is the two-level bootstrap exactly (the same draws).
+    same = bootstrap_interval_with_examples([per_seed] * 300)
+    assert same == pytest.approx(bootstrap_interval(per_seed, "mean", resamples=300))
+    # Noise between example draws widens the interval around the same centre.
+    noisy = bootstrap_interval_with_examples([[values + rng.normal(0, 0.02) for values in per_seed] for _ in range(300)])
+    assert noisy[1] - noisy[0] > 1.5 * (same[1] - same[0])
+    with pytest.raises(ValueError, match="same seeds and agent seeds"):
+        bootstrap_interval_with_examples([per_seed, per_seed[:-1]])
+
+
+def test_rows_on_dev_resample_the_dev_examples_where_the_table_keeps_outputs(tmp_path, monkeypatch):
+    from kdenv.benchmark import outofsample
+    from kdenv.benchmark.board import rows_on_dev
+    from tests.test_outputs import noise_table
+
+    table, labels = noise_table(tmp_path, signal=0.0)
+    view, splits = FoldView(table, "metric_gain"), fold_splits(table.seeds, 4)
+    from kdenv.benchmark.outputs import OutputsError
+
+    def no_labels(manifest, data_dir=None):
+        raise OutputsError("not the labels the table was built with")
+
+    monkeypatch.setattr(outofsample, "table_labels", no_labels)
+    plain = rows_on_dev(view, splits, [], {}, None)  # the labels cannot be read: seeds only
+    monkeypatch.setattr(outofsample, "table_labels", lambda manifest, data_dir=None: labels)
+    resampled = rows_on_dev(view, splits, [], {}, None)
+    assert plain["oracle"]["resamples"] == "seeds, agent seeds"
+    assert resampled["oracle"]["resamples"] == "seeds, agent seeds, dev examples"
+    assert resampled["oracle"]["gain"]["mean"] == plain["oracle"]["gain"]["mean"]
+    low, high = resampled["oracle"]["gain"]["mean_ci"]
+    plain_low, plain_high = plain["oracle"]["gain"]["mean_ci"]
+    assert high - low > plain_high - plain_low  # 200 dev examples' noise, which seeds alone miss

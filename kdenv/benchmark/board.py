@@ -502,15 +502,32 @@ def rows_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], names
     dev = all_dev_metrics(view.table, view.sequences)
     if dev is None:
         return None
-    rows = {row: score_on_dev(view, splits, dev, columns)
+    draws = dev_draws(view.table)
+    rows = {row: score_on_dev(view, splits, dev, columns, draws)
             for row, columns in baseline_columns(view, splits, names).items() if None not in columns.values()}
     played = {agent: agent_columns(view, result) for agent, (result, _) in finished.items()}
-    rows.update({row_label(agent, finished[agent][0]): score_on_dev(view, splits, dev, columns)
+    rows.update({row_label(agent, finished[agent][0]): score_on_dev(view, splits, dev, columns, draws)
                  for agent, columns in played.items() if columns is not None})
     if chosen and all(played.get(agent) is not None for agent in chosen.values()):
         columns = {int(seed): played[agent][int(seed)] for fold, agent in chosen.items() for seed in fold.split(",")}
-        rows[CHOSEN_ROW] = {**score_on_dev(view, splits, dev, columns), "chosen": chosen}
+        rows[CHOSEN_ROW] = {**score_on_dev(view, splits, dev, columns, draws), "chosen": chosen}
     return rows
+
+
+def dev_draws(table: Table) -> list[np.ndarray] | None:
+    """The dev metric of every schedule on resamples of the dev examples, for a table that keeps
+    per-example outputs and whose labels can be read ($KDENV_GLUE_DIR); None otherwise (intervals then
+    resample seeds and agent seeds only, as each row's ``resamples`` says)."""
+    if not table.has_outputs:
+        return None
+    from kdenv.benchmark.outofsample import dev_metric_draws, table_labels
+    from kdenv.benchmark.outputs import OutputsError
+    from kdenv.engine.data import DataError
+
+    try:
+        return dev_metric_draws(table, table_labels(table.manifest))
+    except (OutputsError, DataError):
+        return None
 
 
 def reward_to_dev(table: Table) -> tuple[dict[str, Any] | None, str]:

@@ -131,7 +131,9 @@ def markdown_text(board: dict[str, Any]) -> str:
         if entry.get("on_dev"):
             lines += ["", "The same rows scored out of sample: the schedule each plays on a held-out seed, minus the "
                       "constant the reward chose on the train folds, both scored on GLUE dev (its metric after the "
-                      "last phase; no row sees dev). Rows that play no one schedule per seed are left out.", "",
+                      "last phase; no row sees dev). Rows that play no one schedule per seed are left out. "
+                      "Intervals resample "
+                      f"{next(iter(entry['on_dev'].values())).get('resamples', 'seeds, agent seeds')}.", "",
                       "| policy | dev metric (mean) | gain over the reward's constant on dev (mean) | P(improve) | n |",
                       "|---|---|---|---|---|"]
             for row, scores in sorted(entry["on_dev"].items(), key=lambda item: -(item[1]["gain"]["mean"] or -1e9)):

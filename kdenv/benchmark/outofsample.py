@@ -213,6 +213,17 @@ def _dev_scores(task: TaskSpec, stacked: StackedOutputs, labels: np.ndarray, exa
     return np.where(stacked.crashed, CRASH_RETURN, final)
 
 
+def dev_metric_draws(table: Table, labels: TableLabels, resamples: int = RESAMPLES, seed: int = 0,
+                     stacked: StackedOutputs | None = None) -> list[np.ndarray]:
+    """Every schedule's primary dev metric ([seeds, schedules], ``all_sequences`` order) on ``resamples``
+    bootstrap resamples of the scored dev examples: what puts evaluation-set noise into an interval."""
+    task, stacked = get_task(table.task), stacked or StackedOutputs.of(table)
+    if stacked.dev is None:
+        raise OutputsError("not every leaf of this table keeps dev outputs: no dev metric to resample")
+    rng, n_dev = np.random.default_rng(seed), len(labels.dev)
+    return [_dev_scores(task, stacked, labels.dev, rng.integers(n_dev, size=n_dev)) for _ in range(resamples)]
+
+
 def choose(table: Table, sequences: list[tuple[int, ...]], returns: np.ndarray,
            rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every choice an out-of-sample figure scores, made on ``returns`` ([seeds, schedules]) of the

@@ -38,7 +38,7 @@ import numpy as np
 
 from kdenv.benchmark.oracle import action_names, all_returns, closed_loop, constant_columns, policy_schedule
 from kdenv.benchmark.table import Table
-from kdenv.stats import bootstrap_ratio, improvement, summarise
+from kdenv.stats import bootstrap_interval_with_examples, bootstrap_ratio, improvement, summarise
 
 
 def folds(seeds: list[int], k: int) -> list[list[int]]:
@@ -151,22 +151,33 @@ def baseline_returns(view: FoldView, splits: list[tuple[list[int], list[int]]], 
 
 
 def score_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], dev: np.ndarray,
-                 columns: dict[int, Any]) -> dict[str, Any]:
+                 columns: dict[int, Any], dev_draws: list[np.ndarray] | None = None) -> dict[str, Any]:
     """One policy scored out of sample: the dev metric ([seeds, schedules], the view's order) of the
     schedule it plays on each held-out seed (a column, or an array of columns over agent seeds),
     minus that of the constant the reward chose on the train folds that held the seed out. Chosen on
-    the reward split, scored on GLUE dev; intervals resample seeds and agent seeds."""
-    values, gains = {}, {}
-    for train, test in splits:
-        constant = view.best_constant(train)
-        for seed in test:
-            row = view.row[seed]
-            played = dev[row, np.atleast_1d(np.asarray(columns[seed], dtype=np.int64))].astype(np.float64)
-            values[seed], gains[seed] = played, played - float(dev[row, constant])
+    the reward split, scored on GLUE dev; intervals resample seeds and agent seeds, and with
+    ``dev_draws`` (the same matrix on resamples of the dev examples) the examples as well."""
+    def per_seed(matrix: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        values, gains = {}, {}
+        for train, test in splits:
+            constant = view.best_constant(train)
+            for seed in test:
+                row = view.row[seed]
+                played = matrix[row, np.atleast_1d(np.asarray(columns[seed], dtype=np.int64))].astype(np.float64)
+                values[seed], gains[seed] = played, played - float(matrix[row, constant])
+        return values, gains
+
+    values, gains = per_seed(dev)
     seeds = sorted(gains)
-    return {"dev": summarise([values[s] for s in seeds]), "gain": summarise([gains[s] for s in seeds]),
-            "improvement": improvement([gains[s] for s in seeds]), "seeds": len(seeds),
-            "agent_seeds": int(max(values[s].size for s in seeds))}
+    scores = {"dev": summarise([values[s] for s in seeds]), "gain": summarise([gains[s] for s in seeds]),
+              "improvement": improvement([gains[s] for s in seeds]), "seeds": len(seeds),
+              "agent_seeds": int(max(values[s].size for s in seeds)), "resamples": "seeds, agent seeds"}
+    if dev_draws:
+        drawn = [per_seed(matrix) for matrix in dev_draws]
+        scores["dev"]["mean_ci"] = bootstrap_interval_with_examples([[v[s] for s in seeds] for v, _ in drawn])
+        scores["gain"]["mean_ci"] = bootstrap_interval_with_examples([[g[s] for s in seeds] for _, g in drawn])
+        scores["resamples"] = "seeds, agent seeds, dev examples"
+    return scores
 
 
 def fold_splits(seeds: list[int], k: int) -> list[tuple[list[int], list[int]]]:
