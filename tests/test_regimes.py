@@ -70,3 +70,13 @@ def test_regimes_not_built_are_listed_as_such(tmp_path, monkeypatch):
     assert [row["table"] for row in rows] == [entry.name for entry in REGIMES] and not any(r["built"] for r in rows)
     assert "not built yet" in survey_markdown(rows)
     assert command("regimes").main(["--regimes", "nope"]) == 2
+
+
+def test_a_live_check_on_a_regime_table_starts_after_its_planned_seeds():
+    """A regime's table grows to its planned seeds, so a live check's new seeds start after them (seeds 4-15
+    of stsb_k2_u128 are not new while it holds 0-3); other tables start after the seeds they hold."""
+    from kdenv.commands.live_check import planned_seeds
+
+    assert planned_seeds("stsb_k2_u128") == parse_seeds(regime("stsb_k2_u128").seeds) == list(range(16))
+    assert planned_seeds("kdenv/tables/stsb_k2_u128") == list(range(16))
+    assert planned_seeds("stsb_u8") == []

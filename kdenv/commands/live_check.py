@@ -49,6 +49,14 @@ from kdenv.paths import leaderboard_results_dir, runs_dir
 from kdenv.stats import ci_text, seeds_text
 
 
+def planned_seeds(table_name: str) -> list[int]:
+    """The seeds a regime's table is planned to hold (kdenv.benchmark.regimes), none for another table."""
+    from kdenv.benchmark.regimes import REGIMES
+    from kdenv.cli import parse_seeds
+
+    return next((parse_seeds(entry.seeds) for entry in REGIMES if entry.name == Path(table_name).name), [])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -99,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no finished leaderboard result for {args.row} on {table_name} in {path}; run: python "
                               f"agents/leaderboard.py --retrain --tables {args.table} --agents {args.row}"
                               + (f" --k {args.k}" if args.k != 4 else ""))
-        seeds = chosen_seeds(args, max(table.seeds) + 1)
-        if set(seeds) & set(table.seeds):
-            raise ConfigError(f"episode seeds {sorted(set(seeds) & set(table.seeds))} are in the table: a live check "
-                              f"plays on new seeds only; pass --first-seed {max(table.seeds) + 1} or more")
+        # a regime's table is still being built to its planned seeds: those are not new either
+        reserved = sorted({*table.seeds, *planned_seeds(table_name)})
+        seeds = chosen_seeds(args, max(reserved) + 1)
+        if set(seeds) & set(reserved):
+            raise ConfigError(f"episode seeds {sorted(set(seeds) & set(reserved))} are in the table or planned for it "
+                              f"(kdenv/benchmark/regimes.py): a live check plays on new seeds only; pass --first-seed "
+                              f"{max(reserved) + 1} or more")
         view = FoldView(table, REPORT_REWARD)
         baseline_column = view.best_constant(table.seeds)
         baseline = constant_policy(table, view.sequences[baseline_column][0])
