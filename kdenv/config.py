@@ -91,7 +91,7 @@ BUDGETS: dict[str, Budget] = {
     # The reward of each budget, from the reward curve (docs/benchmark.md, "Regimes"): in the long horizon
     # (stsb_k2_u128, 0.4 epoch a phase, as the gpu budget's phases) teacher_agreement ranks a seed's schedules
     # as dev does at least as well as metric_gain at every size, more reliably, and its choice is the one
-    # whose out-of-sample interval clears 0; at the cpu budget's U = 8 neither ranks well (Spearman with dev
+    # whose out-of-sample interval cleared 0 at 4 seeds; at the cpu budget's U = 8 neither ranks well (Spearman with dev
     # +0.43 and +0.46 on stsb_u8) and teacher_agreement ties on MRPC's 128 examples, so the cpu budget keeps
     # metric_gain until its own regime's curve (stsb_u8_o) is built.
     "cpu": Budget(phases=4, updates_per_phase=8, episode_epochs=None, total_timesteps=40, max_reward_examples=128,
