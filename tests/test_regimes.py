@@ -80,3 +80,20 @@ def test_a_live_check_on_a_regime_table_starts_after_its_planned_seeds():
     assert planned_seeds("stsb_k2_u128") == parse_seeds(regime("stsb_k2_u128").seeds) == list(range(16))
     assert planned_seeds("kdenv/tables/stsb_k2_u128") == list(range(16))
     assert planned_seeds("stsb_u8") == []
+
+
+def test_the_at_a_glance_table_is_the_oracle_s_out_of_sample_figure_and_lands_between_the_markers():
+    from kdenv.benchmark.oracle import solve
+    from kdenv.benchmark.regimes import glance, glance_markdown
+    from kdenv.benchmark.table import resolve_table
+    from kdenv.commands.regimes import GLANCE_END, GLANCE_START, with_block
+
+    rows = glance(["stsb_u8"])
+    expected = solve(resolve_table("stsb_u8"), "teacher_agreement")["reward_to_dev"]["oracle"]
+    assert rows[0]["teacher_agreement"]["mean"] == expected["mean"] and rows[0]["resamples"] == "seeds"
+    text = glance_markdown([{**rows[0], "device": "cuda (NVIDIA H100 80GB HBM3), fp32"}])
+    assert "| `stsb_u8` | 16 | 3 x 3 x 8, 3-layer student, NVIDIA H100 80GB HBM3 |" in text
+    page = f"intro\n{GLANCE_START}\nold table\n{GLANCE_END}\nrest\n"
+    assert with_block(page, "new table\n") == f"intro\n{GLANCE_START}\nnew table\n{GLANCE_END}\nrest\n"
+    with pytest.raises(ValueError, match="lacks the markers"):
+        with_block("no markers here", "new table\n")

@@ -530,7 +530,7 @@ def dev_draws(table: Table) -> list[np.ndarray] | None:
         return None
 
 
-def reward_to_dev(table: Table) -> tuple[dict[str, Any] | None, str]:
+def reward_to_dev(table: Table, reward: str = REPORT_REWARD) -> tuple[dict[str, Any] | None, str]:
     """The out-of-sample headroom the summary leads with (the reward's choices scored on GLUE dev), and
     what its intervals resample: seeds and examples on a table that keeps per-example outputs (whose
     labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read)."""
@@ -540,10 +540,10 @@ def reward_to_dev(table: Table) -> tuple[dict[str, Any] | None, str]:
         from kdenv.engine.data import DataError
 
         try:
-            return out_of_sample(table, table_labels(table.manifest), REPORT_REWARD)["reward_to_dev"], "seeds, examples"
+            return out_of_sample(table, table_labels(table.manifest), reward)["reward_to_dev"], "seeds, examples"
         except (OutputsError, DataError) as error:
-            return solve(table, REPORT_REWARD)["reward_to_dev"], f"seeds (examples not: {error})"
-    return solve(table, REPORT_REWARD)["reward_to_dev"], "seeds"
+            return solve(table, reward)["reward_to_dev"], f"seeds (examples not: {error})"
+    return solve(table, reward)["reward_to_dev"], "seeds"
 
 
 def build_board(tables: dict[str, Table], settings: BoardSettings, command: str) -> dict[str, Any]:

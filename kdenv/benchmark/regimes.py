@@ -214,6 +214,48 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The tables of the at-a-glance answer besides the built regimes: the board's, and the H100 U = 16 table.
+GLANCE_TABLES = ("stsb_u8", "sst2_u8", "stsb", "stsb_h100_u8", "stsb_h100_u16", "mrpc")
+GLANCE_REWARDS = ("metric_gain", "teacher_agreement")
+
+
+def glance(names: list[str]) -> list[dict[str, Any]]:
+    """Per table, the hindsight oracle's schedule per seed minus the constant the same reward picks,
+    both chosen on the reward split and scored on GLUE dev, for each reward of GLANCE_REWARDS, with
+    its interval and what the interval resamples (kdenv.benchmark.board.reward_to_dev)."""
+    from kdenv.benchmark.board import reward_to_dev
+    from kdenv.benchmark.table import resolve_table
+
+    rows = []
+    for name in names:
+        table = resolve_table(name)
+        row: dict[str, Any] = {"table": name, "seeds": len(table.seeds), "knowledge": list(table.knowledge),
+                               "phases": table.phases, "updates_per_phase": table.manifest["env"]["updates_per_phase"],
+                               "student_layers": table.manifest.get("distill", {}).get("student_layers"),
+                               "device": (table.manifest.get("device") or "cpu")}
+        for reward in GLANCE_REWARDS:
+            figures, row["resamples"] = reward_to_dev(table, reward)
+            row[reward] = None if not figures else figures["oracle"]
+        rows.append(row)
+    return rows
+
+
+def glance_markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(figure: dict[str, Any] | None) -> str:
+        return "n/a" if figure is None else with_interval(figure["mean"], figure["ci"])
+
+    lines = ["| table | seeds | K types x P phases x U updates | chosen by metric_gain → dev | "
+             "chosen by teacher_agreement → dev | intervals resample |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        device = str(row["device"])
+        where = "" if device.startswith("cpu") else f", {device.partition('(')[2].partition(')')[0] or device}"
+        layers = f", {row['student_layers']}-layer student" if row.get("student_layers") else ""
+        lines.append(f"| `{row['table']}` | {row['seeds']} | {len(row['knowledge'])} x {row['phases']} x "
+                     f"{row['updates_per_phase']}{layers}{where} | {cell(row['metric_gain'])} | "
+                     f"{cell(row['teacher_agreement'])} | {row['resamples']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _main(argv: list[str]) -> int:
     """For bench/regime_builds.sh: ``names``, ``flags NAME`` or ``seeds NAME``, printed."""
     if argv == ["names"]:

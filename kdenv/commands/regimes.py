@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
-from kdenv.benchmark.regimes import REGIMES, survey, survey_markdown
+from kdenv.benchmark.regimes import GLANCE_TABLES, REGIMES, glance, glance_markdown, survey, survey_markdown
 from kdenv.cli import CLEAR_ERRORS, fail, run_main
 from kdenv.io import check_writable, write_all
 from kdenv.paths import runs_dir
@@ -44,6 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+GLANCE_START, GLANCE_END = "<!-- glance: written by agents/regimes.py --docs -->", "<!-- glance end -->"
+
+
+def with_block(page: str, block: str) -> str:
+    """``page`` with what stands between the glance markers replaced by ``block``."""
+    start, end = page.find(GLANCE_START), page.find(GLANCE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"docs/benchmark.md lacks the markers {GLANCE_START} ... {GLANCE_END} around its table")
+    return page[: start + len(GLANCE_START)] + "\n" + block + page[end:]
+
+
 @run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -64,13 +75,19 @@ def main(argv: list[str] | None = None) -> int:
                       progress=lambda name: print(f"surveying {name} ...", flush=True))
     except CLEAR_ERRORS as error:
         return fail(error)
+    at_a_glance = glance_markdown(glance([*GLANCE_TABLES, *(row["table"] for row in rows if row["built"])]))
     text = ("# The regime survey\n\nWritten by `python agents/regimes.py` (kdenv/benchmark/regimes.py). Every "
             "headroom is over the best constant, chosen on one set of examples and scored on another, with its "
             "95% interval (seeds and examples resampled) and n = seeds; the reward is metric_gain unless named. See "
-            "docs/benchmark.md, *Regimes*, for what each figure means.\n\n" + survey_markdown(rows))
+            "docs/benchmark.md, *Regimes*, for what each figure means.\n\n" + survey_markdown(rows)
+            + "\n## Every table at a glance\n\nThe hindsight oracle's schedule per seed minus the constant the same "
+            "reward picks, both chosen on the reward split and scored on GLUE dev (mean over seeds [bootstrap 95% "
+            "interval]); `--docs` also writes it into docs/benchmark.md, *The answer*.\n\n" + at_a_glance)
     print(text)
     files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
-             **({REPO_DOCS / "regimes.md": text.encode()} if args.docs else {})}
+             **({REPO_DOCS / "regimes.md": text.encode(),
+                 REPO_DOCS / "benchmark.md": with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance).encode()}
+                if args.docs else {})}
     write_all(files)
     print(f"written to {output}" + (f" and {REPO_DOCS / 'regimes.md'}" if args.docs else ""))
     return 0
