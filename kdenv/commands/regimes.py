@@ -1,7 +1,7 @@
 """The regime survey: where might time-varying knowledge selection pay?
 
     python agents/regimes.py                          # every shipped regime table (runs/regimes/)
-    python agents/regimes.py --docs                   # and the page docs/regimes.md
+    python agents/regimes.py --docs                   # and docs/regimes.md, and docs/benchmark.md's at-a-glance table
     python agents/regimes.py --regimes stsb_k2_u128   # one regime
 
 Each regime (kdenv/benchmark/regimes.py, built by bench/regime_builds.sh) is a schedule table that
@@ -11,7 +11,8 @@ cross-fitted on halves of the reward split, and on halves of dev itself; the bes
 chosen by teacher_agreement (a reward that reads no label) and scored on dev; all with 95% intervals that
 resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
 reward picks against its teacher on dev, and the build's cost in one-thread hours per seed.
-Regimes not built yet are listed as such.
+Regimes not built yet are listed as such. Then every table at a glance (the board's tables and the
+built regimes): the oracle's out-of-sample figure for metric_gain and teacher_agreement.
 """
 
 from __future__ import annotations
