@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"bootstrap resamples of seeds and examples (default {RESAMPLES})")
     parser.add_argument("--output-dir", default=None, help="where to write regimes.md and regimes.json "
                                                            "(default runs/regimes)")
-    parser.add_argument("--docs", action="store_true", help="also write the page docs/regimes.md (in a checkout)")
+    parser.add_argument("--docs", action="store_true", help="also write docs/regimes.md and the at-a-glance table "
+                                                            "of docs/benchmark.md (in a checkout)")
     return parser.parse_args(argv)
 
 
