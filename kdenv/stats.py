@@ -37,44 +37,48 @@ def _groups(per_seed) -> list[np.ndarray]:
     return [values[~np.isnan(values)] for values in groups]
 
 
+def _padded(groups: list[np.ndarray]) -> np.ndarray:
+    """Each seed's values in one row, NaN-padded to the longest: [seeds, width]."""
+    padded = np.full((len(groups), max(len(values) for values in groups)), np.nan)
+    for row, values in enumerate(groups):
+        padded[row, : len(values)] = values
+    return padded
+
+
+def _draw_indices(sizes: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two-level bootstrap's draws, every resample at once: the seeds each resample draws
+    ([resamples, seeds]), the positions drawn within each drawn seed ([resamples, seeds, width]) and
+    which of those positions are real (not padding)."""
+    rng = np.random.default_rng(seed)
+    width = int(sizes.max())
+    chosen = rng.integers(len(sizes), size=(resamples, len(sizes)))
+    counts = sizes[chosen]
+    within = (rng.random((resamples, len(sizes), width)) * counts[..., None]).astype(np.int64)
+    return chosen, within, np.arange(width)[None, None, :] < counts[..., None]
+
+
 def _two_level_draws(groups: list[np.ndarray], resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The two-level bootstrap, every resample at once: which seeds each resample draws
     ([resamples, seeds]) and the agent-seed values drawn within them ([resamples, values], NaN-padded)."""
-    rng = np.random.default_rng(seed)
-    sizes = np.array([len(values) for values in groups])
-    width = int(sizes.max())
-    padded = np.full((len(groups), width), np.nan)
-    for row, values in enumerate(groups):
-        padded[row, : len(values)] = values
-    chosen = rng.integers(len(groups), size=(resamples, len(groups)))
-    counts = sizes[chosen]
-    within = (rng.random((resamples, len(groups), width)) * counts[..., None]).astype(np.int64)
-    draws = padded[chosen[..., None], within]
-    draws = np.where(np.arange(width)[None, None, :] < counts[..., None], draws, np.nan).reshape(resamples, -1)
-    return chosen, draws
+    chosen, within, real = _draw_indices(np.array([len(values) for values in groups]), resamples, seed)
+    draws = _padded(groups)[chosen[..., None], within]
+    return chosen, np.where(real, draws, np.nan).reshape(resamples, -1)
 
 
 def bootstrap_interval_with_examples(per_draw: list[list[np.ndarray]], seed: int = 0) -> tuple[float, float]:
     """Percentile 95% interval of the pooled mean under a three-level bootstrap: resample r takes the
     values computed on its own resample of the evaluation examples (``per_draw[r]``: per seed, the
     values over agent seeds), then draws seeds, and agent seeds within them, as
-    :func:`bootstrap_interval` does. So evaluation-set noise enters the interval too."""
+    :func:`bootstrap_interval` does (the same draws). So evaluation-set noise enters the interval too."""
     groups = [_groups(draw) for draw in per_draw]
     sizes = np.array([len(values) for values in groups[0]])
     if any([len(values) for values in draw] != sizes.tolist() for draw in groups):
         raise ValueError("every example draw must hold the same seeds and agent seeds (a value went undefined)")
-    resamples, seeds, width = len(groups), len(sizes), int(sizes.max())
-    padded = np.full((resamples, seeds, width), np.nan)
-    for r, draw in enumerate(groups):
-        for row, values in enumerate(draw):
-            padded[r, row, : len(values)] = values
-    rng = np.random.default_rng(seed)
-    chosen = rng.integers(seeds, size=(resamples, seeds))
-    counts = sizes[chosen]
-    within = (rng.random((resamples, seeds, width)) * counts[..., None]).astype(np.int64)
-    draws = padded[np.arange(resamples)[:, None, None], chosen[..., None], within]
-    draws = np.where(np.arange(width)[None, None, :] < counts[..., None], draws, np.nan).reshape(resamples, -1)
-    return percentile_interval(np.nanmean(draws, axis=1))
+    resamples = len(groups)
+    chosen, within, real = _draw_indices(sizes, resamples, seed)
+    stacked = np.stack([_padded(draw) for draw in groups])  # [resamples, seeds, width]
+    draws = stacked[np.arange(resamples)[:, None, None], chosen[..., None], within]
+    return percentile_interval(np.nanmean(np.where(real, draws, np.nan).reshape(resamples, -1), axis=1))
 
 
 def percentile_interval(values) -> tuple[float, float]:
