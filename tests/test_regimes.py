@@ -97,3 +97,26 @@ def test_the_at_a_glance_table_is_the_oracle_s_out_of_sample_figure_and_lands_be
     assert with_block(page, "new table\n") == f"intro\n{GLANCE_START}\nnew table\n{GLANCE_END}\nrest\n"
     with pytest.raises(ValueError, match="lacks the markers"):
         with_block("no markers here", "new table\n")
+
+
+def test_the_glance_takes_the_survey_s_figures_and_reads_a_table_s_outputs_once(tmp_path, monkeypatch):
+    """agents/regimes.py --docs surveys each regime, then writes the glance over the same tables: the
+    glance takes the survey's reward → dev figures as they stand, and where it computes (tables not
+    surveyed) it reads a table's outputs once for both rewards."""
+    from kdenv.benchmark import outofsample
+    from kdenv.benchmark.regimes import GLANCE_REWARDS, glance
+
+    table, labels = noise_table(tmp_path, signal=1.5)
+    name = str(tmp_path)
+    row = {**survey_table(table, halvings=10, resamples=60, labels=labels), "table": name, "built": True}
+    reads = []
+    monkeypatch.setattr(outofsample, "table_labels", lambda manifest, data_dir=None: reads.append(1) or labels)
+    taken = glance([name], [row])[0]
+    assert reads == [] and taken["resamples"] == "seeds, examples"
+    assert taken["metric_gain"] == row["out_of_sample"]["reward_to_dev"]["oracle"]
+    assert taken["teacher_agreement"] == row["out_of_sample_teacher_agreement"]["reward_to_dev"]["oracle"]
+    computed = glance([name])[0]
+    assert len(reads) == 1 and computed["resamples"] == "seeds, examples"
+    for reward in GLANCE_REWARDS:  # the same choice on the same examples: the same mean; the interval has its own draws
+        assert computed[reward]["mean"] == pytest.approx(taken[reward]["mean"])
+        assert computed[reward]["ci"][0] > 0

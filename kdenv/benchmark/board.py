@@ -25,6 +25,7 @@ import numpy as np
 
 from kdenv.benchmark import tuning
 from kdenv.benchmark.oracle import all_dev_metrics, all_returns, named_policies, solve
+from kdenv.benchmark.outofsample import ReadOutputs, dev_metric_draws, out_of_sample, read_outputs
 from kdenv.benchmark.protocol import (
     FoldView,
     baseline_columns,
@@ -494,15 +495,17 @@ def agent_columns(view: FoldView, result: dict[str, Any]) -> dict[int, np.ndarra
 
 
 def rows_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], names: list[str],
-                finished: dict[str, tuple[dict, dict[int, np.ndarray]]], chosen: dict[str, str] | None) -> dict | None:
+                finished: dict[str, tuple[dict, dict[int, np.ndarray]]], chosen: dict[str, str] | None,
+                read: ReadOutputs | None = None) -> dict | None:
     """Every row that plays one schedule per seed scored out of sample (``score_on_dev``): what the
     reward split chose, scored on GLUE dev. None for a table whose leaves are not all scored on dev.
     The agents' rows need their schedules (format-2 result files); ``chosen``: the agent row each
-    fold chose (the chosen row's choices), by the fold's held-out seeds."""
+    fold chose (the chosen row's choices), by the fold's held-out seeds. ``read``: the table's outputs,
+    read once by the caller (default: read here)."""
     dev = all_dev_metrics(view.table, view.sequences)
     if dev is None:
         return None
-    draws = dev_draws(view.table)
+    draws = dev_draws(view.table, read)
     rows = {row: score_on_dev(view, splits, dev, columns, draws)
             for row, columns in baseline_columns(view, splits, names).items() if None not in columns.values()}
     played = {agent: agent_columns(view, result) for agent, (result, _) in finished.items()}
@@ -514,36 +517,29 @@ def rows_on_dev(view: FoldView, splits: list[tuple[list[int], list[int]]], names
     return rows
 
 
-def dev_draws(table: Table) -> list[np.ndarray] | None:
+def dev_draws(table: Table, read: ReadOutputs | None = None) -> list[np.ndarray] | None:
     """The dev metric of every schedule on resamples of the dev examples, for a table that keeps
     per-example outputs and whose labels can be read ($KDENV_GLUE_DIR); None otherwise (intervals then
-    resample seeds and agent seeds only, as each row's ``resamples`` says)."""
-    if not table.has_outputs:
+    resample seeds and agent seeds only, as each row's ``resamples`` says). ``read``: the table's
+    outputs, read once by the caller (default: read here)."""
+    read = read or read_outputs(table)
+    if read.outputs is None or read.stacked.dev is None:
         return None
-    from kdenv.benchmark.outofsample import dev_metric_draws, table_labels
-    from kdenv.benchmark.outputs import OutputsError
-    from kdenv.engine.data import DataError
-
-    try:
-        return dev_metric_draws(table, table_labels(table.manifest))
-    except (OutputsError, DataError):
-        return None
+    return dev_metric_draws(table, read.labels, stacked=read.stacked)
 
 
-def reward_to_dev(table: Table, reward: str = REPORT_REWARD) -> tuple[dict[str, Any] | None, str]:
+def reward_to_dev(table: Table, reward: str = REPORT_REWARD,
+                  read: ReadOutputs | None = None) -> tuple[dict[str, Any] | None, str]:
     """The out-of-sample headroom the summary leads with (the reward's choices scored on GLUE dev), and
     what its intervals resample: seeds and examples on a table that keeps per-example outputs (whose
-    labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read)."""
-    if table.has_outputs:
-        from kdenv.benchmark.outofsample import out_of_sample, table_labels
-        from kdenv.benchmark.outputs import OutputsError
-        from kdenv.engine.data import DataError
-
-        try:
-            return out_of_sample(table, table_labels(table.manifest), reward)["reward_to_dev"], "seeds, examples"
-        except (OutputsError, DataError) as error:
-            return solve(table, reward)["reward_to_dev"], f"seeds (examples not: {error})"
-    return solve(table, reward)["reward_to_dev"], "seeds"
+    labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read).
+    ``read``: the table's outputs, read once by the caller (default: read here)."""
+    read = read or read_outputs(table)
+    if read.outputs is None:
+        return solve(table, reward)["reward_to_dev"], read.resamples
+    if read.stacked.dev is None:  # outputs kept, but not every leaf scored on dev
+        return solve(table, reward)["reward_to_dev"], "seeds (examples not: not every leaf keeps dev outputs)"
+    return out_of_sample(table, read.labels, reward, stacked=read.stacked)["reward_to_dev"], read.resamples
 
 
 def build_board(tables: dict[str, Table], settings: BoardSettings, command: str) -> dict[str, Any]:
@@ -559,6 +555,7 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
         closed_loop = baselines["closed-loop bound"]
         rows = {row: score_policy(view, splits, per_seed, closed_loop) for row, per_seed in baselines.items()}
         finished = finished_returns(name, table, settings.results_dir, k)
+        read = read_outputs(table)  # once: the out-of-sample headroom and every row on dev score from it
         rows.update({row_label(agent, finished[agent][0]): scores
                      for agent, scores in agent_scores(view, finished, k, closed_loop).items()})
         if len(finished) > 1:
@@ -569,10 +566,10 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
                                  "knowledge": table.knowledge, "rows": rows,
                                  "agents": {agent: row_label(agent, result) for agent, (result, _) in finished.items()},
                                  # out of sample: the reward's choices scored on GLUE dev (None without dev at leaves)
-                                 **dict(zip(("reward_to_dev", "reward_to_dev_resamples"), reward_to_dev(table))),
+                                 **dict(zip(("reward_to_dev", "reward_to_dev_resamples"), reward_to_dev(table, read=read))),
                                  # every row's choices scored on GLUE dev (None without dev at every leaf)
                                  "on_dev": rows_on_dev(view, splits, names, finished,
-                                                       rows.get(CHOSEN_ROW, {}).get("chosen"))}
+                                                       rows.get(CHOSEN_ROW, {}).get("chosen"), read)}
     board["cross"] = {}
     for name_a, name_b in cross_pairs(tables):
         a, b = tables[name_a], tables[name_b]

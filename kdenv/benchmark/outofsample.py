@@ -191,6 +191,38 @@ class StackedOutputs:
         return cls(sequences, reward, root, dev, crashed)
 
 
+@dataclass
+class ReadOutputs:
+    """A table's per-example outputs, stacked, and the labels they are scored against: read once and
+    handed to every figure of the table (``read_outputs``). ``outputs`` is None where the table keeps
+    none or they cannot be scored (its labels unreadable, a file refused); ``resamples`` says what an
+    interval over the table can then resample: "seeds, examples", else "seeds" and why."""
+
+    outputs: tuple[TableLabels, StackedOutputs] | None
+    resamples: str
+
+    @property
+    def labels(self) -> TableLabels | None:
+        return None if self.outputs is None else self.outputs[0]
+
+    @property
+    def stacked(self) -> StackedOutputs | None:
+        return None if self.outputs is None else self.outputs[1]
+
+
+def read_outputs(table: Table, data_dir: str | None = None) -> ReadOutputs:
+    """The table's outputs and labels (``table_labels``: ``data_dir``, else ``$KDENV_GLUE_DIR``), read
+    once; where they cannot be read, None and the reason, so that figures fall back to seeds alone."""
+    from kdenv.engine.data import DataError
+
+    if not table.has_outputs:
+        return ReadOutputs(None, "seeds")
+    try:
+        return ReadOutputs((table_labels(table.manifest, data_dir), StackedOutputs.of(table)), "seeds, examples")
+    except (OutputsError, DataError) as error:
+        return ReadOutputs(None, f"seeds (examples not: {error})")
+
+
 def _returns(task: TaskSpec, reward: str, stacked: StackedOutputs, labels: np.ndarray,
              examples: np.ndarray, teacher: np.ndarray | None = None) -> np.ndarray:
     """Each schedule's return on the reward-split ``examples`` (positions, repeats allowed): [seeds, schedules].

@@ -18,13 +18,12 @@ import numpy as np
 from kdenv.benchmark.oracle import (
     all_dev_metrics,
     all_returns,
-    all_sequences,
     constant_columns,
     dev_metric_name,
     rank_correlation,
     subset_names,
 )
-from kdenv.benchmark.outofsample import TableLabels, out_of_sample, table_labels
+from kdenv.benchmark.outofsample import StackedOutputs, TableLabels, out_of_sample, table_labels
 from kdenv.benchmark.table import Table
 from kdenv.cli import parse_seeds
 from kdenv.paths import tables_dir
@@ -80,9 +79,9 @@ def regime(name: str) -> Regime:
     raise KeyError(f"no regime {name!r}; regimes: {', '.join(r.name for r in REGIMES)}")
 
 
-def student_and_teacher(table: Table, chosen: int, sequences: list[tuple[int, ...]]) -> dict[str, Any] | None:
-    """The dev metric of the constant schedule the reward chooses, against the teacher's."""
-    dev = all_dev_metrics(table, sequences)
+def student_and_teacher(table: Table, chosen: int, dev: np.ndarray | None) -> dict[str, Any] | None:
+    """The dev metric of the constant schedule the reward chooses (column ``chosen`` of ``dev``, the
+    table's dev metrics [seeds, schedules]), against the teacher's."""
     if dev is None:
         return None
     teacher = table.manifest.get("teacher", {}).get(f"dev_{dev_metric_name(table)}")
@@ -104,12 +103,15 @@ def dev_preference(table: Table, sequences: list[tuple[int, ...]], dev: np.ndarr
 REWARD_RANKINGS = ("metric_gain", "teacher_agreement")
 
 
-def reward_rankings(table: Table, dev: np.ndarray) -> dict[str, float | None]:
+def reward_rankings(table: Table, dev: np.ndarray, known: dict[str, np.ndarray] | None = None) -> dict[str, float | None]:
     """Per reward, Spearman's correlation over a seed's schedules between the reward's return (on the
-    whole reward split) and the dev metric, averaged over seeds: how faithfully the reward ranks."""
+    whole reward split) and the dev metric, averaged over seeds: how faithfully the reward ranks.
+    ``known``: returns already computed, by reward ([seeds, schedules])."""
     result: dict[str, float | None] = {}
     for reward in REWARD_RANKINGS:
-        _, returns = all_returns(table, reward)
+        returns = (known or {}).get(reward)
+        if returns is None:
+            _, returns = all_returns(table, reward)
         values = [rank_correlation(list(returns[row]), list(dev[row])) for row in range(len(table.seeds))]
         defined = [value for value in values if value is not None]
         result[reward] = float(np.mean(defined)) if defined else None
@@ -123,24 +125,25 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
     sequences, returns = all_returns(table, "metric_gain")
     constants = constant_columns(table, sequences)
     chosen = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]  # by the reward
+    dev = all_dev_metrics(table, sequences)
     figures: dict[str, Any] = {
         "table": table.name, "seeds": list(table.seeds), "knowledge": list(table.knowledge),
         "phases": table.phases, "updates_per_phase": table.manifest.get("updates_per_phase"),
         "student_layers": table.manifest.get("distill", {}).get("student_layers"),
         "hours_per_seed": round(float(table.manifest.get("build_seconds", 0.0)) / 3600 / len(table.seeds), 2),
-        "schedules": len(all_sequences(table)),
-        "student_vs_teacher": student_and_teacher(table, chosen, sequences),
+        "schedules": len(sequences),
+        "student_vs_teacher": student_and_teacher(table, chosen, dev),
         "reward_examples": (table.manifest.get("outputs") or {}).get("examples", {}).get("reward"),
     }
-    dev = all_dev_metrics(table, sequences)
     if dev is not None:
         figures["dev_prefers"] = dev_preference(table, sequences, dev)
-        figures["reward_dev_spearman"] = reward_rankings(table, dev)
+        figures["reward_dev_spearman"] = reward_rankings(table, dev, {"metric_gain": returns})
     if table.manifest.get("outputs"):
         labels = labels or table_labels(table.manifest, data_dir)
-        figures["out_of_sample"] = out_of_sample(table, labels, "metric_gain", halvings, resamples)
+        stacked = StackedOutputs.of(table)  # once, for both rewards
+        figures["out_of_sample"] = out_of_sample(table, labels, "metric_gain", halvings, resamples, stacked=stacked)
         figures["out_of_sample_teacher_agreement"] = out_of_sample(table, labels, "teacher_agreement", halvings,
-                                                                   resamples)
+                                                                   resamples, stacked=stacked)
     return figures
 
 
@@ -217,15 +220,21 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
 # The tables of the at-a-glance answer besides the built regimes: the board's, and the H100 U = 16 table.
 GLANCE_TABLES = ("stsb_u8", "sst2_u8", "stsb", "stsb_h100_u8", "stsb_h100_u16", "mrpc")
 GLANCE_REWARDS = ("metric_gain", "teacher_agreement")
+# where survey_table keeps each glance reward's out-of-sample figures
+SURVEY_KEYS = {"metric_gain": "out_of_sample", "teacher_agreement": "out_of_sample_teacher_agreement"}
 
 
-def glance(names: list[str]) -> list[dict[str, Any]]:
+def glance(names: list[str], surveyed: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per table, the hindsight oracle's schedule per seed minus the constant the same reward picks,
     both chosen on the reward split and scored on GLUE dev, for each reward of GLANCE_REWARDS, with
-    its interval and what the interval resamples (kdenv.benchmark.board.reward_to_dev)."""
+    its interval and what the interval resamples (kdenv.benchmark.board.reward_to_dev; each table's
+    outputs read once). ``surveyed``: rows of ``survey``, whose reward → dev figures are taken as they
+    stand instead of computed again."""
     from kdenv.benchmark.board import reward_to_dev
+    from kdenv.benchmark.outofsample import read_outputs
     from kdenv.benchmark.table import resolve_table
 
+    known = {row["table"]: row for row in surveyed or [] if row.get("built")}
     rows = []
     for name in names:
         table = resolve_table(name)
@@ -233,8 +242,14 @@ def glance(names: list[str]) -> list[dict[str, Any]]:
                                "phases": table.phases, "updates_per_phase": table.manifest["env"]["updates_per_phase"],
                                "student_layers": table.manifest.get("distill", {}).get("student_layers"),
                                "device": (table.manifest.get("device") or "cpu")}
+        survey_row, read = known.get(name, {}), None
         for reward in GLANCE_REWARDS:
-            figures, row["resamples"] = reward_to_dev(table, reward)
+            figures = (survey_row.get(SURVEY_KEYS[reward]) or {}).get("reward_to_dev")
+            if figures is not None:
+                row["resamples"] = "seeds, examples"
+            else:
+                read = read or read_outputs(table)
+                figures, row["resamples"] = reward_to_dev(table, reward, read)
             row[reward] = None if not figures else figures["oracle"]
         rows.append(row)
     return rows

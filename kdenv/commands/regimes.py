@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                       progress=lambda name: print(f"surveying {name} ...", flush=True))
     except CLEAR_ERRORS as error:
         return fail(error)
-    at_a_glance = glance_markdown(glance([*GLANCE_TABLES, *(row["table"] for row in rows if row["built"])]))
+    at_a_glance = glance_markdown(glance([*GLANCE_TABLES, *(row["table"] for row in rows if row["built"])], rows))
     text = ("# The regime survey\n\nWritten by `python agents/regimes.py` (kdenv/benchmark/regimes.py). Every "
             "headroom is over the best constant, chosen on one set of examples and scored on another, with its "
             "95% interval (seeds and examples resampled) and n = seeds; the reward is metric_gain unless named. See "
