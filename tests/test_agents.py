@@ -69,6 +69,20 @@ def test_fixed_policies_choose_what_they_promise():
         FixedPolicy("best", env)
 
 
+def test_a_schedule_policy_plays_its_subset_in_each_phase_and_refuses_what_cannot_run():
+    """schedule-<subset>/<subset>/...: what an open-loop schedule chosen on a table plays live."""
+    env = make_tiny_env("multibinary", phases=3)
+    record = run_episode(env, FixedPolicy("schedule-hidden+gradient/gradient/none", env), seed=0)
+    np.testing.assert_allclose(record.schedule, [[0, 1, 1], [0, 0, 1], [0, 0, 0]])
+    with pytest.raises(ValueError, match="names 2 phases, but the episode has 3"):
+        FixedPolicy("schedule-hidden/gradient", env)
+    with pytest.raises(ValueError, match="'attention' is not offered"):
+        FixedPolicy("schedule-hidden/attention/none", env)
+    for bad in ("schedule-hidden//none", "schedule-hidden+hidden/gradient/none", "schedule-"):
+        with pytest.raises(ValueError, match="name one subset a phase"):
+            FixedPolicy(bad, env)
+
+
 @pytest.mark.slow  # a subprocess
 def test_train_a2c_help_runs():
     result = subprocess.run([sys.executable, str(REPO / "agents" / "train_a2c.py"), "--help"],

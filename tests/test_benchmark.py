@@ -565,6 +565,17 @@ def test_an_agent_trained_on_a_table_plays_live_as_it_did_on_the_table(built, gl
     assert [sum(int(w >= 0.5) << i for i, w in enumerate(weights)) for weights in live] == on_table
 
 
+def test_a_table_s_schedule_is_named_as_the_fixed_policy_that_plays_it():
+    from types import SimpleNamespace
+
+    from kdenv.benchmark.live import schedule_policy
+
+    table = SimpleNamespace(knowledge=["logits", "hidden", "gradient"])  # subset bits in this order
+    assert schedule_policy(table, (6, 6, 6)) == "only-hidden+gradient"
+    assert schedule_policy(table, (0, 0, 0)) == "none"
+    assert schedule_policy(table, (3, 4, 0)) == "schedule-logits+hidden/gradient/none"
+
+
 def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constant_chosen_on_the_table(
         built, glue_dir, tmp_path, monkeypatch, capsys):
     from kdenv.benchmark.protocol import FoldView
@@ -594,6 +605,14 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     # What evaluate.py would refuse after the agents train is refused now, by the dry run too.
     assert command("live_check").main([*live, "--extra", "nosuch", "--dry-run"]) == 2
     assert "unknown policy 'nosuch'" in capsys.readouterr().err
+    # open-loop: the best fixed schedule chosen on all of the table's seeds, played as a schedule- policy
+    from kdenv.benchmark.live import schedule_policy
+
+    view = FoldView(table, "metric_gain")
+    open_loop = schedule_policy(table, view.sequences[view.best_open_loop(table.seeds)])
+    assert command("live_check").main([*live, "--extra", "open-loop,open-loop", "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert (f"extra ['{open_loop}']" in planned) != (f"baseline {open_loop} " in planned), planned
     assert command("live_check").main([*live, "--first-seed", "-20", "--dry-run"]) == 2
     assert "--first-seed -20: episode seeds are whole numbers >= 0" in capsys.readouterr().err
     assert command("live_check").main(best) == 0  # the row with the larger mean gain on the leaderboard
@@ -602,7 +621,6 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     label = max(["A2C", "DQN"], key=lambda name: rows[name]["gain"]["mean"])
     assert report["row"] == {"A2C": "a2c", "DQN": "dqn"}[label] and f"best agent row on {built['table'].name}: {report['row']}" in \
         capsys.readouterr().out
-    view = FoldView(table, "metric_gain")
     subset = view.sequences[view.best_constant(table.seeds)][0]
     on = [name for bit, name in enumerate(table.knowledge) if (subset >> bit) & 1]
     assert report["baseline"] == ("only-" + "+".join(on) if on else "none") and report["seeds"] == [2, 3]

@@ -152,3 +152,18 @@ def test_loyalty_means_skip_undefined_values_without_a_numpy_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "Mean of empty slice" would raise here
         assert np.isnan(defined_mean([float("nan"), float("nan")]))
+
+
+def test_a_per_phase_schedule_runs_live_and_a_wrong_length_is_refused_before_any_run(tiny_teacher, glue_dir, tmp_path,
+                                                                                      capsys):
+    """schedule-<subset>/<subset>: the live check plays a table's open-loop schedule through evaluate.py."""
+    evaluate = command("evaluate")
+    base = ["--task", "wnli", "--data-dir", str(glue_dir), "--num-seeds", "1", *TINY, "--no-progress"]
+    assert evaluate.main([*base, "--policies", "kd,schedule-gradient/gradient/none", "--output-dir",
+                          str(tmp_path / "bad")]) == 2
+    assert "names 3 phases, but the episode has 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert evaluate.main([*base, "--policies", "kd,schedule-hidden+gradient/none", "--baseline", "kd",
+                          "--output-dir", str(tmp_path / "eval")]) == 0
+    runs = json.loads((tmp_path / "eval" / "runs.json").read_text())
+    played = next(r for r in runs if r["policy"] == "schedule-hidden+gradient/none")
+    assert played["schedule"] == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]

@@ -27,6 +27,15 @@ def constant_policy(table: Table, subset: int) -> str:
     return "none" if name == "-" else f"only-{name}"
 
 
+def schedule_policy(table: Table, sequence: tuple[int, ...]) -> str:
+    """The fixed policy that plays ``sequence`` (one subset of the table's knowledge a phase): a constant as
+    ``constant_policy`` names it, else schedule-<subset>/<subset>/... (``none`` for the empty subset)."""
+    if len(set(sequence)) == 1:
+        return constant_policy(table, sequence[0])
+    names = subset_names(table.knowledge)
+    return "schedule-" + "/".join("none" if names[action] == "-" else names[action] for action in sequence)
+
+
 def train_agents(table: Table, row: str, result: dict[str, Any], agent_seeds: int, path: Path,
                  out: Path, progress: bool = True) -> tuple[TableStudy, list[Path]]:
     """The row's configuration trained on all of the table's seeds, one agent per agent seed

@@ -6,8 +6,9 @@ dev, with teacher–student consistency metrics.
         --policies kd,gkd,gkd-cls,pkd,all,none,random-hard,random-soft,agent:runs/rte/a2c_default/agent.zip
 
 Policies: fixed ones (all, none, random-hard, random-soft, linear-increase, linear-decrease,
-only-<type>[+<type>...] (a constant subset, e.g. only-hidden+gradient), and the recipes kd, pkd,
-gkd, gkd-cls) and agent:<path to agent.zip> (trained by agents/train.py or agents/train_table.py;
+only-<type>[+<type>...] (a constant subset, e.g. only-hidden+gradient), schedule-<subset>/<subset>/...
+(one subset a phase, none for no teacher knowledge, e.g. schedule-hidden+gradient/gradient/hidden: a
+table's open-loop schedule), and the recipes kd, pkd, gkd, gkd-cls) and agent:<path to agent.zip> (trained by agents/train.py or agents/train_table.py;
 the agent may come from another task: it needs only the same knowledge set).
 Each fixed policy gets an environment offering the types it needs (recipes: their own types;
 others: --knowledge); agents get the knowledge set they were trained with.

@@ -12,7 +12,8 @@ there holds on a new seed, where no table exists, only the live trainer can say.
   2. --agent-seeds agents of that configuration train on all of the table's seeds.
   3. The baseline is the best constant subset chosen on all of the table's seeds: what one would
      pick without learning. It is named before any live run (`evaluate.py --baseline`).
-  4. The agents, the baseline and any --extra policies play on --seeds new episode seeds (by
+  4. The agents, the baseline and any --extra policies (open-loop: the best fixed schedule chosen
+     on all of the table's seeds, as the baseline is) play on --seeds new episode seeds (by
      default those right after the table's last), through `agents/evaluate.py` with the table's
      own data, student and budget settings; every run is cached and resumes (--ray: the runs as
      one-thread Ray jobs on every core).
@@ -34,7 +35,7 @@ import sys
 from pathlib import Path
 
 from kdenv.benchmark.board import AGENTS, REPORT_REWARD, best_agent, load_result, result_path
-from kdenv.benchmark.live import constant_policy, live_report, table_gains, train_agents
+from kdenv.benchmark.live import constant_policy, live_report, schedule_policy, table_gains, train_agents
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.table import resolve_table, table_configs
 from kdenv.benchmark.validate import check_saved_teacher
@@ -70,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--agent-seeds", type=int, default=3, help="agents trained on the table, each played on every new seed "
         "(default 3)")
     add("--extra", default="", metavar="A,B",
-        help="more fixed policies to play and compare with the baseline, e.g. only-gradient,kd (default none)")
+        help="more fixed policies to play and compare with the baseline, e.g. only-gradient,kd or "
+             "schedule-hidden+gradient/gradient/hidden; open-loop: the best fixed schedule chosen on all of the "
+             "table's seeds by the same reward as the baseline (default none)")
     add("--k", type=int, default=4, help="the leaderboard's folds (to find its result file; default 4)")
     add("--results-dir", default=None, help="the leaderboard's agent result files (default: the committed ones, "
         "kdenv/results/leaderboard/)")
@@ -117,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         view = FoldView(table, REPORT_REWARD)
         baseline_column = view.best_constant(table.seeds)
         baseline = constant_policy(table, view.sequences[baseline_column][0])
-        extra = [name.strip() for name in args.extra.split(",") if name.strip() and name.strip() != baseline]
+        open_loop = schedule_policy(table, view.sequences[view.best_open_loop(table.seeds)])
+        named = [open_loop if name.strip() == "open-loop" else name.strip() for name in args.extra.split(",")]
+        extra = list(dict.fromkeys(name for name in named if name and name != baseline))
         for name in extra:  # what evaluate.py would refuse after the agents train, refused now (dry runs too)
-            check_policy(name, table.knowledge)
+            check_policy(name, table.knowledge, table.phases)
         out = Path(args.output_dir) if args.output_dir else runs_dir() / "live" / table_name / args.row
         check_writable(out)
         JobRunner.from_args(args).check()  # before any agent trains: Ray installed, the cluster reachable

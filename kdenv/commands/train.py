@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None, default_algo: str | None = None, descrip
         hyperparams, overrides, resumed = agent_settings(
             args, algorithm, {"data": data_config, "distill": distill_config, "env": env_config})
         for name in filter(None, (part.strip() for part in args.baselines.split(","))):
-            check_policy(name, env_config.knowledge)
+            check_policy(name, env_config.knowledge, env_config.phases)
         if env_config.cls_state and hyperparams.policy == "MlpPolicy":
             hyperparams.policy = "MultiInputPolicy"
         params, policy = hyperparams.kwargs, hyperparams.policy

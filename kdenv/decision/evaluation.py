@@ -95,8 +95,8 @@ def plan_policies(names: list[str], budget_fields: dict[str, Any], knowledge: li
                           "agent_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()})
         else:
             offered = policy_knowledge(name, knowledge)
-            check_policy(name, offered)
             env_config = EnvConfig(knowledge=offered, action_space="box", **budget_fields)
+            check_policy(name, offered, env_config.phases)
             plans.append({"name": name, "label": name, "env": env_config, "agent": None})
     return plans
 

@@ -1,4 +1,6 @@
-"""Fixed knowledge-selection policies: the baselines every learned schedule must beat.
+"""Fixed knowledge-selection policies: the baselines every learned schedule must beat: the named
+ones, a constant subset (``only-hidden+gradient``) and a fixed subset per phase
+(``schedule-hidden+gradient/gradient/hidden``: what an open-loop schedule chosen on a table plays).
 
 They answer ``predict(observation, state, episode_start, deterministic)`` like a
 stable-baselines3 model, so the same evaluation code runs agents and baselines. A policy reads
@@ -58,6 +60,21 @@ def only_types(name: str) -> list[str]:
     return [kind for kind in name.removeprefix("only-").split("+") if kind]
 
 
+def schedule_types(name: str) -> list[list[str]]:
+    """The types a ``schedule-<subset>/<subset>/...`` policy keeps on in each phase, one subset a phase
+    (``none``: no teacher knowledge that phase), e.g. schedule-hidden+gradient/gradient/hidden."""
+    return [[] if subset == "none" else subset.split("+") for subset in name.removeprefix("schedule-").split("/")]
+
+
+def _schedule(phases: list[list[str]]) -> WeightFn:
+    def weights(phase, count, rng, knowledge):
+        if not 0 <= phase < len(phases):
+            raise ValueError(f"a schedule of {len(phases)} phases was asked for phase {phase}")
+        return {name: float(name in phases[phase]) for name in knowledge}
+
+    return weights
+
+
 def recipe_knowledge(name: str) -> list[str]:
     """The types a recipe switches on besides `ce` (which is the environment's base term)."""
     return [k for k, w in RECIPES[name].weights.items() if w > 0 and k != "ce"]
@@ -85,8 +102,28 @@ BASE_POLICIES: dict[str, WeightFn] = {
 }
 
 
-def check_policy(name: str, knowledge: list[str]) -> None:
-    """Refuses, with the fix, a fixed policy that cannot run in an environment offering ``knowledge``."""
+def _check_schedule(name: str, knowledge: list[str], phases: int | None) -> None:
+    for subset in name.removeprefix("schedule-").split("/"):
+        kinds = [] if subset == "none" else subset.split("+")
+        if subset != "none" and ("" in kinds or len(set(kinds)) != len(kinds)):
+            raise ValueError(f"policy {name!r}: name one subset a phase, separated by '/': its types joined by '+', "
+                             f"each once, or none; e.g. schedule-hidden+gradient/gradient/hidden")
+        for kind in kinds:
+            if kind not in knowledge:
+                raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with "
+                                 f"--knowledge")
+    count = len(schedule_types(name))
+    if phases is not None and count != phases:
+        raise ValueError(f"policy {name!r} names {count} phases, but the episode has {phases}: name one subset "
+                         f"per phase (or set --phases {count})")
+
+
+def check_policy(name: str, knowledge: list[str], phases: int | None = None) -> None:
+    """Refuses, with the fix, a fixed policy that cannot run in an environment offering ``knowledge``
+    (and, for a ``schedule-`` policy, of ``phases`` phases where given)."""
+    if name.startswith("schedule-"):
+        _check_schedule(name, knowledge, phases)
+        return
     if name.startswith("only-"):
         kinds = only_types(name)
         if not kinds or len(set(kinds)) != len(kinds):
@@ -110,8 +147,9 @@ def check_policy(name: str, knowledge: list[str]) -> None:
 
 
 def policy_names(knowledge: list[str]) -> list[str]:
-    """Every fixed policy available for an environment offering ``knowledge``."""
-    return [*BASE_POLICIES, *(f"only-{name}" for name in knowledge)]
+    """Every fixed policy available for an environment offering ``knowledge`` (besides the constant
+    subsets only-<a>+<b> and the per-phase schedules schedule-<subset>/<subset>/...)."""
+    return [*BASE_POLICIES, *(f"only-{name}" for name in knowledge), "schedule-<subset>/<subset>/..."]
 
 
 @dataclass
@@ -123,9 +161,11 @@ class FixedPolicy:
     seed: int = 0
 
     def __post_init__(self):
-        check_policy(self.name, self.env.knowledge)
+        check_policy(self.name, self.env.knowledge, self.env.config.phases)
         if self.name.startswith("only-"):
             self._weights = _only(only_types(self.name))
+        elif self.name.startswith("schedule-"):
+            self._weights = _schedule(schedule_types(self.name))
         else:
             self._weights = BASE_POLICIES[self.name]
         self.rng = np.random.default_rng(self.seed)
