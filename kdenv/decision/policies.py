@@ -102,37 +102,32 @@ BASE_POLICIES: dict[str, WeightFn] = {
 }
 
 
-def _check_schedule(name: str, knowledge: list[str], phases: int | None) -> None:
-    for subset in name.removeprefix("schedule-").split("/"):
-        kinds = [] if subset == "none" else subset.split("+")
-        if subset != "none" and ("" in kinds or len(set(kinds)) != len(kinds)):
-            raise ValueError(f"policy {name!r}: name one subset a phase, separated by '/': its types joined by '+', "
-                             f"each once, or none; e.g. schedule-hidden+gradient/gradient/hidden")
-        for kind in kinds:
-            if kind not in knowledge:
-                raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with "
-                                 f"--knowledge")
-    count = len(schedule_types(name))
-    if phases is not None and count != phases:
-        raise ValueError(f"policy {name!r} names {count} phases, but the episode has {phases}: name one subset "
-                         f"per phase (or set --phases {count})")
+def _check_subset(name: str, kinds: list[str], knowledge: list[str], how: str) -> None:
+    """One subset of a policy's name: each type named once (``how``: the fix when not), each offered."""
+    if "" in kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"policy {name!r}: {how}")
+    for kind in kinds:
+        if kind not in knowledge:
+            raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with "
+                             f"--knowledge")
 
 
 def check_policy(name: str, knowledge: list[str], phases: int | None = None) -> None:
     """Refuses, with the fix, a fixed policy that cannot run in an environment offering ``knowledge``
     (and, for a ``schedule-`` policy, of ``phases`` phases where given)."""
     if name.startswith("schedule-"):
-        _check_schedule(name, knowledge, phases)
+        for subset in name.removeprefix("schedule-").split("/"):
+            if subset != "none":
+                _check_subset(name, subset.split("+"), knowledge, "name one subset a phase, separated by '/': its "
+                              "types joined by '+', each once, or none; e.g. schedule-hidden+gradient/gradient/hidden")
+        count = len(schedule_types(name))
+        if phases is not None and count != phases:
+            raise ValueError(f"policy {name!r} names {count} phases, but the episode has {phases}: name one subset "
+                             f"per phase (or set --phases {count})")
         return
     if name.startswith("only-"):
-        kinds = only_types(name)
-        if not kinds or len(set(kinds)) != len(kinds):
-            raise ValueError(f"policy {name!r}: name the types to keep on once each, e.g. only-gradient or "
-                             f"only-hidden+gradient")
-        for kind in kinds:
-            if kind not in knowledge:
-                raise ValueError(f"policy {name!r}: {kind!r} is not offered ({','.join(knowledge)}); offer it with "
-                                 f"--knowledge")
+        _check_subset(name, only_types(name) or [""], knowledge,
+                      "name the types to keep on once each, e.g. only-gradient or only-hidden+gradient")
         return
     if name in RECIPES and RECIPES[name].training:
         raise ValueError(f"{name!r} sets its own training recipe (raw losses, learning rate, student), so it cannot be "
