@@ -33,9 +33,11 @@ mkdir -p runs/logs
 # (a job another process holds is skipped, then waited for): a seed lands in about half its one-process time,
 # within one session, since runs/ (and a half-built seed) does not travel between machines.
 # The long horizon first (to 16 seeds: at 4 its out-of-sample interval was above 0, and its seeds must be
-# built on the replay class of the first four), then more decisions (6 phases), the control, the capacity
-# gap and RTE (needs its teacher: `teachers`).
-QUEUE_A=(stsb_k2_u128 stsb_logits_p6_u64 stsb_u8_o stsb_l1_u64 rte_u8)
+# built on the replay class of the first four), then the cheapest way to four regimes of 4 seeds: more
+# decisions (6 phases, ~38 one-thread min a seed), the capacity gap, RTE (its teacher fine-tuned by queue a
+# first, as `teachers` does, where runs/ lacks it), and last the control (~128 min a seed: 512 leaves
+# scored on 1,000 dev examples each).
+QUEUE_A=(stsb_k2_u128 stsb_logits_p6_u64 stsb_l1_u64 rte_u8 stsb_u8_o)
 QUEUE_B=("${QUEUE_A[@]}")
 
 flags_of() { $PYTHON -m kdenv.benchmark.regimes flags "$1"; }
@@ -56,6 +58,11 @@ queue() {  # name, then regimes: each regime's unshipped seeds one at a time, sh
     local script="set -u; " regime seed
     for regime in "$@"; do
         # each regime's projected hours first, in queue a's log, before its build starts
+        # a regime on a task whose teacher runs/ lacks: queue a fine-tunes it first (queue b's builds of it
+        # fail at once without it and b goes on to the next regime)
+        local task; task=$(flags_of "$regime" | sed -E 's/.*--task ([a-z0-9_]+).*/\1/')
+        [ "$name" = a ] && [ ! -f "runs/teachers/$task/kdenv.json" ] && \
+            script+="[ -f runs/teachers/$task/kdenv.json ] || $PYTHON agents/finetune_teacher.py --task $task --no-progress >> runs/logs/regime_teachers.log 2>&1; "
         [ "$name" = a ] && script+="echo == $regime: projected cost >> runs/logs/regime_$name.log; $PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $(seeds_of "$regime") --estimate --no-progress >> runs/logs/regime_$name.log 2>&1; "
         for seed in $(unshipped "$regime" | tr ',' ' '); do
             script+="$PYTHON agents/build_tree.py $(flags_of "$regime") --seeds $seed --no-progress >> runs/logs/regime_$name.log 2>&1; "
