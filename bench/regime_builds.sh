@@ -34,10 +34,10 @@ mkdir -p runs/logs
 # within one session, since runs/ (and a half-built seed) does not travel between machines.
 # The long horizon first (to 16 seeds: at 4 its out-of-sample interval was above 0, and its seeds must be
 # built on the replay class of the first four), then the cheapest way to four regimes of 4 seeds: more
-# decisions (6 phases, ~38 one-thread min a seed), the capacity gap, RTE (its teacher fine-tuned by queue a
-# first, as `teachers` does, where runs/ lacks it), and last the control (~128 min a seed: 512 leaves
-# scored on 1,000 dev examples each).
-QUEUE_A=(stsb_k2_u128 stsb_logits_p6_u64 stsb_l1_u64 rte_u8 stsb_u8_o)
+# decisions (6 phases, ~38 one-thread min a seed), RTE (its teacher fine-tuned by queue a first, as
+# `teachers` does, where runs/ lacks it), the control (~128 min a seed: 512 leaves scored on 1,000 dev
+# examples each; it also sizes the cpu budget's reward), and last the capacity gap (~134 min a seed).
+QUEUE_A=(stsb_k2_u128 stsb_logits_p6_u64 rte_u8 stsb_u8_o stsb_l1_u64)
 QUEUE_B=("${QUEUE_A[@]}")
 
 flags_of() { $PYTHON -m kdenv.benchmark.regimes flags "$1"; }
