@@ -524,7 +524,8 @@ def test_train_reward_retrains_the_rows_on_another_reward_and_the_board_names_it
     assert study.reward == "loss_decrease"
 
 
-def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_keeps_outputs(tmp_path, monkeypatch):
+def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_keeps_outputs(tmp_path, monkeypatch,
+                                                                                             capsys):
     from kdenv.benchmark import outofsample
     from kdenv.benchmark.board import reward_to_dev
     from tests.test_outputs import noise_table
@@ -540,6 +541,13 @@ def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_k
         raise OutputsError("the reward labels read from the GLUE files are not those the table was built with")
 
     monkeypatch.setattr(outofsample, "table_labels", no_labels)
+    # The program writes the board all the same, and says why its intervals resample seeds only.
+    from tests.conftest import command
+
+    assert command("leaderboard").main(["--tables", str(tmp_path), "--results-dir", str(tmp_path / "results"),
+                                        "--output", str(tmp_path / "board"), "--no-progress"]) == 0
+    assert (f"note: {tmp_path} keeps per-example outputs, but its intervals resample seeds only: the reward labels "
+            "read from the GLUE files are not those") in capsys.readouterr().err
     figures, resamples = reward_to_dev(table)
     assert resamples == ("seeds (examples not: the reward labels read from the GLUE files are not those the table "
                          "was built with)") and figures["oracle"]["n"] == 4

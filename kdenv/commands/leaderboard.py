@@ -172,6 +172,11 @@ def board_and_files(tables: dict[str, Table], agents: list[str], args: argparse.
         runner.map(run_retrain_job, jobs, on_result=lambda _, line: None if args.no_progress else print(line))
         print(f"retrained in {(time.perf_counter() - start) / 60:.1f} min")
     board = build_board(tables, settings, remake_command(args))
+    for name, entry in board["tables"].items():  # the board is written either way; say what it could not resample
+        resamples = entry.get("reward_to_dev_resamples") or "seeds"
+        if resamples.startswith("seeds (examples not"):
+            print(f"note: {name} keeps per-example outputs, but its intervals resample seeds only: "
+                  f"{resamples.removeprefix('seeds (examples not: ').removesuffix(')')}", file=sys.stderr)
     output = Path(args.output)
     write_all({output.with_suffix(".md"): board_report.markdown_text(board).encode(),
                output.with_suffix(".json"): json.dumps(board, indent=2).encode(),
