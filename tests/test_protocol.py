@@ -524,6 +524,37 @@ def test_train_reward_retrains_the_rows_on_another_reward_and_the_board_names_it
     assert study.reward == "loss_decrease"
 
 
+def test_a_regime_s_table_trains_its_agents_on_the_reward_measured_for_it(tmp_path, monkeypatch, capsys):
+    """Without --train-reward, a regime whose survey measured a faithful reward (Regime.train_reward)
+    trains its rows on it, so that retraining a board that holds it leaves the other tables' files alone;
+    the flag still overrides it, and the paper row keeps its own reward."""
+    import json
+
+    from kdenv.benchmark import regimes
+    from kdenv.benchmark.board import BoardSettings, row_config, row_spec
+    from tests.conftest import command
+
+    settings = BoardSettings(results_dir=tmp_path)
+    assert row_spec("dqn", settings, "stsb_k2_u128").reward == "teacher_agreement"
+    assert row_spec("dqn", settings, "kdenv/tables/stsb_k2_u128").reward == "teacher_agreement"
+    assert row_spec("dqn", settings, "stsb_u8").reward == "metric_gain" == row_spec("dqn", settings).reward
+    assert row_spec("a2c-paper", settings, "stsb_k2_u128").reward == "loss_decrease"
+    override = BoardSettings(results_dir=tmp_path, train_reward="log_loss")
+    assert row_spec("dqn", override, "stsb_k2_u128").reward == "log_loss"
+    assert row_config("dqn", settings, "stsb_k2_u128") != row_config("dqn", settings, "stsb_u8")
+    # A table named as a regime with a measured reward: its result file records that reward.
+    monkeypatch.setattr(regimes, "REGIMES", (regimes.Regime("table", "q", "--task wnli", "0-3",
+                                                            train_reward="loss_decrease"),))
+    synthetic_table(tmp_path / "table", RETURNS)
+    args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "1", "--episodes", "20", "--agents", "a2c",
+            "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]
+    assert command("leaderboard").main(args) == 0
+    assert json.loads((tmp_path / "results" / "table" / "a2c.json").read_text())["config"]["reward"] == "loss_decrease"
+    capsys.readouterr()
+    assert command("leaderboard").main([*args, "--dry-run"]) == 0
+    assert "0 agents still to train" in capsys.readouterr().out
+
+
 def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_keeps_outputs(tmp_path, monkeypatch,
                                                                                              capsys):
     from kdenv.benchmark import outofsample

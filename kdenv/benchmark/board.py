@@ -34,6 +34,7 @@ from kdenv.benchmark.protocol import (
     score_on_dev,
     score_policy,
 )
+from kdenv.benchmark.regimes import measured_train_reward
 from kdenv.benchmark.study import TableStudy
 from kdenv.benchmark.table import Table, TableError, resolve_table
 from kdenv.benchmark.table_env import REWARD_SCALE
@@ -54,8 +55,9 @@ class BoardSettings:
     tune_trials: int = 12  # tuned rows: Optuna trials per fold
     tune_agents: int = 2  # tuned rows: agents per trial
     results_dir: Path = field(default_factory=leaderboard_results_dir)
-    # the reward the rows that train on metric_gain train on instead (None: each row's own; the paper
-    # row keeps its loss_decrease); every row is still scored in REPORT_REWARD and on dev
+    # the reward the rows that train on metric_gain train on instead (None: on a regime's table the reward
+    # measured for it, kdenv.benchmark.regimes, else each row's own; the paper row keeps its loss_decrease);
+    # every row is still scored in REPORT_REWARD and on dev
     train_reward: str | None = None
     progress: bool = True
 
@@ -92,12 +94,14 @@ AGENTS = {
     "a2c-paper": AgentRow("A2C, paper setting (loss_decrease reward, exploration bonus 0.1)", "a2c", "loss_decrease",
                           0.1),
 }
-def row_spec(agent: str, settings: BoardSettings) -> AgentRow:
-    """The agent row as ``settings`` trains it: with ``train_reward``, the rows that train on
-    metric_gain train on that reward instead."""
+def row_spec(agent: str, settings: BoardSettings, table_name: str | None = None) -> AgentRow:
+    """The agent row as ``settings`` trains it on table ``table_name``: the rows that train on metric_gain
+    train on ``settings.train_reward`` instead, or where that is None on the reward measured for the
+    table's regime (``measured_train_reward``: teacher_agreement on stsb_k2_u128)."""
     spec = AGENTS[agent]
-    if settings.train_reward and spec.reward == "metric_gain":
-        return replace(spec, reward=settings.train_reward)
+    reward = settings.train_reward or (measured_train_reward(Path(table_name).name) if table_name else None)
+    if reward and spec.reward == "metric_gain":
+        return replace(spec, reward=reward)
     return spec
 
 
@@ -185,9 +189,10 @@ def check_returns(result: dict[str, Any], path: Path, table: Table) -> None:
 
 
 
-def row_config(agent: str, settings: BoardSettings) -> dict[str, Any]:
-    """What decides an agent row's results (a result file holding another config is retrained)."""
-    spec = row_spec(agent, settings)
+def row_config(agent: str, settings: BoardSettings, table_name: str | None = None) -> dict[str, Any]:
+    """What decides an agent row's results on table ``table_name`` (a result file holding another config
+    is retrained)."""
+    spec = row_spec(agent, settings, table_name)
     config = {"algo": spec.algo, "reward": spec.reward, "scored_in": REPORT_REWARD, "exploration_bonus": spec.bonus,
               "episodes": settings.episodes, "hyperparams": load_hyperparams(spec.algo).as_dict(),
               "agent_seeds": list(range(settings.agent_seeds))}
@@ -224,10 +229,10 @@ def retrain(table_name: str, table: Table, agent: str, settings: BoardSettings) 
     """Trains one agent row on one table, fold by fold, agent seed by agent seed (a tuned row first
     searches its hyperparameters on the fold's train seeds); the result file is rewritten after each
     agent and each search, so a killed run resumes where it stopped."""
-    spec = row_spec(agent, settings)
+    spec = row_spec(agent, settings, table_name)
     algorithm = get_algorithm(spec.algo)
     path = result_path(settings.results_dir, table_name, agent)
-    config = row_config(agent, settings)
+    config = row_config(agent, settings, table_name)
     result = load_result(path, table, settings.k)
     if result is None or result.get("config") != config:
         result = {"format": RESULT_FORMAT, "table": table_name, "table_files": table.manifest["files"],
@@ -269,11 +274,11 @@ def retrain_cross(name_a: str, a: Table, name_b: str, b: Table, agent: str, sett
     from kdenv.benchmark.table_env import KnowledgeSelectionTableEnv
     from kdenv.decision.wrappers import MultiDiscreteOnOff
 
-    spec = row_spec(agent, settings)
+    spec = row_spec(agent, settings, name_a)
     algorithm = get_algorithm(spec.algo)
     path = result_path(settings.results_dir, name_a, agent)
     result = load_result(path, a, settings.k)
-    if result is None or result.get("config") != row_config(agent, settings):
+    if result is None or result.get("config") != row_config(agent, settings, name_a):
         raise TableError(f"train the {agent} row on {name_a} first (its result file {path} is missing or stale)")
     cross = result.setdefault("cross", {}).setdefault(name_b, {"table_files": b.manifest["files"], "returns": {},
                                                                "schedules": {}})
@@ -338,7 +343,7 @@ def agents_to_train(tables: dict[str, Table], agents: list[str], settings: Board
 
     def current(name: str, table: Table, agent: str) -> dict[str, Any]:
         result = load_result(result_path(settings.results_dir, Path(name).name, agent), table, settings.folds_of(table))
-        if not result or result.get("config") != row_config(agent, settings):
+        if not result or result.get("config") != row_config(agent, settings, name):
             return {"returns": {}}
         if result.get("format", 1) < RESULT_FORMAT:  # trained again for its schedules, its searches kept
             return {**result, "returns": {}, "cross": {}}
@@ -371,7 +376,7 @@ def projected_cost(counts: dict[str, int], probe: Table, settings: BoardSettings
     for agent, count in counts.items():
         if not count:
             continue
-        spec = row_spec(agent, settings)
+        spec = row_spec(agent, settings, probe.name)
         if (spec.algo, spec.reward, spec.bonus) not in timed:
             study = TableStudy(probe, get_algorithm(spec.algo), probe.seeds[1:], probe.seeds[:1], spec.reward, REWARD_SCALE,
                                200, exploration_bonus=spec.bonus)

@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--train-reward", default=None, choices=sorted(REWARDS), metavar="REWARD",
         help="with --retrain: the reward the rows that train on metric_gain train on instead (the paper row keeps "
              "loss_decrease); every row is still scored in metric_gain and on dev, and the board names the reward "
-             f"beside such a row. One of {', '.join(sorted(REWARDS))} (default: each row's own)")
+             f"beside such a row. One of {', '.join(sorted(REWARDS))} (default: on a regime's table the reward "
+             "measured for it, e.g. teacher_agreement on stsb_k2_u128 (kdenv/benchmark/regimes.py), else each row's "
+             "own)")
     add("--results-dir", default=None, help="where agent result files live (default: the committed ones shipped "
         "with the package, kdenv/results/leaderboard/)")
     add("--output", default=OUTPUT, help=f"leaderboard files: <output>.md, .json, .png (default {OUTPUT})")
