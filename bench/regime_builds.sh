@@ -12,6 +12,9 @@
 #   bash bench/regime_builds.sh status     # what runs, and each table's shipped seeds
 #   bash bench/regime_builds.sh carry      # before a session ends: pack the work folders (a seed half built
 #                                          # included) into bench/carry/, to commit; `start` unpacks them
+#   bash bench/regime_builds.sh scale [R]  # once regime R (default stsb_k2_u128) holds its planned seeds: its
+#                                          # agent rows retrained, the live check (with the best fixed schedule)
+#                                          # and the docs, the builds paused meanwhile (nohup; resumable)
 #
 # Needs KDENV_GLUE_DIR (default ../shared/data/glue). runs/ does not travel: on a new machine run
 # `teachers` first; seeds already shipped are never rebuilt (each queue builds the seeds a table lacks).
@@ -115,6 +118,30 @@ PY
         [ "${2:-a}" = a ] && queue a "${QUEUE_A[@]}"
         [ "${2:-b}" = b ] && queue b "${QUEUE_B[@]}"
         ;;
+    scale)  # the survey's best regime at scale (§5): agents retrained on its measured reward, then the live check
+        regime="${2:-stsb_k2_u128}"
+        seeds_of "$regime" > /dev/null || exit 2
+        missing=$(unshipped "$regime")
+        if [ -n "$missing" ]; then echo "not yet: $regime lacks seeds $missing (bash bench/regime_builds.sh start)" >&2; exit 1; fi
+        if pgrep -f "regime-scale" > /dev/null; then echo "scale already running"; exit 0; fi
+        nohup bash -c "exec -a regime-scale bash $0 _scale $regime >> runs/logs/regime_scale.log 2>&1" > /dev/null 2>&1 &
+        echo "scale of $regime started (log runs/logs/regime_scale.log); the builds are paused until it ends"
+        ;;
+    _scale)  # run by `scale`, in the background: the builds wait (SIGSTOP) and resume however it ends
+        regime="$2"
+        pkill -STOP -f "agents/build_tree.py" || true
+        trap 'pkill -CONT -f "agents/build_tree.py" || true' EXIT
+        echo "== $(date -u +%FT%TZ) $regime: the agent rows, on the reward measured for the regime"
+        $PYTHON agents/leaderboard.py --tables "$regime" --retrain --ray --no-progress --output "runs/board_$regime"
+        echo "== $(date -u +%FT%TZ) $regime: the live check on 16 new seeds, with the best fixed schedule"
+        $PYTHON agents/live_check.py --table "$regime" --row best --extra open-loop --ray --no-progress \
+            --output-dir "runs/live/$regime/best"
+        mkdir -p "docs/live/$regime"
+        cp "runs/live/$regime/best/live_check.md" "runs/live/$regime/best/live_check.json" "docs/live/$regime/"
+        cp "runs/live/$regime/best/eval/results.md" "docs/live/$regime/live_runs.md"
+        $PYTHON agents/regimes.py --docs > /dev/null
+        echo "== $(date -u +%FT%TZ) done: commit kdenv/results/leaderboard/$regime, docs/live/$regime and the docs"
+        ;;
     pause) pkill -STOP -f "agents/build_tree.py" || true; echo "paused" ;;
     resume) pkill -CONT -f "agents/build_tree.py" || true; echo "resumed" ;;
     ship)
@@ -128,5 +155,5 @@ PY
             echo "$name: seeds $(seeds_of "$name"), not shipped: $(unshipped "$name")"
         done
         ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

@@ -36,8 +36,9 @@ def test_the_build_script_reads_the_registry():
     out = subprocess.run([sys.executable, "-m", "kdenv.benchmark.regimes", "flags", "rte_u8"], capture_output=True,
                          text=True, cwd=REPO, check=True).stdout.strip()
     assert out == regime("rte_u8").build_flags()
-    assert subprocess.run([sys.executable, "-m", "kdenv.benchmark.regimes", "flags", "nope"], capture_output=True,
-                          cwd=REPO).returncode != 0
+    refused = subprocess.run([sys.executable, "-m", "kdenv.benchmark.regimes", "flags", "nope"], capture_output=True,
+                             text=True, cwd=REPO)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: no regime 'nope'; regimes: stsb_u8_o")
 
 
 @pytest.mark.parametrize("signal, pays", [(1.5, True), (0.0, False)])

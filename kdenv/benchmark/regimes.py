@@ -286,7 +286,11 @@ def _main(argv: list[str]) -> int:
     if argv == ["names"]:
         print(" ".join(entry.name for entry in REGIMES))
     elif len(argv) == 2 and argv[0] in ("flags", "seeds"):
-        entry = regime(argv[1])
+        try:
+            entry = regime(argv[1])
+        except KeyError as error:
+            print(f"error: {error.args[0]}", file=sys.stderr)
+            return 2
         print(entry.build_flags() if argv[0] == "flags" else entry.seeds)
     else:
         print("usage: python -m kdenv.benchmark.regimes names | flags NAME | seeds NAME", file=sys.stderr)
