@@ -121,3 +121,17 @@ def test_the_glance_takes_the_survey_s_figures_and_reads_a_table_s_outputs_once(
     for reward in GLANCE_REWARDS:  # the same choice on the same examples: the same mean; the interval has its own draws
         assert computed[reward]["mean"] == pytest.approx(taken[reward]["mean"])
         assert computed[reward]["ci"][0] > 0
+
+
+def test_the_survey_figure_plots_each_built_regime_s_intervals(tmp_path):
+    """regimes.png: one point with its interval per built regime and figure; nothing to plot, no figure."""
+    from kdenv.benchmark.regimes import FIGURE_ENTRIES, survey_png
+
+    table, labels = noise_table(tmp_path, signal=1.5)
+    row = {**survey_table(table, halvings=5, resamples=20, labels=labels), "built": True}
+    png = survey_png([row, {"table": "later", "built": False}])
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    assert survey_png([{"table": "later", "built": False}]) is None
+    # every entry of the figure names a figure survey_table computes, for both rewards
+    for _, (key, kind), choice in FIGURE_ENTRIES:
+        assert "ci" in row[key][kind][choice], (key, kind, choice)

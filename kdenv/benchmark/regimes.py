@@ -227,6 +227,60 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The survey's figure: each built regime's out-of-sample headrooms, as (label, key of survey_table, choice).
+FIGURE_ENTRIES = (
+    ("oracle, metric_gain → dev", ("out_of_sample", "reward_to_dev"), "oracle"),
+    ("oracle, teacher_agreement → dev", ("out_of_sample_teacher_agreement", "reward_to_dev"), "oracle"),
+    ("best open-loop, metric_gain → dev", ("out_of_sample", "reward_to_dev"), "open_loop"),
+    ("oracle, cross-fitted on the reward split", ("out_of_sample", "crossfit"), "oracle"),
+    ("oracle, dev halves (analysis only)", ("out_of_sample", "dev_halves"), "oracle"),
+)
+
+
+def survey_png(rows: list[dict[str, Any]]) -> bytes | None:
+    """The survey as a forest plot: per built regime, each out-of-sample headroom of FIGURE_ENTRIES
+    over the best constant, its mean and 95% interval (seeds and examples resampled), n in the label.
+    None where no regime keeps outputs yet."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []  # (regime label, entry index, figure)
+    for row in rows:
+        if not row.get("built"):
+            continue
+        for index, (_, (key, kind), choice) in enumerate(FIGURE_ENTRIES):
+            figure = ((row.get(key) or {}).get(kind) or {}).get(choice)
+            if figure is not None:
+                points.append((f"{row['table']} (n={figure['n']})", index, figure))
+    if not points:
+        return None
+    regimes = list(dict.fromkeys(label for label, _, _ in points))
+    fig, axis = plt.subplots(figsize=(10.5, 1.2 + 0.9 * len(regimes)))
+    colours = plt.get_cmap("tab10").colors
+    step = 0.8 / len(FIGURE_ENTRIES)
+    for label, index, figure in points:
+        y = regimes.index(label) + (index - (len(FIGURE_ENTRIES) - 1) / 2) * step
+        low, high = figure["ci"]
+        axis.errorbar(figure["mean"], y, xerr=[[figure["mean"] - low], [high - figure["mean"]]], fmt="o", ms=4,
+                      capsize=2, color=colours[index % len(colours)])
+    for index, (name, _, _) in enumerate(FIGURE_ENTRIES):
+        axis.plot([], [], "o", color=colours[index % len(colours)], label=name)
+    axis.set_yticks(range(len(regimes)), regimes, fontsize=8)
+    axis.invert_yaxis()
+    axis.axvline(0.0, color="grey", lw=0.8)
+    axis.set_xlabel("headroom over the best constant on held-out examples (mean, 95% CI)", fontsize=8)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 # The tables of the at-a-glance answer besides the built regimes: the board's, and the H100 U = 16 table.
 GLANCE_TABLES = ("stsb_u8", "sst2_u8", "stsb", "stsb_h100_u8", "stsb_h100_u16", "mrpc")
 GLANCE_REWARDS = ("metric_gain", "teacher_agreement")

@@ -11,7 +11,8 @@ cross-fitted on halves of the reward split, and on halves of dev itself; the bes
 chosen by teacher_agreement (a reward that reads no label) and scored on dev; all with 95% intervals that
 resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
 reward picks against its teacher on dev, and the build's cost in one-thread hours per seed.
-Regimes not built yet are listed as such. Then every table at a glance (the board's tables and the
+Regimes not built yet are listed as such; regimes.png plots the out-of-sample headrooms with their
+intervals. Then every table at a glance (the board's tables and the
 built regimes): the oracle's out-of-sample figure for metric_gain and teacher_agreement.
 """
 
@@ -22,7 +23,15 @@ import json
 from pathlib import Path
 
 from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
-from kdenv.benchmark.regimes import GLANCE_TABLES, REGIMES, glance, glance_markdown, survey, survey_markdown
+from kdenv.benchmark.regimes import (
+    GLANCE_TABLES,
+    REGIMES,
+    glance,
+    glance_markdown,
+    survey,
+    survey_markdown,
+    survey_png,
+)
 from kdenv.cli import CLEAR_ERRORS, fail, run_main
 from kdenv.io import check_writable, write_all
 from kdenv.paths import runs_dir
@@ -77,18 +86,23 @@ def main(argv: list[str] | None = None) -> int:
                       progress=lambda name: print(f"surveying {name} ...", flush=True))
     except CLEAR_ERRORS as error:
         return fail(error)
+    figure = survey_png(rows)
     at_a_glance = glance_markdown(glance([*GLANCE_TABLES, *(row["table"] for row in rows if row["built"])], rows))
     text = ("# The regime survey\n\nWritten by `python agents/regimes.py` (kdenv/benchmark/regimes.py). Every "
             "headroom is over the best constant, chosen on one set of examples and scored on another, with its "
             "95% interval (seeds and examples resampled) and n = seeds; the reward is metric_gain unless named. See "
-            "docs/benchmark.md, *Regimes*, for what each figure means.\n\n" + survey_markdown(rows)
+            "docs/benchmark.md, *Regimes*, for what each figure means.\n\n"
+            + ("![each regime's out-of-sample headrooms](regimes.png)\n\n" if figure is not None else "")
+            + survey_markdown(rows)
             + "\n## Every table at a glance\n\nThe hindsight oracle's schedule per seed minus the constant the same "
             "reward picks, both chosen on the reward split and scored on GLUE dev (mean over seeds [bootstrap 95% "
             "interval]); `--docs` also writes it into docs/benchmark.md, *The answer*.\n\n" + at_a_glance)
     print(text)
     files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
+             **({output / "regimes.png": figure} if figure is not None else {}),
              **({REPO_DOCS / "regimes.md": text.encode(),
-                 REPO_DOCS / "benchmark.md": with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance).encode()}
+                 REPO_DOCS / "benchmark.md": with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance).encode(),
+                 **({REPO_DOCS / "regimes.png": figure} if figure is not None else {})}
                 if args.docs else {})}
     write_all(files)
     print(f"written to {output}" + (f" and {REPO_DOCS / 'regimes.md'}" if args.docs else ""))
