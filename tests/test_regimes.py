@@ -135,3 +135,15 @@ def test_the_survey_figure_plots_each_built_regime_s_intervals(tmp_path):
     # every entry of the figure names a figure survey_table computes, for both rewards
     for _, (key, kind), choice in FIGURE_ENTRIES:
         assert "ci" in row[key][kind][choice], (key, kind, choice)
+
+
+def test_a_seed_s_cost_is_its_nodes_measured_times_least_and_median_over_seeds():
+    from types import SimpleNamespace
+
+    from kdenv.benchmark.regimes import seed_hours
+
+    def seed(hours):  # a root, and a leaf with its dev scoring
+        return {(): {"depth": 0}, (1,): {"wall_time_s": 3600 * hours, "dev_wall_time_s": 1800}}
+
+    table = SimpleNamespace(seeds=[0, 1, 2], nodes={0: seed(1.0), 1: seed(3.0), 2: seed(1.5)})
+    assert seed_hours(table) == {"least": 1.5, "median": 2.0}  # a paused seed (3 h + 0.5) does not move the least

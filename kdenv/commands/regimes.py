@@ -10,7 +10,8 @@ schedule over the best constant, each chosen on the reward split and scored on G
 cross-fitted on halves of the reward split, and on halves of dev itself; the best open-loop schedule
 chosen by teacher_agreement (a reward that reads no label) and scored on dev; all with 95% intervals that
 resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
-reward picks against its teacher on dev, and the build's cost in one-thread hours per seed.
+reward picks against its teacher on dev, and the build's cost in hours a seed on one thread (the
+least and the median over seeds of its nodes' measured times, which count any pause or contention).
 Regimes not built yet are listed as such; regimes.png plots the out-of-sample headrooms with their
 intervals. Then every table at a glance (the board's tables and the
 built regimes): the oracle's out-of-sample figure for metric_gain and teacher_agreement.
