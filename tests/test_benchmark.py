@@ -576,6 +576,22 @@ def test_a_table_s_schedule_is_named_as_the_fixed_policy_that_plays_it():
     assert schedule_policy(table, (3, 4, 0)) == "schedule-logits+hidden/gradient/none"
 
 
+def test_a_live_run_s_projected_cost_comes_from_the_table_s_cleanest_seed():
+    from types import SimpleNamespace
+
+    from kdenv.benchmark.live import run_seconds
+
+    def seed(phase, dev):  # a root, two phases of 2-phase schedules and a leaf scored on dev
+        return {(): {}, (1,): {"wall_time_s": phase}, (1, 1): {"wall_time_s": phase, "dev_wall_time_s": dev},
+                (1, 0): {"wall_time_s": phase, "dev_wall_time_s": dev}}
+
+    table = SimpleNamespace(seeds=[0, 1], phases=2, nodes={0: seed(10.0, 2.0), 1: seed(500.0, 2.0)},
+                            manifest={"dev_scoring": {"dev_size": 1500, "examples": 500}})
+    assert run_seconds(table) == pytest.approx(2 * 10.0 + 2.0 * 3)  # seed 1 was paused: left out; dev scaled x3
+    table.nodes = {0: {(): {}}, 1: {(): {}}}
+    assert run_seconds(table) is None
+
+
 def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constant_chosen_on_the_table(
         built, glue_dir, tmp_path, monkeypatch, capsys):
     from kdenv.benchmark.protocol import FoldView
@@ -613,6 +629,7 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     assert command("live_check").main([*live, "--extra", "open-loop,open-loop", "--dry-run"]) == 0
     planned = capsys.readouterr().out
     assert (f"extra ['{open_loop}']" in planned) != (f"baseline {open_loop} " in planned), planned
+    assert "h on one thread (" in planned and "min a run, from the table's measured node times" in planned
     assert command("live_check").main([*live, "--first-seed", "-20", "--dry-run"]) == 2
     assert "--first-seed -20: episode seeds are whole numbers >= 0" in capsys.readouterr().err
     assert command("live_check").main(best) == 0  # the row with the larger mean gain on the leaderboard

@@ -36,6 +36,25 @@ def schedule_policy(table: Table, sequence: tuple[int, ...]) -> str:
     return "schedule-" + "/".join("none" if names[action] == "-" else names[action] for action in sequence)
 
 
+def run_seconds(table: Table) -> float | None:
+    """What one live episode should cost on one thread, from the table's own measured node times: its
+    phases at the median phase time, plus the median dev scoring of a leaf scaled from the table's dev
+    subsample to the whole dev set (a live run scores all of it), on the seed that cost least (node
+    times are wall times, so pauses and other work inflate the rest). A lower bound: loading the
+    teacher's cache and the student is not in it. None without timings."""
+    from kdenv.benchmark.build import node_seconds
+
+    cheapest = min(table.seeds, key=lambda seed: sum(node_seconds(r) for r in table.nodes[seed].values()))
+    records = list(table.nodes[cheapest].values())
+    phases = [r["wall_time_s"] for r in records if r.get("wall_time_s")]
+    if not phases:
+        return None
+    dev = [r["dev_wall_time_s"] for r in records if r.get("dev_wall_time_s")]
+    scoring = table.manifest.get("dev_scoring") or {}
+    whole = scoring.get("dev_size", 1) / max(scoring.get("examples") or scoring.get("dev_size", 1), 1)
+    return table.phases * float(np.median(phases)) + (float(np.median(dev)) * whole if dev else 0.0)
+
+
 def train_agents(table: Table, row: str, result: dict[str, Any], agent_seeds: int, path: Path,
                  out: Path, progress: bool = True) -> tuple[TableStudy, list[Path]]:
     """The row's configuration trained on all of the table's seeds, one agent per agent seed

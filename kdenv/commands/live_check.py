@@ -35,7 +35,14 @@ import sys
 from pathlib import Path
 
 from kdenv.benchmark.board import AGENTS, REPORT_REWARD, best_agent, load_result, result_path
-from kdenv.benchmark.live import constant_policy, live_report, schedule_policy, table_gains, train_agents
+from kdenv.benchmark.live import (
+    constant_policy,
+    live_report,
+    run_seconds,
+    schedule_policy,
+    table_gains,
+    train_agents,
+)
 from kdenv.benchmark.protocol import FoldView
 from kdenv.benchmark.table import resolve_table, table_configs
 from kdenv.benchmark.validate import check_saved_teacher
@@ -131,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     except CLEAR_ERRORS as error:
         return fail(error)
     runs_count = len(seeds) * (args.agent_seeds + 1 + len(extra))
+    per_run = run_seconds(table)
+    cost = (f"; projected at least {runs_count * per_run / 3600:.1f} h on one thread ({per_run / 60:.1f} min a run, "
+            "from the table's measured node times; --ray shares them over its workers)" if per_run else "")
     print(f"live check of {args.row} on {table_name}: baseline {baseline} (best constant on seeds {table.seeds}), "
-          f"{args.agent_seeds} agents, extra {extra or 'none'}; {runs_count} live runs on {seeds_text(seeds)}")
+          f"{args.agent_seeds} agents, extra {extra or 'none'}; {runs_count} live runs on {seeds_text(seeds)}{cost}")
     if args.dry_run:
         return 0
     import torch
