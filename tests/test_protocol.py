@@ -552,7 +552,10 @@ def test_a_regime_s_table_trains_its_agents_on_the_reward_measured_for_it(tmp_pa
     assert json.loads((tmp_path / "results" / "table" / "a2c.json").read_text())["config"]["reward"] == "loss_decrease"
     capsys.readouterr()
     assert command("leaderboard").main([*args, "--dry-run"]) == 0
-    assert "0 agents still to train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 agents still to train" in out
+    assert (f"on {tmp_path / 'table'} the rows that train on metric_gain train on loss_decrease (the reward measured "
+            "for its regime)") in out
 
 
 def test_the_board_s_out_of_sample_headroom_resamples_examples_where_the_table_keeps_outputs(tmp_path, monkeypatch,

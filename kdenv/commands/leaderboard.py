@@ -45,6 +45,7 @@ from kdenv.benchmark.board import (
     default_tables,
     projected_cost,
     retrain_jobs,
+    row_spec,
     run_retrain_job,
     verify_results,
 )
@@ -167,6 +168,11 @@ def board_and_files(tables: dict[str, Table], agents: list[str], args: argparse.
               f"pairs; {args.episodes} episodes each; finished agents in {settings.results_dir} are reused): projected "
               f"{cost / 3600:.2f} h on one thread; {len(tables) * len(agents)} (table, row) jobs, which --ray runs "
               f"in parallel")
+        for name in tables:  # where the rows that train on metric_gain train on another reward, say which
+            reward = row_spec("a2c", settings, name).reward
+            if reward != AGENTS["a2c"].reward:
+                why = "--train-reward" if args.train_reward else "the reward measured for its regime"
+                print(f"on {name} the rows that train on metric_gain train on {reward} ({why})")
         if args.dry_run:
             return 0
         start = time.perf_counter()
