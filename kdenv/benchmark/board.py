@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark import tuning
-from kdenv.benchmark.oracle import all_dev_metrics, all_returns, named_policies, solve
-from kdenv.benchmark.outofsample import ReadOutputs, dev_metric_draws, out_of_sample, read_outputs
+from kdenv.benchmark.oracle import all_dev_metrics, all_returns, named_policies
+from kdenv.benchmark.outofsample import ReadOutputs, dev_metric_draws, read_outputs, reward_to_dev
 from kdenv.benchmark.protocol import (
     FoldView,
     baseline_columns,
@@ -533,20 +533,6 @@ def dev_draws(table: Table, read: ReadOutputs | None = None) -> list[np.ndarray]
     return dev_metric_draws(table, read.labels, stacked=read.stacked)
 
 
-def reward_to_dev(table: Table, reward: str = REPORT_REWARD,
-                  read: ReadOutputs | None = None) -> tuple[dict[str, Any] | None, str]:
-    """The out-of-sample headroom the summary leads with (the reward's choices scored on GLUE dev), and
-    what its intervals resample: seeds and examples on a table that keeps per-example outputs (whose
-    labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read).
-    ``read``: the table's outputs, read once by the caller (default: read here)."""
-    read = read or read_outputs(table)
-    if read.outputs is None:
-        return solve(table, reward)["reward_to_dev"], read.resamples
-    if read.stacked.dev is None:  # outputs kept, but not every leaf scored on dev
-        return solve(table, reward)["reward_to_dev"], "seeds (examples not: not every leaf keeps dev outputs)"
-    return out_of_sample(table, read.labels, reward, stacked=read.stacked)["reward_to_dev"], read.resamples
-
-
 def build_board(tables: dict[str, Table], settings: BoardSettings, command: str) -> dict[str, Any]:
     """Every row of every table scored by the protocol, and the across-tasks pairs: the board's
     data (``command``: the command that rebuilds it, recorded in the board)."""
@@ -571,7 +557,7 @@ def build_board(tables: dict[str, Table], settings: BoardSettings, command: str)
                                  "knowledge": table.knowledge, "rows": rows,
                                  "agents": {agent: row_label(agent, result) for agent, (result, _) in finished.items()},
                                  # out of sample: the reward's choices scored on GLUE dev (None without dev at leaves)
-                                 **dict(zip(("reward_to_dev", "reward_to_dev_resamples"), reward_to_dev(table, read=read))),
+                                 **dict(zip(("reward_to_dev", "reward_to_dev_resamples"), reward_to_dev(table, REPORT_REWARD, read))),
                                  # every row's choices scored on GLUE dev (None without dev at every leaf)
                                  "on_dev": rows_on_dev(view, splits, names, finished,
                                                        rows.get(CHOSEN_ROW, {}).get("chosen"), read)}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from kdenv.benchmark.oracle import CRASH_RETURN, all_sequences, closed_loop, constant_columns
+from kdenv.benchmark.oracle import CRASH_RETURN, all_sequences, closed_loop, constant_columns, solve
 from kdenv.benchmark.outputs import OutputsError, labels_fingerprint
 from kdenv.benchmark.table import Table
 from kdenv.benchmark.tree import DevScoring
@@ -469,3 +469,17 @@ class StackedTeacher:
         if "reward" not in outputs:
             raise ValueError("the table's outputs hold no teacher outputs on the reward split")
         return cls(np.asarray(outputs["reward"], np.float32), outputs.get("dev"))
+
+
+def reward_to_dev(table: Table, reward: str = "metric_gain",
+                  read: ReadOutputs | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The out-of-sample headroom the leaderboard's summary and the glance lead with (the reward's choices scored on GLUE dev), and
+    what its intervals resample: seeds and examples on a table that keeps per-example outputs (whose
+    labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read).
+    ``read``: the table's outputs, read once by the caller (default: read here)."""
+    read = read or read_outputs(table)
+    if read.outputs is None:
+        return solve(table, reward)["reward_to_dev"], read.resamples
+    if read.stacked.dev is None:  # outputs kept, but not every leaf scored on dev
+        return solve(table, reward)["reward_to_dev"], "seeds (examples not: not every leaf keeps dev outputs)"
+    return out_of_sample(table, read.labels, reward, stacked=read.stacked)["reward_to_dev"], read.resamples

@@ -302,11 +302,10 @@ SURVEY_KEYS = {"metric_gain": "out_of_sample", "teacher_agreement": "out_of_samp
 def glance(names: list[str], surveyed: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per table, the hindsight oracle's schedule per seed minus the constant the same reward picks,
     both chosen on the reward split and scored on GLUE dev, for each reward of GLANCE_REWARDS, with
-    its interval and what the interval resamples (kdenv.benchmark.board.reward_to_dev; each table's
+    its interval and what the interval resamples (kdenv.benchmark.outofsample.reward_to_dev; each table's
     outputs read once). ``surveyed``: rows of ``survey``, whose reward → dev figures are taken as they
     stand instead of computed again."""
-    from kdenv.benchmark.board import reward_to_dev
-    from kdenv.benchmark.outofsample import read_outputs
+    from kdenv.benchmark.outofsample import read_outputs, reward_to_dev
     from kdenv.benchmark.table import resolve_table
 
     known = {row["table"]: row for row in surveyed or [] if row.get("built")}
