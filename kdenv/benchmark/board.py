@@ -94,12 +94,17 @@ AGENTS = {
     "a2c-paper": AgentRow("A2C, paper setting (loss_decrease reward, exploration bonus 0.1)", "a2c", "loss_decrease",
                           0.1),
 }
+def train_reward_on(settings: BoardSettings, table_name: str | None) -> str | None:
+    """The reward the rows that train on metric_gain train on instead on table ``table_name``:
+    ``settings.train_reward``, or where that is None the reward measured for the table's regime
+    (``measured_train_reward``: teacher_agreement on stsb_k2_u128); None: their own."""
+    return settings.train_reward or (measured_train_reward(Path(table_name).name) if table_name else None)
+
+
 def row_spec(agent: str, settings: BoardSettings, table_name: str | None = None) -> AgentRow:
-    """The agent row as ``settings`` trains it on table ``table_name``: the rows that train on metric_gain
-    train on ``settings.train_reward`` instead, or where that is None on the reward measured for the
-    table's regime (``measured_train_reward``: teacher_agreement on stsb_k2_u128)."""
+    """The agent row as ``settings`` trains it on table ``table_name`` (``train_reward_on``)."""
     spec = AGENTS[agent]
-    reward = settings.train_reward or (measured_train_reward(Path(table_name).name) if table_name else None)
+    reward = train_reward_on(settings, table_name)
     if reward and spec.reward == "metric_gain":
         return replace(spec, reward=reward)
     return spec
@@ -528,7 +533,7 @@ def dev_draws(table: Table, read: ReadOutputs | None = None) -> list[np.ndarray]
     resample seeds and agent seeds only, as each row's ``resamples`` says). ``read``: the table's
     outputs, read once by the caller (default: read here)."""
     read = read or read_outputs(table)
-    if read.outputs is None or read.stacked.dev is None:
+    if read.stacked is None or read.stacked.dev is None:
         return None
     return dev_metric_draws(table, read.labels, stacked=read.stacked)
 

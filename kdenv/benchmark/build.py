@@ -209,6 +209,11 @@ def node_seconds(record: dict[str, Any]) -> float:
     return record.get("wall_time_s", 0.0) + record.get("dev_wall_time_s", 0.0)
 
 
+def seed_seconds(nodes: dict[Any, dict[str, Any]]) -> float:
+    """A seed's measured build time: its nodes' (``node_seconds``), summed."""
+    return sum(node_seconds(record) for record in nodes.values())
+
+
 def kept_seeds(out: Path, manifest: dict[str, Any], seeds: list[int]) -> tuple[list[int], float, dict[str, Any]]:
     """Seeds of a table already in ``out`` that this write keeps: those not rebuilt now, when the
     earlier build had the same setup, teacher and software (the shipped seeds of a table being

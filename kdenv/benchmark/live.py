@@ -42,9 +42,9 @@ def run_seconds(table: Table) -> float | None:
     subsample to the whole dev set (a live run scores all of it), on the seed that cost least (node
     times are wall times, so pauses and other work inflate the rest). A lower bound: loading the
     teacher's cache and the student is not in it. None without timings."""
-    from kdenv.benchmark.build import node_seconds
+    from kdenv.benchmark.build import seed_seconds
 
-    cheapest = min(table.seeds, key=lambda seed: sum(node_seconds(r) for r in table.nodes[seed].values()))
+    cheapest = min(table.seeds, key=lambda seed: seed_seconds(table.nodes[seed]))
     records = list(table.nodes[cheapest].values())
     phases = [r["wall_time_s"] for r in records if r.get("wall_time_s")]
     if not phases:

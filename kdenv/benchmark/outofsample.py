@@ -194,20 +194,13 @@ class StackedOutputs:
 @dataclass
 class ReadOutputs:
     """A table's per-example outputs, stacked, and the labels they are scored against: read once and
-    handed to every figure of the table (``read_outputs``). ``outputs`` is None where the table keeps
-    none or they cannot be scored (its labels unreadable, a file refused); ``resamples`` says what an
+    handed to every figure of the table (``read_outputs``). Both are None where the table keeps none
+    or they cannot be scored (its labels unreadable, a file refused); ``resamples`` says what an
     interval over the table can then resample: "seeds, examples", else "seeds" and why."""
 
-    outputs: tuple[TableLabels, StackedOutputs] | None
+    labels: TableLabels | None
+    stacked: StackedOutputs | None
     resamples: str
-
-    @property
-    def labels(self) -> TableLabels | None:
-        return None if self.outputs is None else self.outputs[0]
-
-    @property
-    def stacked(self) -> StackedOutputs | None:
-        return None if self.outputs is None else self.outputs[1]
 
 
 def read_outputs(table: Table, data_dir: str | None = None) -> ReadOutputs:
@@ -216,11 +209,11 @@ def read_outputs(table: Table, data_dir: str | None = None) -> ReadOutputs:
     from kdenv.engine.data import DataError
 
     if not table.has_outputs:
-        return ReadOutputs(None, "seeds")
+        return ReadOutputs(None, None, "seeds")
     try:
-        return ReadOutputs((table_labels(table.manifest, data_dir), StackedOutputs.of(table)), "seeds, examples")
+        return ReadOutputs(table_labels(table.manifest, data_dir), StackedOutputs.of(table), "seeds, examples")
     except (OutputsError, DataError) as error:
-        return ReadOutputs(None, f"seeds (examples not: {error})")
+        return ReadOutputs(None, None, f"seeds (examples not: {error})")
 
 
 def _returns(task: TaskSpec, reward: str, stacked: StackedOutputs, labels: np.ndarray,
@@ -478,7 +471,7 @@ def reward_to_dev(table: Table, reward: str = "metric_gain",
     labels are read from $KDENV_GLUE_DIR), seeds only otherwise (or where the labels cannot be read).
     ``read``: the table's outputs, read once by the caller (default: read here)."""
     read = read or read_outputs(table)
-    if read.outputs is None:
+    if read.stacked is None:
         return solve(table, reward)["reward_to_dev"], read.resamples
     if read.stacked.dev is None:  # outputs kept, but not every leaf scored on dev
         return solve(table, reward)["reward_to_dev"], "seeds (examples not: not every leaf keeps dev outputs)"

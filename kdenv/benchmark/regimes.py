@@ -77,15 +77,21 @@ REGIMES: tuple[Regime, ...] = (
 )
 
 
+def find_regime(name: str) -> Regime | None:
+    """The regime whose table is named ``name`` (a table's folder name), None for another table."""
+    return next((entry for entry in REGIMES if entry.name == name), None)
+
+
 def measured_train_reward(table_name: str) -> str | None:
     """The reward agents train on in a regime's table (``Regime.train_reward``), None for another table."""
-    return next((entry.train_reward for entry in REGIMES if entry.name == table_name), None)
+    entry = find_regime(table_name)
+    return None if entry is None else entry.train_reward
 
 
 def regime(name: str) -> Regime:
-    for entry in REGIMES:
-        if entry.name == name:
-            return entry
+    entry = find_regime(name)
+    if entry is not None:
+        return entry
     raise KeyError(f"no regime {name!r}; regimes: {', '.join(r.name for r in REGIMES)}")
 
 
@@ -133,9 +139,9 @@ def seed_hours(table: Table) -> dict[str, float]:
     scoring) summed, the least and the median over seeds. Node times are wall times, so a seed built
     beside other work or paused (SIGSTOP, for the test suite) counts those too: the least is the
     closest to the cost alone."""
-    from kdenv.benchmark.build import node_seconds
+    from kdenv.benchmark.build import seed_seconds
 
-    hours = [sum(node_seconds(record) for record in table.nodes[seed].values()) / 3600 for seed in table.seeds]
+    hours = [seed_seconds(table.nodes[seed]) / 3600 for seed in table.seeds]
     return {"least": round(float(np.min(hours)), 2), "median": round(float(np.median(hours)), 2)}
 
 

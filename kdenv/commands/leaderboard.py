@@ -45,8 +45,8 @@ from kdenv.benchmark.board import (
     default_tables,
     projected_cost,
     retrain_jobs,
-    row_spec,
     run_retrain_job,
+    train_reward_on,
     verify_results,
 )
 from kdenv.benchmark.table import Table, resolve_table
@@ -169,8 +169,8 @@ def board_and_files(tables: dict[str, Table], agents: list[str], args: argparse.
               f"{cost / 3600:.2f} h on one thread; {len(tables) * len(agents)} (table, row) jobs, which --ray runs "
               f"in parallel")
         for name in tables:  # where the rows that train on metric_gain train on another reward, say which
-            reward = row_spec("a2c", settings, name).reward
-            if reward != AGENTS["a2c"].reward:
+            reward = train_reward_on(settings, name)
+            if reward and reward != "metric_gain":
                 why = "--train-reward" if args.train_reward else "the reward measured for its regime"
                 print(f"on {name} the rows that train on metric_gain train on {reward} ({why})")
         if args.dry_run:

@@ -59,10 +59,11 @@ from kdenv.stats import ci_text, seeds_text
 
 def planned_seeds(table_name: str) -> list[int]:
     """The seeds a regime's table is planned to hold (kdenv.benchmark.regimes), none for another table."""
-    from kdenv.benchmark.regimes import REGIMES
+    from kdenv.benchmark.regimes import find_regime
     from kdenv.cli import parse_seeds
 
-    return next((parse_seeds(entry.seeds) for entry in REGIMES if entry.name == Path(table_name).name), [])
+    entry = find_regime(Path(table_name).name)
+    return [] if entry is None else parse_seeds(entry.seeds)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
