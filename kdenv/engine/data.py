@@ -140,13 +140,16 @@ def load_hub_split(task: TaskSpec, split: str) -> RawSplit:
     """Reads one split of ``nyu-mll/glue`` through ``datasets``."""
     import datasets
 
-    try:
-        dataset = datasets.load_dataset(HUB_DATASET, task.hub_config, split=split)
-    except Exception as error:  # the hub raises many types; all mean the same to the user
-        raise DataError(
-            f"could not load {task.name}/{split} from the Hugging Face hub ({HUB_DATASET}): {error}. "
-            f"Without network access, pass --data-dir or set {GLUE_DIR_ENV} to a local GLUE folder"
-        ) from error
+    from kdenv.engine.hub import datasets_offline_if_unreachable, offline_note
+
+    with datasets_offline_if_unreachable() as offline:
+        try:
+            dataset = datasets.load_dataset(HUB_DATASET, task.hub_config, split=split)
+        except Exception as error:  # the hub raises many types; all mean the same to the user
+            raise DataError(
+                f"could not load {task.name}/{split} from the Hugging Face hub ({HUB_DATASET}){offline_note(offline)}: "
+                f"{error}. Without network access, pass --data-dir or set {GLUE_DIR_ENV} to a local GLUE folder"
+            ) from error
     fields = task.hub_text_fields
     dtype = np.float32 if task.is_regression else np.int64
     return RawSplit(

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from kdenv.engine import hub
 from kdenv.engine.tasks import TaskSpec
 from kdenv.errors import KdenvError
 from kdenv.io import atomic_directory, atomic_write
@@ -68,12 +69,22 @@ def _is_local(source: str) -> bool:
     return Path(source).is_dir()
 
 
+def _local_files_only(source: str) -> bool:
+    """A folder, or a hub id while the hub cannot be reached (then only the local cache is read, at once,
+    instead of after half a minute of retries)."""
+    return _is_local(source) or hub.unreachable() is not None
+
+
+def _offline_note(source: str) -> str:
+    return "" if _is_local(source) else hub.offline_note(hub.unreachable())
+
+
 def load_tokenizer(name: str | Path):
     source = resolve_model_source(name)
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=_is_local(source))
+        return AutoTokenizer.from_pretrained(source, local_files_only=_local_files_only(source))
     except OSError as error:
-        raise ModelError(f"could not load a tokenizer from {name!r}: {error}") from error
+        raise ModelError(f"could not load a tokenizer from {name!r}{_offline_note(source)}: {error}") from error
 
 
 MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")  # what a folder's fingerprint covers
@@ -101,9 +112,9 @@ def load_config(name: str | Path):
     """A model's config alone (no weights): what compatibility checks read before any model loads."""
     source = resolve_model_source(name)
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=_is_local(source))
+        return AutoConfig.from_pretrained(source, local_files_only=_local_files_only(source))
     except (OSError, ValueError) as error:
-        raise ModelError(f"could not read the config of model {name!r}: {error}. Offline, use a local folder "
+        raise ModelError(f"could not read the config of model {name!r}{_offline_note(source)}: {error}. Offline, use a local folder "
                          f"or 'minilm'") from error
 
 
@@ -123,7 +134,7 @@ def load_classifier(
             f"unknown attention implementation {attn_implementation!r}; use one of {ATTENTION_IMPLEMENTATIONS}"
         )
     source = resolve_model_source(name)
-    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "local_files_only": _is_local(source)}
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "local_files_only": _local_files_only(source)}
     if task is not None:
         kwargs["num_labels"] = task.num_labels
         kwargs["problem_type"] = "regression" if task.is_regression else "single_label_classification"
@@ -145,7 +156,7 @@ def load_classifier(
             return AutoModelForSequenceClassification.from_pretrained(source, **{**kwargs, "attn_implementation": "eager"})
     except OSError as error:
         raise ModelError(
-            f"could not load model {name!r}: {error}. Offline, use a local folder or 'minilm'"
+            f"could not load model {name!r}{_offline_note(source)}: {error}. Offline, use a local folder or 'minilm'"
         ) from error
 
 

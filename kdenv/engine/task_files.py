@@ -270,13 +270,17 @@ def _read_hub_columns(hub: tuple[str, str | None, str, str], split_name: str, wa
     import datasets
 
     datasets.disable_progress_bars()
+    from kdenv.engine.hub import datasets_offline_if_unreachable, offline_note
+
     name, config = hub[0], hub[1]
-    try:
-        table = datasets.load_dataset(name, config, split=split_name)
-    except Exception as error:  # offline, unknown dataset/config/split: the loaders raise many types
-        raise _fail(task_file, f"hub dataset {name!r}{f' config {config!r}' if config else ''} split {split_name!r} "
-                               f"cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                               f"without hub access, export it to files and name them as train and dev") from None
+    with datasets_offline_if_unreachable() as offline:
+        try:
+            table = datasets.load_dataset(name, config, split=split_name)
+        except Exception as error:  # offline, unknown dataset/config/split: the loaders raise many types
+            raise _fail(task_file, f"hub dataset {name!r}{f' config {config!r}' if config else ''} split {split_name!r} "
+                                   f"cannot be loaded{offline_note(offline)} ({type(error).__name__}: "
+                                   f"{str(error).splitlines()[0] if str(error) else ''}); "
+                                   f"without hub access, export it to files and name them as train and dev") from None
     if len(table) == 0:
         raise _fail(task_file, f"{split} split {split_name!r} of {name!r} holds no rows")
     missing = [c for c in wanted if c not in table.column_names]
