@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdenv.benchmark.regimes import REGIMES, regime, survey, survey_markdown, survey_table
+from kdenv.benchmark.regimes import REGIMES, builds_markdown, regime, survey, survey_markdown, survey_table
 from kdenv.cli import parse_seeds
 from tests.conftest import REPO, command
 from tests.test_outputs import noise_table
@@ -60,6 +60,13 @@ def test_the_survey_reports_headroom_out_of_sample_with_intervals(tmp_path, sign
     assert row["reward_dev_spearman"]["teacher_agreement"] is None
     text = survey_markdown([{**row, "question": "q", "built": True, "seeds_planned": [0, 1, 2, 3]}])
     assert "(n=4)" in text and "4 of 4" in text
+    # what a seed weighs in the repository: its seed file and its outputs file, as they lie on disk
+    sizes = {name: (table.directory / name).stat().st_size / 1000
+             for name in [*table.manifest["files"], *table.manifest["outputs_files"]]}
+    assert row["kb_per_seed"]["total"] == pytest.approx(sum(sizes.values()) / 4, abs=0.06)
+    assert row["kb_per_seed"]["outputs"] > 0
+    builds = builds_markdown([{**row, "question": "q", "built": True, "seeds_planned": list(range(16))}])
+    assert f"| `{row['table']}` | q | 4 of 16 (seeds 0-3) |" in builds
     assert ("- → logits (4 of 4; time-varying)" in text) == pays
 
 
@@ -70,6 +77,8 @@ def test_regimes_not_built_are_listed_as_such(tmp_path, monkeypatch):
     rows = survey()
     assert [row["table"] for row in rows] == [entry.name for entry in REGIMES] and not any(r["built"] for r in rows)
     assert "not built yet" in survey_markdown(rows)
+    assert f"| `{REGIMES[0].name}` | {REGIMES[0].question} | 0 of {len(parse_seeds(REGIMES[0].seeds))} | not built yet" \
+        in builds_markdown(rows)
     assert command("regimes").main(["--regimes", "nope"]) == 2
 
 
@@ -87,7 +96,7 @@ def test_the_at_a_glance_table_is_the_oracle_s_out_of_sample_figure_and_lands_be
     from kdenv.benchmark.oracle import solve
     from kdenv.benchmark.regimes import glance, glance_markdown
     from kdenv.benchmark.table import resolve_table
-    from kdenv.commands.regimes import GLANCE_END, GLANCE_START, with_block
+    from kdenv.commands.regimes import BLOCKS, GLANCE_END, GLANCE_START, with_block
 
     rows = glance(["stsb_u8"])
     expected = solve(resolve_table("stsb_u8"), "teacher_agreement")["reward_to_dev"]["oracle"]
@@ -98,6 +107,9 @@ def test_the_at_a_glance_table_is_the_oracle_s_out_of_sample_figure_and_lands_be
     assert with_block(page, "new table\n") == f"intro\n{GLANCE_START}\nnew table\n{GLANCE_END}\nrest\n"
     with pytest.raises(ValueError, match="lacks the markers"):
         with_block("no markers here", "new table\n")
+    # the builds block has markers of its own: rewriting it leaves the glance as it stands
+    both = f"{page}{BLOCKS['builds'][0]}\nold builds\n{BLOCKS['builds'][1]}\n"
+    assert with_block(both, "new builds\n", "builds") == f"{page}{BLOCKS['builds'][0]}\nnew builds\n{BLOCKS['builds'][1]}\n"
 
 
 def test_the_glance_takes_the_survey_s_figures_and_reads_a_table_s_outputs_once(tmp_path, monkeypatch):

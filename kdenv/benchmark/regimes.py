@@ -27,7 +27,7 @@ from kdenv.benchmark.outofsample import StackedOutputs, TableLabels, out_of_samp
 from kdenv.benchmark.table import Table
 from kdenv.cli import parse_seeds
 from kdenv.paths import tables_dir
-from kdenv.stats import over_seeds, with_interval
+from kdenv.stats import over_seeds, seeds_text, with_interval
 
 # Every regime keeps outputs (build_tree's default), scores dev on all of it or on 1,000 examples where
 # it is larger, and keeps a reward split of up to 512 examples, so that the reward's size can be studied
@@ -145,6 +145,15 @@ def seed_hours(table: Table) -> dict[str, float]:
     return {"least": round(float(np.min(hours)), 2), "median": round(float(np.median(hours)), 2)}
 
 
+def shipped_kb_per_seed(table: Table) -> dict[str, float]:
+    """What a seed weighs in the repository, in KB (mean over seeds): its seed file and its outputs file."""
+    seed_kb = sum((table.directory / name).stat().st_size for name in table.manifest["files"]) / 1000
+    outputs_kb = sum((table.directory / name).stat().st_size for name in table.manifest.get("outputs_files") or {}) / 1000
+    seeds = len(table.seeds)
+    return {"total": round((seed_kb + outputs_kb) / seeds, 1), "seed_file": round(seed_kb / seeds, 1),
+            "outputs": round(outputs_kb / seeds, 1)}
+
+
 def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, resamples: int = 200,
                  labels: TableLabels | None = None) -> dict[str, Any]:
     """One regime's figures: out-of-sample headroom (metric_gain reward), the student against its teacher,
@@ -158,6 +167,7 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
         "phases": table.phases, "updates_per_phase": table.manifest.get("updates_per_phase"),
         "student_layers": table.manifest.get("distill", {}).get("student_layers"),
         "hours_per_seed": seed_hours(table),
+        "kb_per_seed": shipped_kb_per_seed(table),
         "schedules": len(sequences),
         "student_vs_teacher": student_and_teacher(table, chosen, dev),
         "reward_examples": (table.manifest.get("outputs") or {}).get("examples", {}).get("reward"),
@@ -241,6 +251,23 @@ def survey_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{_cell(oos.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('crossfit'), 'oracle')} | "
                      f"{_cell(agreement.get('reward_to_dev'), 'open_loop')} | {_cell(oos.get('dev_halves'), 'oracle')} | "
                      f"{_preference(row)} | {_rankings(row)} | {ratio} | {row['hours_per_seed']['least']} / {row['hours_per_seed']['median']} |")
+    return "\n".join(lines) + "\n"
+
+
+def builds_markdown(rows: list[dict[str, Any]]) -> str:
+    """Where each regime's build stands: the seeds shipped of those planned, what a seed cost on one
+    thread (measured) and what it weighs in the repository."""
+    lines = ["| regime | what it tests | seeds shipped | hours a seed on one thread: least / median over seeds "
+             "(measured) | shipped size a seed: seed file + outputs |", "|---|---|---|---|---|"]
+    for row in rows:
+        planned = len(row["seeds_planned"])
+        if not row["built"]:
+            lines.append(f"| `{row['table']}` | {row['question']} | 0 of {planned} | not built yet | |")
+            continue
+        hours, kb = row["hours_per_seed"], row["kb_per_seed"]
+        lines.append(f"| `{row['table']}` | {row['question']} | {len(row['seeds'])} of {planned} "
+                     f"({seeds_text(row['seeds'])}) | {hours['least']} / {hours['median']} | {kb['total']:,.0f} KB "
+                     f"({kb['seed_file']:,.0f} + {kb['outputs']:,.0f}) |")
     return "\n".join(lines) + "\n"
 
 

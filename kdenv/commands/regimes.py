@@ -27,6 +27,7 @@ from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
 from kdenv.benchmark.regimes import (
     GLANCE_TABLES,
     REGIMES,
+    builds_markdown,
     glance,
     glance_markdown,
     survey,
@@ -56,15 +57,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-GLANCE_START, GLANCE_END = "<!-- glance: written by agents/regimes.py --docs -->", "<!-- glance end -->"
+# The blocks of docs/benchmark.md that --docs rewrites, each between its two markers.
+BLOCKS = {name: (f"<!-- {name}: written by agents/regimes.py --docs -->", f"<!-- {name} end -->")
+          for name in ("glance", "builds")}
+GLANCE_START, GLANCE_END = BLOCKS["glance"]
 
 
-def with_block(page: str, block: str) -> str:
-    """``page`` with what stands between the glance markers replaced by ``block``."""
-    start, end = page.find(GLANCE_START), page.find(GLANCE_END)
+def with_block(page: str, block: str, name: str = "glance") -> str:
+    """``page`` with what stands between the markers of block ``name`` replaced by ``block``."""
+    start_marker, end_marker = BLOCKS[name]
+    start, end = page.find(start_marker), page.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"docs/benchmark.md lacks the markers {GLANCE_START} ... {GLANCE_END} around its table")
-    return page[: start + len(GLANCE_START)] + "\n" + block + page[end:]
+        raise ValueError(f"docs/benchmark.md lacks the markers {start_marker} ... {end_marker} around its table")
+    return page[: start + len(start_marker)] + "\n" + block + page[end:]
 
 
 @run_main
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
              **({output / "regimes.png": figure} if figure is not None else {}),
              **({REPO_DOCS / "regimes.md": text.encode(),
-                 REPO_DOCS / "benchmark.md": with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance).encode(),
+                 REPO_DOCS / "benchmark.md": with_block(with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance),
+                                                       builds_markdown(rows), "builds").encode(),
                  **({REPO_DOCS / "regimes.png": figure} if figure is not None else {})}
                 if args.docs else {})}
     write_all(files)
