@@ -90,6 +90,7 @@ def test_evaluation_writes_tables_and_plots_and_resumes(tiny_teacher, glue_dir, 
 
     with monkeypatch.context() as patch:
         patch.setattr(evaluation, "run_evaluation_job", must_not_run)
+        patch.setattr(evaluation, "run_seed_group", must_not_run)
         assert evaluate.main([*args, "--output-dir", str(tmp_path / "eval2")]) == 0
     assert json.loads((tmp_path / "eval2" / "runs.json").read_text()) == runs
 
@@ -167,3 +168,32 @@ def test_a_per_phase_schedule_runs_live_and_a_wrong_length_is_refused_before_any
     runs = json.loads((tmp_path / "eval" / "runs.json").read_text())
     played = next(r for r in runs if r["policy"] == "schedule-hidden+gradient/none")
     assert played["schedule"] == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_a_seed_s_runs_share_their_common_prefixes_and_give_what_independent_runs_give(tiny_teacher, glue_dir, tmp_path):
+    """Three schedules that open alike, on two seeds: with shared prefixes (the default) the first phase is
+    trained once a seed and restored for the other two runs; every result is, to the bit, what the runs
+    give one by one (--no-share-prefixes)."""
+    import shutil
+
+    evaluate = command("evaluate")
+    policies = "only-hidden+gradient,schedule-hidden+gradient/none,schedule-hidden+gradient/gradient"
+    base = ["--task", "wnli", "--data-dir", str(glue_dir), "--policies", policies, "--num-seeds", "2", *TINY,
+            "--no-progress"]
+    results = {}
+    for name, flags in (("shared", []), ("alone", ["--no-share-prefixes"])):
+        shutil.rmtree(runs_dir() / "eval" / "wnli" / "cache", ignore_errors=True)  # no answer from the other's runs
+        assert evaluate.main([*base, *flags, "--output-dir", str(tmp_path / name)]) == 0
+        runs = json.loads((tmp_path / name / "runs.json").read_text())
+        results[name] = {(r["policy"], r["seed"]): r for r in runs}
+    assert sorted(results["shared"]) == sorted(results["alone"]) and len(results["alone"]) == 6
+    same = ("schedule", "return", "dev", "reward_split", "label_loyalty", "probability_loyalty", "saliency_loyalty")
+    for key, alone in results["alone"].items():
+        shared = results["shared"][key]
+        assert {field: shared[field] for field in same} == {field: alone[field] for field in same}, key
+        assert alone["reused_phases"] == 0
+    for seed in (0, 1):  # the first run of a seed trains both phases; the other two restore the first
+        assert sorted(r["reused_phases"] for (_, s), r in results["shared"].items() if s == seed) == [0, 1, 1]
+    # the schedules differ after the shared phase, so their students do too (WNLI's tiny student predicts the
+    # majority class whatever it learns: its saliency tells them apart)
+    assert len({json.dumps([r["dev"], r["saliency_loyalty"]]) for (_, s), r in results["alone"].items() if s == 0}) > 1

@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also unpickle what kdenv cannot rebuild from an agent zip. Unpickling runs any code the file holds: use "
              "only for agent files you trust. Without it such a file is refused (agent files written by kdenv never "
              "need it)")
+    add("--no-share-prefixes", action="store_true",
+        help="train every run's phases in full (default: a seed's runs go to one process, and a phase an earlier "
+             "run of the seed trained with the same actions is restored instead of trained again: bit-exact on the "
+             "CPU; each result counts its reused_phases)")
     add_common_arguments(add)
     add_job_arguments(add)
     preset = budget_help_defaults()  # each --preset's value, shown in the help
@@ -110,7 +114,7 @@ def request_from_args(args: argparse.Namespace) -> EvaluationRequest:
         seeds=chosen_seeds(args, 0), data=data, distill=distill,
         budget={"phases": env.phases, "updates_per_phase": env.updates_per_phase, "episode_epochs": env.episode_epochs},
         knowledge=env.knowledge, out=out, baseline=args.baseline, unsafe_load_agents=args.unsafe_load_agents,
-        progress=not args.no_progress)
+        progress=not args.no_progress, share_prefixes=not args.no_share_prefixes)
 
 
 @run_main

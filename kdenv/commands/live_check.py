@@ -89,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--dry-run", action="store_true", help="print the plan (baseline, seeds, runs) and stop")
     add("--data-dir", default=None, help="local GLUE folder (download_glue_data.py layout); default $KDENV_GLUE_DIR")
     add("--no-progress", action="store_true", help="hide progress output")
+    add("--no-share-prefixes", action="store_true",
+        help="train every run's phases in full (default: a seed's runs go to one process, and a phase an earlier "
+             "run of the seed trained with the same actions is restored instead of trained again: bit-exact on the "
+             "CPU; each result counts its reused_phases)")
     add_job_arguments(add)  # the live runs, as evaluate.py's jobs: --ray plays them on every core
     args = parser.parse_args(argv)
     if args.agent_seeds < 1 or args.k < 2:
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             policies=[baseline, *extra, *(f"agent:{zip_path}" for zip_path in zips)], seeds=seeds, data=data,
             distill=distill, knowledge=table.knowledge, out=out / "eval", baseline=baseline,
             budget={"phases": env.phases, "updates_per_phase": env.updates_per_phase, "episode_epochs": env.episode_epochs},
-            progress=not args.no_progress)
+            progress=not args.no_progress, share_prefixes=not args.no_share_prefixes)
         evaluation = evaluate_policies(request, JobRunner.from_args(args), device="auto", precision=distill.precision)
     except CLEAR_ERRORS as error:
         return fail(error)

@@ -33,7 +33,7 @@ from kdenv.config import (
 )
 from kdenv.decision.algorithms import SavedAgent
 from kdenv.decision.policies import check_policy, recipe_knowledge
-from kdenv.decision.runs import EvaluationJob, release, result_checksum, run_evaluation_job
+from kdenv.decision.runs import EvaluationJob, release, result_checksum, run_evaluation_job, run_seed_group, seed_groups
 from kdenv.engine.data import load_raw_splits
 from kdenv.engine.distillation import ensure_teacher, prepare_distillation, student_record
 from kdenv.engine.recipes import RECIPES
@@ -59,6 +59,8 @@ class EvaluationRequest:
     baseline: str | None = None  # named in advance; None: the best non-agent policy on these seeds
     unsafe_load_agents: bool = False
     progress: bool = True
+    # a seed's runs in one process, their common action prefixes trained once (kdenv.decision.shared_prefixes)
+    share_prefixes: bool = True
 
     @property
     def task(self) -> TaskSpec:
@@ -199,7 +201,11 @@ def evaluate_policies(request: EvaluationRequest, runner: JobRunner | None = Non
         bar.update(1)
 
     try:
-        runner.map(run_evaluation_job, jobs, on_result=finished)
+        if request.share_prefixes:
+            runner.map(run_seed_group, seed_groups(jobs),
+                       on_result=lambda group, results: [finished(job, result) for job, result in zip(group.jobs, results)])
+        else:
+            runner.map(run_evaluation_job, jobs, on_result=finished)
     finally:
         release()
     bar.close()
