@@ -629,7 +629,10 @@ def test_the_live_check_plays_a_leaderboard_row_on_new_seeds_against_the_constan
     assert command("live_check").main([*live, "--extra", "open-loop,open-loop", "--dry-run"]) == 0
     planned = capsys.readouterr().out
     assert (f"extra ['{open_loop}']" in planned) != (f"baseline {open_loop} " in planned), planned
-    assert "h on one thread (" in planned and "min a run, from the table's measured node times" in planned
+    assert "h on one thread as independent runs (" in planned and "a run, from the table's measured node times" in planned
+    assert "train their common phases once" in planned
+    assert command("live_check").main([*live, "--no-share-prefixes", "--dry-run"]) == 0
+    assert "train their common phases once" not in capsys.readouterr().out
     assert command("live_check").main([*live, "--first-seed", "-20", "--dry-run"]) == 2
     assert "--first-seed -20: episode seeds are whole numbers >= 0" in capsys.readouterr().err
     assert command("live_check").main(best) == 0  # the row with the larger mean gain on the leaderboard
