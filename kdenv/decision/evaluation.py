@@ -201,9 +201,13 @@ def evaluate_policies(request: EvaluationRequest, runner: JobRunner | None = Non
         bar.update(1)
 
     try:
-        if request.share_prefixes:
+        if request.share_prefixes and runner.ray:  # a seed's runs in one task, reported as the task returns
             runner.map(run_seed_group, seed_groups(jobs),
                        on_result=lambda group, results: [finished(job, result) for job, result in zip(group.jobs, results)])
+        elif request.share_prefixes:  # here, in a seed's order, each run reported as it finishes
+            for group in seed_groups(jobs):
+                for job in group.jobs:
+                    finished(job, run_evaluation_job(job, shared=group.shared))
         else:
             runner.map(run_evaluation_job, jobs, on_result=finished)
     finally:
