@@ -535,16 +535,20 @@ def test_a_regime_s_table_trains_its_agents_on_the_reward_measured_for_it(tmp_pa
     from tests.conftest import command
 
     settings = BoardSettings(results_dir=tmp_path)
-    assert row_spec("dqn", settings, "stsb_k2_u128").reward == "teacher_agreement"
-    assert row_spec("dqn", settings, "kdenv/tables/stsb_k2_u128").reward == "teacher_agreement"
-    assert row_spec("dqn", settings, "stsb_u8").reward == "metric_gain" == row_spec("dqn", settings).reward
-    assert row_spec("a2c-paper", settings, "stsb_k2_u128").reward == "loss_decrease"
-    override = BoardSettings(results_dir=tmp_path, train_reward="log_loss")
-    assert row_spec("dqn", override, "stsb_k2_u128").reward == "log_loss"
-    assert row_config("dqn", settings, "stsb_k2_u128") != row_config("dqn", settings, "stsb_u8")
-    # A table named as a regime with a measured reward: its result file records that reward.
+    # the long horizon's agents train on metric_gain, the rows' own reward (its signal on the reward split
+    # is the larger: docs/benchmark.md); the mechanism is checked on a regime measured otherwise
+    assert regimes.measured_train_reward("stsb_k2_u128") == "metric_gain"
+    assert row_spec("dqn", settings, "stsb_k2_u128").reward == "metric_gain"
     monkeypatch.setattr(regimes, "REGIMES", (regimes.Regime("table", "q", "--task wnli", "0-3",
                                                             train_reward="loss_decrease"),))
+    assert row_spec("dqn", settings, "table").reward == "loss_decrease"
+    assert row_spec("dqn", settings, str(tmp_path / "table")).reward == "loss_decrease"
+    assert row_spec("dqn", settings, "stsb_u8").reward == "metric_gain" == row_spec("dqn", settings).reward
+    assert row_spec("a2c-paper", settings, "table").reward == "loss_decrease"
+    override = BoardSettings(results_dir=tmp_path, train_reward="log_loss")
+    assert row_spec("dqn", override, "table").reward == "log_loss"
+    assert row_config("dqn", settings, "table") != row_config("dqn", settings, "stsb_u8")
+    # A table named as a regime with a measured reward: its result file records that reward.
     synthetic_table(tmp_path / "table", RETURNS)
     args = ["--tables", str(tmp_path / "table"), "--k", "2", "--agent-seeds", "1", "--episodes", "20", "--agents", "a2c",
             "--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "board"), "--no-progress", "--retrain"]

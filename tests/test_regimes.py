@@ -58,8 +58,15 @@ def test_the_survey_reports_headroom_out_of_sample_with_intervals(tmp_path, sign
     assert -1 <= row["reward_dev_spearman"]["metric_gain"] <= 1
     # this synthetic table records no agreement with the teacher: every return ties, no ranking to compare
     assert row["reward_dev_spearman"]["teacher_agreement"] is None
+    # what agents learn from: the reward's own open-loop choice over its constant, on the reward split; the
+    # planted schedule stands out on every seed, noise alone does not (its "best" is noise, weakly)
+    signal = row["open_loop_signal"]["metric_gain"]
+    assert (signal["open_loop"] == [0, 1] and signal["seeds_above"] == 4 and signal["effect"] > 2) == pays, signal
+    assert signal["effect"] == pytest.approx(signal["mean"] / signal["std"])
+    assert row["open_loop_signal"]["teacher_agreement"]["effect"] is None  # every return ties: nothing to learn
     text = survey_markdown([{**row, "question": "q", "built": True, "seeds_planned": [0, 1, 2, 3]}])
     assert "(n=4)" in text and "4 of 4" in text
+    assert f"{signal['mean']:+.4f} ({signal['effect']:.1f}; {signal['seeds_above']} of 4) / +0.0000 (n/a; 0 of 4)" in text
     # what a seed weighs in the repository: its seed file and its outputs file, as they lie on disk
     sizes = {name: (table.directory / name).stat().st_size / 1000
              for name in [*table.manifest["files"], *table.manifest["outputs_files"]]}

@@ -97,7 +97,7 @@ AGENTS = {
 def train_reward_on(settings: BoardSettings, table_name: str | None) -> str | None:
     """The reward the rows that train on metric_gain train on instead on table ``table_name``:
     ``settings.train_reward``, or where that is None the reward measured for the table's regime
-    (``measured_train_reward``: teacher_agreement on stsb_k2_u128); None: their own."""
+    (``measured_train_reward``, ``Regime.train_reward``); None: their own."""
     return settings.train_reward or (measured_train_reward(Path(table_name).name) if table_name else None)
 
 
