@@ -18,7 +18,6 @@ import numpy as np
 from kdenv.benchmark.oracle import (
     all_dev_metrics,
     all_returns,
-    all_sequences,
     constant_columns,
     dev_metric_name,
     rank_correlation,
@@ -158,27 +157,24 @@ def shipped_kb_per_seed(table: Table) -> dict[str, float]:
             "outputs": round(outputs_kb / seeds, 1)}
 
 
-def open_loop_signals(table: Table, known: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
+def open_loop_signals(table: Table) -> dict[str, dict[str, Any]]:
     """Per reward, what an agent trained on it has to learn from, read on the reward split alone: the
     reward's own best open-loop schedule minus its own best constant, per seed on the reward's returns
-    (both chosen over all seeds; an in-sample figure, by design), with its mean, interval, the standardised
-    paired effect (mean / std over seeds) and how many seeds it is above 0 on. A reward that ranks like dev
-    but separates its schedules by less than their noise gives agents little to learn."""
+    (both chosen over all seeds, as ``FoldView`` chooses them; an in-sample figure, by design), with its
+    mean, interval, the standardised paired effect (mean / std over seeds) and how many seeds it is above 0
+    on. A reward that ranks like dev but separates its schedules by less than their noise gives agents
+    little to learn."""
+    from kdenv.benchmark.protocol import FoldView
+
     result = {}
-    sequences = all_sequences(table)
     for reward in REWARD_RANKINGS:
-        returns = (known or {}).get(reward)
-        if returns is None:
-            returns = all_returns(table, reward)[1]
-        constants = constant_columns(table, sequences)
-        means = returns.mean(axis=0)
-        constant = constants[int(np.argmax(means[constants]))]
-        open_loop = int(np.argmax(means))
-        difference = returns[:, open_loop] - returns[:, constant]
+        view = FoldView(table, reward)
+        constant, open_loop = view.best_constant(table.seeds), view.best_open_loop(table.seeds)
+        difference = view.returns[:, open_loop] - view.returns[:, constant]
         spread = float(difference.std(ddof=1)) if len(difference) > 1 else 0.0
         result[reward] = {**over_seeds(difference), "effect": float(difference.mean() / spread) if spread > 0 else None,
-                          "seeds_above": int((difference > 0).sum()), "open_loop": list(sequences[open_loop]),
-                          "constant": list(sequences[constant])}
+                          "seeds_above": int((difference > 0).sum()), "open_loop": list(view.sequences[open_loop]),
+                          "constant": list(view.sequences[constant])}
     return result
 
 
@@ -203,7 +199,7 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
     if dev is not None:
         figures["dev_prefers"] = dev_preference(table, sequences, dev)
         figures["reward_dev_spearman"] = reward_rankings(table, dev, {"metric_gain": returns})
-    figures["open_loop_signal"] = open_loop_signals(table, {"metric_gain": returns})
+    figures["open_loop_signal"] = open_loop_signals(table)
     if table.manifest.get("outputs"):
         labels = labels or table_labels(table.manifest, data_dir)
         stacked = StackedOutputs.of(table)  # once, for both rewards

@@ -144,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     runs_count = len(seeds) * (args.agent_seeds + 1 + len(extra))
     per_run = run_seconds(table)
-    cost = (f"; projected {runs_count * per_run / 3600:.1f} h on one thread as independent runs ({per_run / 60:.1f} min "
-            "a run, from the table's measured node times, setup not counted; --ray shares them over its workers"
-            + ("" if args.no_share_prefixes else "; runs of a seed that open alike train their common phases once, "
-               "which saves a part of it") + ")" if per_run else "")
+    cost = ""
+    if per_run:
+        sharing = "" if args.no_share_prefixes else ("; runs of a seed that open alike train their common phases "
+                                                     "once, which saves a part of it")
+        cost = (f"; projected {runs_count * per_run / 3600:.1f} h on one thread as independent runs ({per_run / 60:.1f} "
+                f"min a run, from the table's measured node times, setup not counted; --ray shares them over its "
+                f"workers{sharing})")
     print(f"live check of {args.row} on {table_name}: baseline {baseline} (best constant on seeds {table.seeds}), "
           f"{args.agent_seeds} agents, extra {extra or 'none'}; {runs_count} live runs on {seeds_text(seeds)}{cost}")
     if args.dry_run:

@@ -33,7 +33,15 @@ from kdenv.config import (
 )
 from kdenv.decision.algorithms import SavedAgent
 from kdenv.decision.policies import check_policy, recipe_knowledge
-from kdenv.decision.runs import EvaluationJob, release, result_checksum, run_evaluation_job, run_seed_group, seed_groups
+from kdenv.decision.runs import (
+    EvaluationJob,
+    SeedGroup,
+    release,
+    result_checksum,
+    run_evaluation_job,
+    run_seed_group,
+    seed_groups,
+)
 from kdenv.engine.data import load_raw_splits
 from kdenv.engine.distillation import ensure_teacher, prepare_distillation, student_record
 from kdenv.engine.recipes import RECIPES
@@ -201,13 +209,12 @@ def evaluate_policies(request: EvaluationRequest, runner: JobRunner | None = Non
         bar.update(1)
 
     try:
-        if request.share_prefixes and runner.ray:  # a seed's runs in one task, reported as the task returns
-            runner.map(run_seed_group, seed_groups(jobs),
+        if request.share_prefixes:
+            groups = seed_groups(jobs)  # with Ray a seed's runs are one task; here, one run at a time in a
+            if not runner.ray:          # seed's order (this process keeps the shared states), each reported
+                groups = [SeedGroup((job,), group.shared) for group in groups for job in group.jobs]
+            runner.map(run_seed_group, groups,
                        on_result=lambda group, results: [finished(job, result) for job, result in zip(group.jobs, results)])
-        elif request.share_prefixes:  # here, in a seed's order, each run reported as it finishes
-            for group in seed_groups(jobs):
-                for job in group.jobs:
-                    finished(job, run_evaluation_job(job, shared=group.shared))
         else:
             runner.map(run_evaluation_job, jobs, on_result=finished)
     finally:
