@@ -166,3 +166,61 @@ def test_a_seed_s_cost_is_its_nodes_measured_times_least_and_median_over_seeds()
 
     table = SimpleNamespace(seeds=[0, 1, 2], nodes={0: seed(1.0), 1: seed(3.0), 2: seed(1.5)})
     assert seed_hours(table) == {"least": 1.5, "median": 2.0}  # a paused seed (3 h + 0.5) does not move the least
+
+
+def test_seed_by_seed_rows_are_the_figures_of_a_table_that_held_only_those_seeds(tmp_path, monkeypatch):
+    """docs/history.md's seed-by-seed table recomputes each row on the first n seeds of the table
+    (Table.with_seeds): a row must be what a table built with those seeds alone reports."""
+    from kdenv.benchmark import outofsample
+    from kdenv.benchmark.outofsample import reward_to_dev
+    from kdenv.benchmark.regimes import GLANCE_REWARDS, scale_markdown, seed_by_seed, seed_by_seed_markdown
+    from kdenv.benchmark.table import TableError
+
+    table, labels = noise_table(tmp_path / "whole", signal=1.5)
+    alone, _ = noise_table(tmp_path / "alone", signal=1.5, seeds=(0, 1, 2))
+    monkeypatch.setattr(outofsample, "table_labels", lambda manifest, data_dir=None: labels)
+    rows = seed_by_seed(table, first=3, k=3)
+    assert [row["seeds"] for row in rows] == [3, 4] and rows[0]["resamples"] == "seeds, examples"
+    for reward in GLANCE_REWARDS:
+        assert rows[0][reward] == reward_to_dev(alone, reward)[0]["oracle"]
+        assert rows[1][reward] == reward_to_dev(table, reward)[0]["oracle"]
+    # the planted schedule (logits, then hidden) is what metric_gain's folds choose, better on every held-out
+    # seed; teacher_agreement's returns all tie in this synthetic table (no agreement recorded): it takes the first
+    assert rows[-1]["fixed_choices"] == ["- → -", "- → logits"]
+    fixed = rows[-1]["fixed"]
+    assert fixed["mean_ci"][0] > 0 and fixed["better"] == 1.0 and fixed["seeds"] == 4
+    text = seed_by_seed_markdown(rows)
+    assert [line[:5] for line in text.splitlines() if line.startswith("| ")] == ["| see", "| 3 |", "| 4 |"]
+    assert text.splitlines()[3].endswith("(4 of 4) |")
+    paragraph = scale_markdown("x", 16, rows)
+    assert paragraph.startswith("At 4 of its 16 planned seeds") and "at 3–4 both" in paragraph
+    assert "(the folds chose - → - or - → logits)" in paragraph
+    with pytest.raises(TableError, match="not a non-empty part"):
+        table.with_seeds([0, 9])
+    # the table itself is left whole
+    assert table.seeds == [0, 1, 2, 3] and table.with_seeds([2, 0]).seeds == [0, 2]
+
+
+def test_an_interval_clears_zero_as_printed():
+    from kdenv.benchmark.regimes import clears_zero
+
+    assert clears_zero({"mean": 0.005, "ci": (0.0001, 0.01)})
+    assert not clears_zero({"mean": 0.005, "ci": (0.00004, 0.01)})  # printed +0.0000
+    assert not clears_zero({"mean": 0.005, "ci": None}) and not clears_zero(None)
+
+
+def test_docs_blocks_are_checked_before_the_survey_runs(monkeypatch, tmp_path):
+    """--docs rewrites blocks of docs/benchmark.md and docs/history.md: a page that lost its markers is
+    refused before the survey's minutes of work, naming the page and the block."""
+    import kdenv.commands.regimes as regimes_command
+
+    (tmp_path / "benchmark.md").write_text("".join(f"{a}\n{b}\n" for name, (a, b) in regimes_command.BLOCKS.items()
+                                                   if regimes_command.PAGES[name] == "benchmark.md"))
+    (tmp_path / "history.md").write_text("no markers\n")
+    monkeypatch.setattr(regimes_command, "REPO_DOCS", tmp_path)
+    monkeypatch.setattr(regimes_command, "survey", lambda *a, **k: pytest.fail("the survey ran"))
+    assert regimes_command.main(["--docs", "--output-dir", str(tmp_path / "out")]) == 2
+    for page in ("benchmark.md", "history.md"):
+        assert regimes_command.REPO_DOCS.joinpath(page).is_file()
+    with pytest.raises(ValueError, match="docs/history.md lacks the markers .*seed-by-seed"):
+        regimes_command.check_markers()

@@ -418,6 +418,97 @@ def glance_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The regime built to scale (issue 34, section 5): the one whose figures docs/history.md follows seed by seed.
+AT_SCALE = "stsb_k2_u128"
+FIRST_ROW = 4  # the seed-by-seed table starts where the survey's 4 seeds ended
+
+
+def seed_by_seed(table: Table, first: int = FIRST_ROW, k: int = 4, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """The headline figures as the table grew: for n = ``first`` ... all its seeds, computed on its first
+    n seeds as if it held no others (``Table.with_seeds``): per reward of GLANCE_REWARDS, the oracle's
+    schedule minus the constant the same reward picks, both chosen on the reward split and scored on
+    dev; and the fixed schedule the train folds choose (k folds, the board's reward) scored on dev on
+    the held-out seeds, with the schedules the folds chose by either reward and how many seeds it is
+    better on. The figures are those the leaderboard and the survey print for a table of n seeds."""
+    from kdenv.benchmark.board import REPORT_REWARD, rows_on_dev
+    from kdenv.benchmark.outofsample import read_outputs, reward_to_dev
+    from kdenv.benchmark.protocol import FoldView, fold_splits
+
+    rows = []
+    names = subset_names(list(table.knowledge))
+    for n in range(first, len(table.seeds) + 1):
+        part = table.with_seeds(table.seeds[:n])
+        read = read_outputs(part, data_dir)
+        row: dict[str, Any] = {"seeds": n, "resamples": read.resamples}
+        for reward in GLANCE_REWARDS:
+            figures, _ = reward_to_dev(part, reward, read)
+            row[reward] = None if not figures else figures["oracle"]
+        splits = fold_splits(part.seeds, k)
+        on_dev = rows_on_dev(FoldView(part, REPORT_REWARD), splits, [], {}, None, read) or {}
+        fixed = on_dev.get("best open-loop (train folds)")
+        row["fixed"] = None if fixed is None else {**fixed["gain"], "better": fixed["improvement"]["value"],
+                                                    "seeds": fixed["seeds"]}
+        row["fixed_choices"] = sorted({" → ".join(names[a] for a in view.sequences[view.best_open_loop(train)])
+                                       for view in (FoldView(part, reward) for reward in GLANCE_REWARDS)
+                                       for train, _ in splits})
+        rows.append(row)
+    return rows
+
+
+def _figure(figure: dict[str, Any] | None, key: str = "ci") -> str:
+    return "n/a" if figure is None else with_interval(figure["mean"], figure.get(key))
+
+
+def seed_by_seed_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| seeds | oracle, `metric_gain` → dev | oracle, `teacher_agreement` → dev | "
+             "best fixed schedule, train folds → dev (seeds better) |", "|---|---|---|---|"]
+    for row in rows:
+        fixed = row["fixed"]
+        better = "" if fixed is None else f" ({round(fixed['better'] * fixed['seeds'])} of {fixed['seeds']})"
+        lines.append(f"| {row['seeds']} | {_figure(row['metric_gain'])} | {_figure(row['teacher_agreement'])} | "
+                     f"{_figure(fixed, 'mean_ci')}{better} |")
+    choices = sorted({choice for row in rows for choice in row["fixed_choices"]})
+    return "\n".join(lines) + (f"\n\nThe fixed schedules the folds chose, by either reward, over these rows: {' or '.join(choices)}. "
+                               f"Intervals resample {rows[-1]['resamples']}.\n" if rows else "\n")
+
+
+def clears_zero(figure: dict[str, Any] | None) -> bool:
+    """Whether an interval's lower end is above 0 as printed (4 decimals: +0.0000 does not clear it)."""
+    return figure is not None and figure.get("ci") is not None and round(float(figure["ci"][0]), 4) > 0
+
+
+def scale_markdown(name: str, planned: int, rows: list[dict[str, Any]]) -> str:
+    """docs/benchmark.md's paragraph on the regime at scale, from its seed-by-seed rows."""
+    if not rows:
+        return f"`{name}` holds fewer than {FIRST_ROW} seeds.\n"
+    last, first = rows[-1], rows[0]
+
+    def cleared(row: dict[str, Any]) -> str:
+        which = [reward for reward in GLANCE_REWARDS if clears_zero(row[reward])]
+        return {0: "neither", 1: f"only `{which[0]}`'s" if which else "", 2: "both"}[len(which)]
+
+    runs: list[list[Any]] = []  # consecutive rows alike: [first seeds, last seeds, what cleared]
+    for row in rows:
+        if runs and runs[-1][2] == cleared(row):
+            runs[-1][1] = row["seeds"]
+        else:
+            runs.append([row["seeds"], row["seeds"], cleared(row)])
+    story = ", ".join(f"at {a}{'' if a == b else f'–{b}'} {what}" for a, b, what in runs)
+    fixed, at_first = last["fixed"], first["fixed"]
+    choices = last["fixed_choices"]
+    chosen = (f"{choices[0]}, in every fold, by either reward" if len(choices) == 1
+              else f"the folds chose {' or '.join(choices)}")
+    better = "n/a" if fixed is None else f"{round(fixed['better'] * fixed['seeds'])} of {fixed['seeds']}"
+    return (f"At {last['seeds']} of its {planned} planned seeds, the per-seed schedule that `teacher_agreement` (a reward "
+            f"that reads no label) picks beats the constant it picks by {_figure(last['teacher_agreement'])} on dev, and "
+            f"`metric_gain`'s pick by {_figure(last['metric_gain'])}. Whether the lower ends clear 0 has moved as seeds "
+            f"landed ({story}; [history.md](history.md), *seed by seed*). The best fixed schedule chosen by the reward "
+            f"on other seeds ({chosen}) beats the constant "
+            f"on {better} held-out seeds' dev, {_figure(fixed, 'mean_ci')} ({last['seeds']} seeds, 4 folds; "
+            f"{_figure(at_first, 'mean_ci')} at {first['seeds']}), an interval that holds the choice fixed (it resamples "
+            "seeds and dev examples, not the reward examples behind the choice).\n")
+
+
 def _main(argv: list[str]) -> int:
     """For bench/regime_builds.sh: ``names``, ``flags NAME`` or ``seeds NAME``, printed."""
     if argv == ["names"]:

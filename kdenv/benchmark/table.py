@@ -211,6 +211,15 @@ class Table:
             cache[seed] = SeedOutputs.read(file)
         return cache[seed]
 
+    def with_seeds(self, seeds: list[int]) -> Table:
+        """The table as it stood with only ``seeds`` (some of its own): figures recomputed as a table grew
+        (``kdenv.benchmark.regimes.seed_by_seed``). Shares the loaded nodes and outputs; in memory only."""
+        missing = sorted(set(seeds) - set(self.nodes))
+        if missing or not seeds:
+            raise TableError(f"seeds {missing or seeds} are not a non-empty part of the table's seeds {self.seeds}")
+        manifest = {**self.manifest, "seeds": sorted(seeds)}
+        return Table(self.directory, manifest, {seed: self.nodes[seed] for seed in sorted(seeds)}, self._outputs)
+
     @classmethod
     def load(cls, directory: str | Path, knowledge: list[str] | None = None, phases: int | None = None) -> Table:
         """Loads and checks a table. ``knowledge`` / ``phases``, if given, must be the table's."""

@@ -1,7 +1,8 @@
 """The regime survey: where might time-varying knowledge selection pay?
 
     python agents/regimes.py                          # every shipped regime table (runs/regimes/)
-    python agents/regimes.py --docs                   # and docs/regimes.md, and docs/benchmark.md's at-a-glance table
+    python agents/regimes.py --docs                   # and docs/regimes.md, docs/benchmark.md's generated blocks
+                                                      # and docs/history.md's seed-by-seed table
     python agents/regimes.py --regimes stsb_k2_u128   # one regime
 
 Each regime (kdenv/benchmark/regimes.py, built by bench/regime_builds.sh) is a schedule table that
@@ -22,19 +23,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
 from kdenv.benchmark.regimes import (
+    AT_SCALE,
     GLANCE_TABLES,
     REGIMES,
     builds_markdown,
     glance,
     glance_markdown,
+    regime,
+    scale_markdown,
+    seed_by_seed,
+    seed_by_seed_markdown,
     survey,
     survey_markdown,
     survey_png,
 )
-from kdenv.cli import CLEAR_ERRORS, fail, run_main
+from kdenv.benchmark.table import resolve_table
+from kdenv.cli import CLEAR_ERRORS, fail, parse_seeds, run_main
 from kdenv.io import check_writable, write_all
 from kdenv.paths import runs_dir
 
@@ -52,24 +60,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"bootstrap resamples of seeds and examples (default {RESAMPLES})")
     parser.add_argument("--output-dir", default=None, help="where to write regimes.md and regimes.json "
                                                            "(default runs/regimes)")
-    parser.add_argument("--docs", action="store_true", help="also write docs/regimes.md and the at-a-glance table "
-                                                            "of docs/benchmark.md (in a checkout)")
+    parser.add_argument("--docs", action="store_true", help="also write docs/regimes.md, the generated blocks of "
+                                                            "docs/benchmark.md (the table at a glance, the builds, the "
+                                                            "regime at scale) and docs/history.md's seed-by-seed table "
+                                                            "(in a checkout)")
     return parser.parse_args(argv)
 
 
-# The blocks of docs/benchmark.md that --docs rewrites, each between its two markers.
+# The blocks of the docs that --docs rewrites, each between its two markers: docs/benchmark.md's table at
+# a glance, its build table and its paragraph on the regime at scale; docs/history.md's seed-by-seed table.
 BLOCKS = {name: (f"<!-- {name}: written by agents/regimes.py --docs -->", f"<!-- {name} end -->")
-          for name in ("glance", "builds")}
+          for name in ("glance", "builds", "scale", "seed-by-seed")}
 GLANCE_START, GLANCE_END = BLOCKS["glance"]
 
 
-def with_block(page: str, block: str, name: str = "glance") -> str:
+def with_block(page: str, block: str, name: str = "glance", page_name: str = "docs/benchmark.md") -> str:
     """``page`` with what stands between the markers of block ``name`` replaced by ``block``."""
     start_marker, end_marker = BLOCKS[name]
     start, end = page.find(start_marker), page.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"docs/benchmark.md lacks the markers {start_marker} ... {end_marker} around its table")
+        raise ValueError(f"{page_name} lacks the markers {start_marker} ... {end_marker} around its {name} block")
     return page[: start + len(start_marker)] + "\n" + block + page[end:]
+
+
+PAGES = {"glance": "benchmark.md", "builds": "benchmark.md", "scale": "benchmark.md", "seed-by-seed": "history.md"}
+
+
+def check_markers() -> None:
+    """Every block --docs writes has its markers in its page, checked before the survey runs."""
+    for name, page in PAGES.items():
+        with_block((REPO_DOCS / page).read_text(), "", name, f"docs/{page}")
+
+
+def docs_files(rows: list[dict[str, Any]], text: str, at_a_glance: str, figure: bytes | None,
+               data_dir: str | None) -> dict[Path, bytes]:
+    """What --docs writes into the checkout's docs/: the survey, and the generated blocks of
+    benchmark.md and history.md (the regime at scale's seed by seed, when it is shipped and surveyed)."""
+    benchmark = with_block(with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance),
+                           builds_markdown(rows), "builds")
+    files = {REPO_DOCS / "regimes.md": text.encode(), **({REPO_DOCS / "regimes.png": figure} if figure is not None else {})}
+    if any(row["table"] == AT_SCALE and row["built"] for row in rows):
+        print(f"{AT_SCALE} seed by seed ...", flush=True)
+        grown = seed_by_seed(resolve_table(AT_SCALE), data_dir=data_dir)
+        planned = len(parse_seeds(regime(AT_SCALE).seeds))
+        benchmark = with_block(benchmark, scale_markdown(AT_SCALE, planned, grown), "scale")
+        history = with_block((REPO_DOCS / "history.md").read_text(), seed_by_seed_markdown(grown), "seed-by-seed",
+                             "docs/history.md")
+        files[REPO_DOCS / "history.md"] = history.encode()
+    files[REPO_DOCS / "benchmark.md"] = benchmark.encode()
+    return files
 
 
 @run_main
@@ -88,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.docs and not REPO_DOCS.is_dir():
             raise ValueError(f"--docs writes docs/regimes.md of a checkout; {REPO_DOCS} is not there (an installed "
                              "package): leave --docs out")
+        if args.docs:
+            check_markers()
         rows = survey(names, args.data_dir, args.halvings, args.resamples,
                       progress=lambda name: print(f"surveying {name} ...", flush=True))
     except CLEAR_ERRORS as error:
@@ -106,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
              **({output / "regimes.png": figure} if figure is not None else {}),
-             **({REPO_DOCS / "regimes.md": text.encode(),
-                 REPO_DOCS / "benchmark.md": with_block(with_block((REPO_DOCS / "benchmark.md").read_text(), at_a_glance),
-                                                       builds_markdown(rows), "builds").encode(),
-                 **({REPO_DOCS / "regimes.png": figure} if figure is not None else {})}
-                if args.docs else {})}
+             **(docs_files(rows, text, at_a_glance, figure, args.data_dir) if args.docs else {})}
     write_all(files)
     print(f"written to {output}" + (f" and {REPO_DOCS / 'regimes.md'}" if args.docs else ""))
     return 0
