@@ -23,6 +23,7 @@ from kdenv.benchmark.tree import TreeBuilder, collect_seed, tree_size
 from kdenv.benchmark.validate import validate
 from kdenv.commands.oracle import report as oracle_report
 from kdenv.config import DataConfig, DistillConfig, EnvConfig
+from kdenv.stats import with_interval
 from tests.tables import synthetic_table
 
 
@@ -441,6 +442,10 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
                                            "teacher_agreement"}
     assert "| metric_gain | half the reward split (8) → the other half; 2 halvings | seeds, examples |" in text
     assert "| metric_gain | reward split (16) → dev (71, from outputs) | seeds, examples |" in text
+    adapting = report["out_of_sample"]["metric_gain"]["over_open_loop"]["reward_to_dev"]["oracle"]
+    assert (f"| metric_gain | the same, minus the best open-loop schedule (paired): what adapting to the seed adds | "
+            f"seeds, examples | {with_interval(adapting['mean'], adapting['ci'])} |") in text
+    assert "; the oracle minus the best open-loop schedule (paired), " in text
     assert "In-sample headroom (oracle − best constant, chosen and scored on the same reward examples: an upper bound)" in text
     curve = json.loads((out / "reward_curve.json").read_text())
     assert {row["reward"] for row in curve["rows"]} == {"metric_gain", "loss_decrease", "log_loss", "teacher_agreement"}

@@ -45,9 +45,10 @@ def test_outputs_round_trip_as_float16_and_a_short_buffer_is_refused():
         decode({"shape": [2, 2], "f16": encode(values[0, :1].repeat(3))["f16"]})
 
 
-def noise_table(directory, signal: float, seeds=(0, 1, 2, 3), examples=64, dev_examples=200):
-    """STS-B-like outputs: the label plus noise; schedule (0, 1) is better than the rest by ``signal``
-    (less noise) on every seed, on both the reward split and dev."""
+def noise_table(directory, signal: float, seeds=(0, 1, 2, 3), examples=64, dev_examples=200,
+                planted=lambda seed: (0, 1)):
+    """STS-B-like outputs: the label plus noise; schedule ``planted(seed)`` (default (0, 1) on every
+    seed) is better than the rest by ``signal`` (less noise), on both the reward split and dev."""
     rng = np.random.default_rng(1)
     reward_labels = rng.uniform(0, 5, examples).astype(np.float32)
     dev_labels = rng.uniform(0, 5, dev_examples).astype(np.float32)
@@ -55,7 +56,7 @@ def noise_table(directory, signal: float, seeds=(0, 1, 2, 3), examples=64, dev_e
     def outputs(seed, schedule, split):
         labels = reward_labels if split == "reward" else dev_labels
         local = np.random.default_rng(zlib.crc32(repr((seed, schedule, split)).encode()))
-        noise = 2.0 - (signal if schedule == (0, 1) else 0.0)
+        noise = 2.0 - (signal if tuple(schedule) == planted(seed) else 0.0)
         return (labels + noise * local.normal(size=len(labels)))[:, None]
 
     def teacher(split):
@@ -88,6 +89,27 @@ def test_a_schedule_that_is_really_better_shows_out_of_sample_on_the_reward_spli
     # The open-loop choice finds the one better schedule on every seed: its out-of-sample gain is close
     # to the oracle's, which adds only noise picked on the other half.
     assert result["reward_to_dev"]["open_loop"]["mean"] >= result["reward_to_dev"]["oracle"]["mean"] - 0.05
+
+
+def test_what_adapting_to_the_seed_adds_over_one_fixed_schedule_is_measured_paired(tmp_path):
+    """over_open_loop: the oracle's gain over the best open-loop schedule. Where each seed has a better
+    schedule of its own, only a per-seed choice finds it (above 0 on every figure); where one schedule is
+    better on every seed, the fixed schedule finds it too, and adapting adds nothing beyond noise."""
+    own = {0: (0, 1), 1: (1, 2), 2: (2, 3), 3: (3, 0)}
+    table, labels = noise_table(tmp_path / "own", signal=1.5, planted=own.__getitem__)
+    result = out_of_sample(table, labels, halvings=10, resamples=60)
+    for figure in ("crossfit", "reward_to_dev", "dev_halves"):
+        over = result["over_open_loop"][figure]["oracle"]
+        assert over["ci"][0] > 0, (figure, over)
+        # paired: the difference of the two figures, seed by seed
+        for seed in table.seeds:
+            expected = result[figure]["oracle"]["per_seed"][seed] - result[figure]["open_loop"]["per_seed"][seed]
+            assert over["per_seed"][seed] == pytest.approx(expected)
+    shared, labels = noise_table(tmp_path / "shared", signal=1.5)
+    result = out_of_sample(shared, labels, halvings=10, resamples=60)
+    for figure in ("reward_to_dev", "dev_halves"):
+        over = result["over_open_loop"][figure]["oracle"]
+        assert abs(over["mean"]) < 0.02 and over["ci"][0] < 0.01, (figure, over)
 
 
 def test_the_reward_curve_ranks_schedules_as_dev_does_better_with_more_examples(tmp_path):

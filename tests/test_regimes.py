@@ -224,3 +224,18 @@ def test_docs_blocks_are_checked_before_the_survey_runs(monkeypatch, tmp_path):
         assert regimes_command.REPO_DOCS.joinpath(page).is_file()
     with pytest.raises(ValueError, match="docs/history.md lacks the markers .*seed-by-seed"):
         regimes_command.check_markers()
+
+
+def test_the_scale_paragraph_says_what_adapting_to_the_seed_adds_as_its_intervals_say():
+    from kdenv.benchmark.regimes import adaptive_sentence
+
+    def row(low, high):
+        figure = {"mean": (low + high) / 2, "ci": (low, high), "n": 11}
+        return {"out_of_sample": {"over_open_loop": {"reward_to_dev": {"oracle": figure},
+                                                     "dev_halves": {"oracle": figure}}}}
+
+    assert "adds nothing measurable over one fixed schedule" in adaptive_sentence(row(-0.004, 0.003))
+    assert "seed adds over one fixed schedule" in adaptive_sentence(row(0.001, 0.003))
+    assert "seed loses over one fixed schedule" in adaptive_sentence(row(-0.003, -0.001))
+    assert "(paired; 11 seeds)" in adaptive_sentence(row(-0.004, 0.003))
+    assert adaptive_sentence({}) == ""  # a table without outputs: nothing to say

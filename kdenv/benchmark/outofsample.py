@@ -45,6 +45,9 @@ HALVINGS = 50
 RESAMPLES = 200
 SCORED_REWARDS = ("metric_gain", "final_metric", "loss_decrease", "log_loss", "teacher_agreement")
 CHOICES = ("oracle", "closed_loop", "open_loop")
+# What adapting to the seed adds over the best fixed schedule: these choices minus the best open-loop one,
+# paired (the same seeds and examples in every draw), under "over_open_loop".
+ADAPTIVE = ("oracle", "closed_loop")
 
 
 @dataclass
@@ -282,13 +285,21 @@ def _summary(per_seed: np.ndarray, draws: list[float], seeds: list[int]) -> dict
             "per_seed": {int(seed): float(value) for seed, value in zip(seeds, per_seed)}}
 
 
+def _over_open_loop(per_seed: dict[str, np.ndarray], draws: dict[str, list[float]], seeds: list[int]) -> dict[str, Any]:
+    """Each adaptive choice minus the best open-loop schedule, per seed and in every draw (paired)."""
+    return {name: _summary(per_seed[name] - per_seed["open_loop"],
+                           [a - b for a, b in zip(draws[name], draws["open_loop"])], seeds) for name in ADAPTIVE}
+
+
 def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain", halvings: int = HALVINGS,
                   resamples: int = RESAMPLES, seed: int = 0, stacked: StackedOutputs | None = None) -> dict[str, Any]:
     """The table's headroom over the best constant, chosen on one set of examples and scored on
     another (the module's docstring), for the oracle, the closed loop and the best open-loop
     schedule: cross-fitted on the reward split (with the in-sample figure at the same size and
     their difference, the winner's curse), reward → dev and dev halves where leaves hold dev
-    outputs. Each with its mean over seeds and a 95% interval that resamples seeds and examples."""
+    outputs. Each with its mean over seeds and a 95% interval that resamples seeds and examples.
+    Under ``over_open_loop``, by figure: the oracle's and the closed loop's gain over the best open-loop
+    schedule (paired in every draw), what adapting to the seed adds over one fixed schedule."""
     if reward not in SCORED_REWARDS:
         raise ValueError(f"reward {reward!r} cannot be scored from outputs; use one of {', '.join(SCORED_REWARDS)}")
     task = get_task(table.task)
@@ -340,7 +351,8 @@ def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain"
                 draws["out"][name].append(float(out[name].mean()))
                 draws["in"][name].append(float(inside[name].mean()))
                 draws["curse"][name].append(float((inside[name] - out[name]).mean()))
-        result = {"crossfit": {name: _summary(sums["out"][name], draws["out"][name], table.seeds) for name in CHOICES}}
+        result = {"crossfit": {name: _summary(sums["out"][name], draws["out"][name], table.seeds) for name in CHOICES},
+                  "over_open_loop": _over_open_loop(sums["out"], draws["out"], table.seeds)}
         if with_inside:
             result["in_sample_half"] = {name: _summary(sums["in"][name], draws["in"][name], table.seeds)
                                         for name in CHOICES}
@@ -348,9 +360,12 @@ def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain"
                                                       table.seeds) for name in CHOICES}
         return result
 
+    on_reward_halves = halvings_and_draws(on_reward, n_reward, with_inside=True)
     result: dict[str, Any] = {"reward": reward, "halvings": halvings, "resamples": resamples,
                               "reward_examples": n_reward, "half_size": n_reward // 2,
-                              **halvings_and_draws(on_reward, n_reward, with_inside=True)}
+                              **{key: value for key, value in on_reward_halves.items() if key != "over_open_loop"},
+                              # what adapting to the seed adds over the best fixed schedule, by figure
+                              "over_open_loop": {"crossfit": on_reward_halves["over_open_loop"]}}
     if stacked.dev is None:
         return result
     n_dev = len(labels.dev)
@@ -366,7 +381,10 @@ def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain"
             to_dev_draws[name].append(float(value.mean()))
     result["dev_examples"] = n_dev
     result["reward_to_dev"] = {name: _summary(to_dev[name], to_dev_draws[name], table.seeds) for name in CHOICES}
-    result["dev_halves"] = halvings_and_draws(on_dev, n_dev, with_inside=False)["crossfit"]
+    result["over_open_loop"]["reward_to_dev"] = _over_open_loop(to_dev, to_dev_draws, table.seeds)
+    on_dev_halves = halvings_and_draws(on_dev, n_dev, with_inside=False)
+    result["dev_halves"] = on_dev_halves["crossfit"]
+    result["over_open_loop"]["dev_halves"] = on_dev_halves["over_open_loop"]
     return result
 
 

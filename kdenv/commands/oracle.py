@@ -124,6 +124,8 @@ def out_of_sample_lines(table: Table, results: dict[str, dict], crossfit: dict[s
         if fitted and "reward_to_dev" in fitted:
             row(reward, f"reward split ({fitted['reward_examples']}) → dev ({fitted['dev_examples']}, from outputs)",
                 "seeds, examples", fitted["reward_to_dev"])
+            row(reward, "the same, minus the best open-loop schedule (paired): what adapting to the seed adds",
+                "seeds, examples", fitted["over_open_loop"]["reward_to_dev"])
         else:
             row(reward, "reward split → dev (records)", "seeds", result.get("reward_to_dev"))
         if fitted:
@@ -142,7 +144,9 @@ def out_of_sample_lines(table: Table, results: dict[str, dict], crossfit: dict[s
         lines += ["", "Do schedules differ on dev at all, whatever chooses them? Chosen on half of dev, scored on the "
                   "other half (analysis only; nothing may choose by dev): oracle " + ci_cell(dev_halves["oracle"]) +
                   ", closed loop " + ci_cell(dev_halves["closed_loop"]) + ", best open-loop " +
-                  ci_cell(dev_halves["open_loop"]) + "."]
+                  ci_cell(dev_halves["open_loop"]) + "; the oracle minus the best open-loop schedule (paired), " +
+                  ci_cell(next(fitted["over_open_loop"]["dev_halves"]["oracle"] for fitted in crossfit.values()
+                               if "dev_halves" in fitted)) + "."]
     if why_not:
         lines += ["", f"Cross-fitted figures: {why_not}"]
     return [*lines, ""]

@@ -8,7 +8,8 @@
 Each regime (kdenv/benchmark/regimes.py, built by bench/regime_builds.sh) is a schedule table that
 keeps per-example outputs. Per regime: the headroom of the hindsight oracle and of the best open-loop
 schedule over the best constant, each chosen on the reward split and scored on GLUE dev; the oracle
-cross-fitted on halves of the reward split, and on halves of dev itself; the best open-loop schedule
+cross-fitted on halves of the reward split, and on halves of dev itself; what adapting to the seed
+adds over one fixed schedule (the oracle minus the best open-loop schedule, paired); the best open-loop schedule
 chosen by teacher_agreement (a reward that reads no label) and scored on dev; all with 95% intervals that
 resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
 reward picks against its teacher on dev, and the build's cost in hours a seed on one thread (the
@@ -103,7 +104,8 @@ def docs_files(rows: list[dict[str, Any]], text: str, at_a_glance: str, figure: 
         print(f"{AT_SCALE} seed by seed ...", flush=True)
         grown = seed_by_seed(resolve_table(AT_SCALE), data_dir=data_dir)
         planned = len(parse_seeds(regime(AT_SCALE).seeds))
-        benchmark = with_block(benchmark, scale_markdown(AT_SCALE, planned, grown), "scale")
+        surveyed = next(row for row in rows if row["table"] == AT_SCALE)
+        benchmark = with_block(benchmark, scale_markdown(AT_SCALE, planned, grown, surveyed), "scale")
         history = with_block((REPO_DOCS / "history.md").read_text(), seed_by_seed_markdown(grown), "seed-by-seed",
                              "docs/history.md")
         files[REPO_DOCS / "history.md"] = history.encode()
