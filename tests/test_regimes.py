@@ -144,7 +144,7 @@ def test_the_glance_takes_the_survey_s_figures_and_reads_a_table_s_outputs_once(
 
 def test_the_survey_figure_plots_each_built_regime_s_intervals(tmp_path):
     """regimes.png: one point with its interval per built regime and figure; nothing to plot, no figure."""
-    from kdenv.benchmark.regimes import FIGURE_ENTRIES, survey_png
+    from kdenv.benchmark.regimes import FIGURE_ENTRIES, figure_at, survey_png
 
     table, labels = noise_table(tmp_path, signal=1.5)
     row = {**survey_table(table, halvings=5, resamples=20, labels=labels), "built": True}
@@ -152,8 +152,9 @@ def test_the_survey_figure_plots_each_built_regime_s_intervals(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert survey_png([{"table": "later", "built": False}]) is None
     # every entry of the figure names a figure survey_table computes, for both rewards
-    for _, (key, kind), choice in FIGURE_ENTRIES:
-        assert "ci" in row[key][kind][choice], (key, kind, choice)
+    for _, path in FIGURE_ENTRIES:
+        assert "ci" in figure_at(row, path), path
+    assert figure_at(row, ("out_of_sample", "nope", "oracle")) is None
 
 
 def test_a_seed_s_cost_is_its_nodes_measured_times_least_and_median_over_seeds():
@@ -239,3 +240,20 @@ def test_the_scale_paragraph_says_what_adapting_to_the_seed_adds_as_its_interval
     assert "seed loses over one fixed schedule" in adaptive_sentence(row(-0.003, -0.001))
     assert "(paired; 11 seeds)" in adaptive_sentence(row(-0.004, 0.003))
     assert adaptive_sentence({}) == ""  # a table without outputs: nothing to say
+
+
+def test_the_scale_table_lists_both_rewards_choices_on_dev_and_what_adapting_adds(tmp_path):
+    from kdenv.benchmark.regimes import scale_figures_markdown
+    from kdenv.stats import with_interval
+
+    table, labels = noise_table(tmp_path, signal=1.5)
+    row = survey_table(table, halvings=5, resamples=20, labels=labels)
+    text = scale_figures_markdown(row)
+    oos = row["out_of_sample"]
+    assert text.startswith("| reward (64 examples) → dev (200) | oracle (per seed) |")
+    over = oos["over_open_loop"]["reward_to_dev"]["oracle"]
+    assert (f"| `metric_gain` | {with_interval(oos['reward_to_dev']['oracle']['mean'], oos['reward_to_dev']['oracle']['ci'])}"
+            in text) and f"| {with_interval(over['mean'], over['ci'])} |" in text
+    assert "| `teacher_agreement` |" in text and "n = 4 seeds" in text
+    assert "Dev's own best schedule is - → logits on 4 of 4 seeds" in text
+    assert "nothing to score on dev" in scale_figures_markdown({"table": "t", "out_of_sample": {"crossfit": {}}})

@@ -322,18 +322,28 @@ def builds_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 # The survey's figure: each built regime's out-of-sample headrooms, as (label, key of survey_table, choice).
-FIGURE_ENTRIES = (
-    ("oracle, metric_gain → dev", ("out_of_sample", "reward_to_dev"), "oracle"),
-    ("oracle, teacher_agreement → dev", ("out_of_sample_teacher_agreement", "reward_to_dev"), "oracle"),
-    ("best open-loop, metric_gain → dev", ("out_of_sample", "reward_to_dev"), "open_loop"),
-    ("oracle, cross-fitted on the reward split", ("out_of_sample", "crossfit"), "oracle"),
-    ("oracle, dev halves (analysis only)", ("out_of_sample", "dev_halves"), "oracle"),
+FIGURE_ENTRIES = (  # (legend, where the figure lies in a survey row)
+    ("oracle, metric_gain → dev", ("out_of_sample", "reward_to_dev", "oracle")),
+    ("oracle, teacher_agreement → dev", ("out_of_sample_teacher_agreement", "reward_to_dev", "oracle")),
+    ("best open-loop, metric_gain → dev", ("out_of_sample", "reward_to_dev", "open_loop")),
+    ("oracle, cross-fitted on the reward split", ("out_of_sample", "crossfit", "oracle")),
+    ("oracle, dev halves (analysis only)", ("out_of_sample", "dev_halves", "oracle")),
+    ("adapting to the seed: oracle − best open-loop, metric_gain → dev (paired)",
+     ("out_of_sample", "over_open_loop", "reward_to_dev", "oracle")),
 )
 
 
+def figure_at(row: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The figure at ``path`` in a survey row, None where any step is missing."""
+    value: Any = row
+    for key in path:
+        value = (value or {}).get(key)
+    return value
+
+
 def survey_png(rows: list[dict[str, Any]]) -> bytes | None:
-    """The survey as a forest plot: per built regime, each out-of-sample headroom of FIGURE_ENTRIES
-    over the best constant, its mean and 95% interval (seeds and examples resampled), n in the label.
+    """The survey as a forest plot: per built regime, each out-of-sample figure of FIGURE_ENTRIES (gains
+    over the best constant, and the oracle's over the best open-loop schedule), its mean and 95% interval (seeds and examples resampled), n in the label.
     None where no regime keeps outputs yet."""
     import io
 
@@ -346,8 +356,8 @@ def survey_png(rows: list[dict[str, Any]]) -> bytes | None:
     for row in rows:
         if not row.get("built"):
             continue
-        for index, (_, (key, kind), choice) in enumerate(FIGURE_ENTRIES):
-            figure = ((row.get(key) or {}).get(kind) or {}).get(choice)
+        for index, (_, path) in enumerate(FIGURE_ENTRIES):
+            figure = figure_at(row, path)
             if figure is not None:
                 points.append((f"{row['table']} (n={figure['n']})", index, figure))
     if not points:
@@ -361,12 +371,13 @@ def survey_png(rows: list[dict[str, Any]]) -> bytes | None:
         low, high = figure["ci"]
         axis.errorbar(figure["mean"], y, xerr=[[figure["mean"] - low], [high - figure["mean"]]], fmt="o", ms=4,
                       capsize=2, color=colours[index % len(colours)])
-    for index, (name, _, _) in enumerate(FIGURE_ENTRIES):
+    for index, (name, _) in enumerate(FIGURE_ENTRIES):
         axis.plot([], [], "o", color=colours[index % len(colours)], label=name)
     axis.set_yticks(range(len(regimes)), regimes, fontsize=8)
     axis.invert_yaxis()
     axis.axvline(0.0, color="grey", lw=0.8)
-    axis.set_xlabel("headroom over the best constant on held-out examples (mean, 95% CI)", fontsize=8)
+    axis.set_xlabel("gain on held-out examples over the best constant (the last: over the best open-loop "
+                    "schedule); mean, 95% CI", fontsize=8)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -504,6 +515,44 @@ def adaptive_sentence(row: dict[str, Any]) -> str:
             f"on dev, {with_interval(to_dev['mean'], to_dev['ci'])} (paired; {to_dev['n']} seeds); chosen per seed on "
             f"half of dev and scored on the other half (a hindsight choice no policy can make), "
             f"{with_interval(halves['mean'], halves['ci'])}.")
+
+
+def scale_figures_markdown(row: dict[str, Any]) -> str:
+    """docs/benchmark.md's table of the regime at scale (a survey row): per reward, each choice made on
+    the reward split and scored on dev, minus the constant the same reward picks; the oracle cross-fitted
+    on the reward split's halves; what adapting to the seed adds; then the student, how the rewards rank
+    and what dev itself prefers."""
+    first = row.get("out_of_sample") or {}
+    if "reward_to_dev" not in first:
+        return f"`{row['table']}` keeps no dev outputs at its leaves: nothing to score on dev.\n"
+
+    def cell(figure: dict[str, Any] | None) -> str:
+        return "n/a" if figure is None else with_interval(figure["mean"], figure["ci"])
+
+    lines = [f"| reward ({first['reward_examples']} examples) → dev ({first['dev_examples']}) | oracle (per seed) | "
+             "closed-loop bound | best open-loop | oracle, cross-fitted on halves of the reward split "
+             f"({first['half_size']}) | oracle − best open-loop (paired) |", "|---|---|---|---|---|---|"]
+    for reward, key in SURVEY_KEYS.items():
+        oos = row.get(key) or {}
+        to_dev = oos.get("reward_to_dev") or {}
+        lines.append(f"| `{reward}` | {cell(to_dev.get('oracle'))} | {cell(to_dev.get('closed_loop'))} | "
+                     f"{cell(to_dev.get('open_loop'))} | {cell((oos.get('crossfit') or {}).get('oracle'))} | "
+                     f"{cell(figure_at(oos, ('over_open_loop', 'reward_to_dev', 'oracle')))} |")
+    versus, prefers, spearman = row.get("student_vs_teacher"), row.get("dev_prefers"), row.get("reward_dev_spearman")
+    n = len(row["seeds"])
+    notes = [f"n = {n} seeds; intervals resample seeds, reward examples and dev examples."]
+    if versus and versus.get("teacher"):
+        notes.append(f"The constant `metric_gain` picks reaches dev {versus['metric']} {cell(versus['student'])} (its "
+                     f"teacher {versus['teacher']:.4f}; {versus['ratio']:.2f} of it).")
+    if spearman:
+        notes.append("Reward and dev rank a seed's schedules alike: Spearman " + ", ".join(
+            f"`{reward}` {value:+.2f}" for reward, value in spearman.items() if value is not None) + " (mean over seeds).")
+    halves = figure_at(first, ("dev_halves", "oracle"))
+    if prefers and halves:
+        notes.append(f"Dev's own best schedule is {prefers['named']} on {prefers['seeds']} of {n} seeds; chosen per seed "
+                     f"on half of dev and scored on the other half, the oracle gains {cell(halves)} over the constant "
+                     "(analysis only: nothing may choose by dev).")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
 def scale_markdown(name: str, planned: int, rows: list[dict[str, Any]], surveyed: dict[str, Any] | None = None) -> str:

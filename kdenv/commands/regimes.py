@@ -35,6 +35,7 @@ from kdenv.benchmark.regimes import (
     glance,
     glance_markdown,
     regime,
+    scale_figures_markdown,
     scale_markdown,
     seed_by_seed,
     seed_by_seed_markdown,
@@ -69,9 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # The blocks of the docs that --docs rewrites, each between its two markers: docs/benchmark.md's table at
-# a glance, its build table and its paragraph on the regime at scale; docs/history.md's seed-by-seed table.
+# a glance, its build table, its paragraph and table on the regime at scale; docs/history.md's seed-by-seed table.
 BLOCKS = {name: (f"<!-- {name}: written by agents/regimes.py --docs -->", f"<!-- {name} end -->")
-          for name in ("glance", "builds", "scale", "seed-by-seed")}
+          for name in ("glance", "builds", "scale", "scale-figures", "seed-by-seed")}
 GLANCE_START, GLANCE_END = BLOCKS["glance"]
 
 
@@ -84,7 +85,8 @@ def with_block(page: str, block: str, name: str = "glance", page_name: str = "do
     return page[: start + len(start_marker)] + "\n" + block + page[end:]
 
 
-PAGES = {"glance": "benchmark.md", "builds": "benchmark.md", "scale": "benchmark.md", "seed-by-seed": "history.md"}
+PAGES = {"glance": "benchmark.md", "builds": "benchmark.md", "scale": "benchmark.md", "scale-figures": "benchmark.md",
+         "seed-by-seed": "history.md"}
 
 
 def check_markers() -> None:
@@ -106,6 +108,7 @@ def docs_files(rows: list[dict[str, Any]], text: str, at_a_glance: str, figure: 
         planned = len(parse_seeds(regime(AT_SCALE).seeds))
         surveyed = next(row for row in rows if row["table"] == AT_SCALE)
         benchmark = with_block(benchmark, scale_markdown(AT_SCALE, planned, grown, surveyed), "scale")
+        benchmark = with_block(benchmark, scale_figures_markdown(surveyed), "scale-figures")
         history = with_block((REPO_DOCS / "history.md").read_text(), seed_by_seed_markdown(grown), "seed-by-seed",
                              "docs/history.md")
         files[REPO_DOCS / "history.md"] = history.encode()
