@@ -257,3 +257,28 @@ def test_the_scale_table_lists_both_rewards_choices_on_dev_and_what_adapting_add
     assert "| `teacher_agreement` |" in text and "n = 4 seeds" in text
     assert "Dev's own best schedule is - → logits on 4 of 4 seeds" in text
     assert "nothing to score on dev" in scale_figures_markdown({"table": "t", "out_of_sample": {"crossfit": {}}})
+
+
+def test_the_survey_s_json_records_its_command_and_the_tables_it_read(tmp_path, monkeypatch):
+    """runs/regimes/regimes.json: every figure traceable to the command, kdenv and each table's manifest
+    checksum (which covers its seed and outputs files) and seeds."""
+    import json
+
+    import kdenv.commands.regimes as regimes_command
+
+    table, labels = noise_table(tmp_path / "t", signal=1.5)
+    row = {**survey_table(table, halvings=2, resamples=10, labels=labels), "table": str(table.directory),
+           "question": "q", "built": True, "seeds_planned": [0, 1, 2, 3]}
+    monkeypatch.setattr(regimes_command, "survey", lambda *a, **k: [row])
+    monkeypatch.setattr(regimes_command, "GLANCE_TABLES", ())
+    from kdenv.benchmark import outofsample
+
+    monkeypatch.setattr(outofsample, "table_labels", lambda manifest, data_dir=None: labels)
+    out = tmp_path / "out"
+    assert regimes_command.main(["--output-dir", str(out), "--halvings", "2", "--resamples", "10"]) == 0
+    record = json.loads((out / "regimes.json").read_text())
+    assert record["command"] == f"python agents/regimes.py --output-dir {out} --halvings 2 --resamples 10"
+    assert record["tables"] == {str(table.directory): {"manifest_sha256": table.manifest["manifest_sha256"],
+                                                       "seeds": [0, 1, 2, 3]}}
+    assert record["rows"][0]["out_of_sample"]["reward_to_dev"]["oracle"]["n"] == 4
+    assert (out / "regimes.md").read_text().startswith("# The regime survey")

@@ -187,7 +187,8 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
     chosen = constants[int(np.argmax([returns[:, i].mean() for i in constants]))]  # by the reward
     dev = all_dev_metrics(table, sequences)
     figures: dict[str, Any] = {
-        "table": table.name, "seeds": list(table.seeds), "knowledge": list(table.knowledge),
+        "table": table.name, "manifest_sha256": table.manifest.get("manifest_sha256"),
+        "seeds": list(table.seeds), "knowledge": list(table.knowledge),
         "phases": table.phases, "updates_per_phase": table.manifest.get("updates_per_phase"),
         "student_layers": table.manifest.get("distill", {}).get("student_layers"),
         "hours_per_seed": seed_hours(table),

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from kdenv import __version__
 from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
 from kdenv.benchmark.regimes import (
     AT_SCALE,
@@ -150,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
             "reward picks, both chosen on the reward split and scored on GLUE dev (mean over seeds [bootstrap 95% "
             "interval]); `--docs` also writes it into docs/benchmark.md, *The answer*.\n\n" + at_a_glance)
     print(text)
-    files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(rows, indent=2).encode(),
+    record = {"command": " ".join(["python agents/regimes.py", *(argv if argv is not None else sys.argv[1:])]),
+              "kdenv": __version__, "halvings": args.halvings, "resamples": args.resamples,
+              # what every figure was computed from: each surveyed table's manifest checksum (it covers its seed
+              # and outputs files' checksums) and seeds
+              "tables": {row["table"]: {"manifest_sha256": row["manifest_sha256"], "seeds": row["seeds"]}
+                         for row in rows if row["built"]},
+              "rows": rows}
+    files = {output / "regimes.md": text.encode(), output / "regimes.json": json.dumps(record, indent=2).encode(),
              **({output / "regimes.png": figure} if figure is not None else {}),
              **(docs_files(rows, text, at_a_glance, figure, args.data_dir) if args.docs else {})}
     write_all(files)
