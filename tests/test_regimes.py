@@ -108,6 +108,9 @@ def test_the_at_a_glance_table_is_the_oracle_s_out_of_sample_figure_and_lands_be
     rows = glance(["stsb_u8"])
     expected = solve(resolve_table("stsb_u8"), "teacher_agreement")["reward_to_dev"]["oracle"]
     assert rows[0]["teacher_agreement"]["mean"] == expected["mean"] and rows[0]["resamples"] == "seeds"
+    # what adapting adds: metric_gain's oracle minus its best open-loop schedule, both scored on dev, paired
+    solved = solve(resolve_table("stsb_u8"), "metric_gain")["reward_to_dev"]
+    assert rows[0]["adapting"]["mean"] == pytest.approx(solved["oracle"]["mean"] - solved["open_loop"]["mean"])
     text = glance_markdown([{**rows[0], "device": "cuda (NVIDIA H100 80GB HBM3), fp32"}])
     assert "| `stsb_u8` | 16 | 3 x 3 x 8, 3-layer student, NVIDIA H100 80GB HBM3 |" in text
     page = f"intro\n{GLANCE_START}\nold table\n{GLANCE_END}\nrest\n"
@@ -135,6 +138,7 @@ def test_the_glance_takes_the_survey_s_figures_and_reads_a_table_s_outputs_once(
     assert reads == [] and taken["resamples"] == "seeds, examples"
     assert taken["metric_gain"] == row["out_of_sample"]["reward_to_dev"]["oracle"]
     assert taken["teacher_agreement"] == row["out_of_sample_teacher_agreement"]["reward_to_dev"]["oracle"]
+    assert taken["adapting"] == row["out_of_sample"]["over_open_loop"]["reward_to_dev"]["oracle"]
     computed = glance([name])[0]
     assert len(reads) == 1 and computed["resamples"] == "seeds, examples"
     for reward in GLANCE_REWARDS:  # the same choice on the same examples: the same mean; the interval has its own draws

@@ -194,7 +194,10 @@ def solve(table: Table, reward: str) -> dict[str, Any]:
         "closed_loop": loop,
         "closed_loop_headroom": over_seeds(np.array(loop["per_seed"]) - returns[:, best_constant]),
         "headroom_on_dev": None if to_dev is None else over_seeds(to_dev["oracle"]),
-        "reward_to_dev": None if to_dev is None else {name: over_seeds(values) for name, values in to_dev.items()},
+        "reward_to_dev": None if to_dev is None else {
+            **{name: over_seeds(values) for name, values in to_dev.items()},
+            # what adapting to the seed adds over one fixed schedule: the oracle's choice minus the open-loop one
+            "adapting": over_seeds(to_dev["oracle"] - to_dev["open_loop"])},
     }
 
 

@@ -493,4 +493,10 @@ def reward_to_dev(table: Table, reward: str = "metric_gain",
         return solve(table, reward)["reward_to_dev"], read.resamples
     if read.stacked.dev is None:  # outputs kept, but not every leaf scored on dev
         return solve(table, reward)["reward_to_dev"], "seeds (examples not: not every leaf keeps dev outputs)"
-    return out_of_sample(table, read.labels, reward, stacked=read.stacked)["reward_to_dev"], read.resamples
+    return with_adapting(out_of_sample(table, read.labels, reward, stacked=read.stacked)), read.resamples
+
+
+def with_adapting(result: dict[str, Any]) -> dict[str, Any]:
+    """An ``out_of_sample`` result's reward → dev figures, with what adapting to the seed adds over the best
+    open-loop schedule (the oracle's, paired) under "adapting", as ``oracle.solve`` gives them."""
+    return {**result["reward_to_dev"], "adapting": result["over_open_loop"]["reward_to_dev"]["oracle"]}

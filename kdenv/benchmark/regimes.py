@@ -396,11 +396,12 @@ SURVEY_KEYS = {"metric_gain": "out_of_sample", "teacher_agreement": "out_of_samp
 
 def glance(names: list[str], surveyed: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per table, the hindsight oracle's schedule per seed minus the constant the same reward picks,
-    both chosen on the reward split and scored on GLUE dev, for each reward of GLANCE_REWARDS, with
+    both chosen on the reward split and scored on GLUE dev, for each reward of GLANCE_REWARDS, and
+    (metric_gain) minus the best open-loop schedule instead (what adapting to the seed adds), with
     its interval and what the interval resamples (kdenv.benchmark.outofsample.reward_to_dev; each table's
     outputs read once). ``surveyed``: rows of ``survey``, whose reward → dev figures are taken as they
     stand instead of computed again."""
-    from kdenv.benchmark.outofsample import read_outputs, reward_to_dev
+    from kdenv.benchmark.outofsample import read_outputs, reward_to_dev, with_adapting
     from kdenv.benchmark.table import resolve_table
 
     known = {row["table"]: row for row in surveyed or [] if row.get("built")}
@@ -413,13 +414,16 @@ def glance(names: list[str], surveyed: list[dict[str, Any]] | None = None) -> li
                                "device": (table.manifest.get("device") or "cpu")}
         survey_row, read = known.get(name, {}), None
         for reward in GLANCE_REWARDS:
-            figures = (survey_row.get(SURVEY_KEYS[reward]) or {}).get("reward_to_dev")
+            surveyed = survey_row.get(SURVEY_KEYS[reward]) or {}
+            figures = with_adapting(surveyed) if "reward_to_dev" in surveyed else None
             if figures is not None:
                 row["resamples"] = "seeds, examples"
             else:
                 read = read or read_outputs(table)
                 figures, row["resamples"] = reward_to_dev(table, reward, read)
             row[reward] = None if not figures else figures["oracle"]
+            if reward == "metric_gain":
+                row["adapting"] = None if not figures else figures.get("adapting")
         rows.append(row)
     return rows
 
@@ -429,14 +433,15 @@ def glance_markdown(rows: list[dict[str, Any]]) -> str:
         return "n/a" if figure is None else with_interval(figure["mean"], figure["ci"])
 
     lines = ["| table | seeds | K types x P phases x U updates | chosen by metric_gain → dev | "
-             "chosen by teacher_agreement → dev | intervals resample |", "|---|---|---|---|---|---|"]
+             "chosen by teacher_agreement → dev | adapting to the seed: oracle − best open-loop, metric_gain → dev | "
+             "intervals resample |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         device = str(row["device"])
         where = "" if device.startswith("cpu") else f", {device.partition('(')[2].partition(')')[0] or device}"
         layers = f", {row['student_layers']}-layer student" if row.get("student_layers") else ""
         lines.append(f"| `{row['table']}` | {row['seeds']} | {len(row['knowledge'])} x {row['phases']} x "
                      f"{row['updates_per_phase']}{layers}{where} | {cell(row['metric_gain'])} | "
-                     f"{cell(row['teacher_agreement'])} | {row['resamples']} |")
+                     f"{cell(row['teacher_agreement'])} | {cell(row.get('adapting'))} | {row['resamples']} |")
     return "\n".join(lines) + "\n"
 
 

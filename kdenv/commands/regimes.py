@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             + survey_markdown(rows)
             + "\n## Every table at a glance\n\nThe hindsight oracle's schedule per seed minus the constant the same "
             "reward picks, both chosen on the reward split and scored on GLUE dev (mean over seeds [bootstrap 95% "
-            "interval]); `--docs` also writes it into docs/benchmark.md, *The answer*.\n\n" + at_a_glance)
+            "interval]), and minus the best open-loop schedule the reward picks instead: what adapting to the seed "
+            "adds over one fixed schedule (paired); `--docs` also writes it into docs/benchmark.md, *The answer*.\n\n"
+            + at_a_glance)
     print(text)
     record = {"command": " ".join(["python agents/regimes.py", *(argv if argv is not None else sys.argv[1:])]),
               "kdenv": __version__, "halvings": args.halvings, "resamples": args.resamples,
