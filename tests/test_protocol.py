@@ -194,6 +194,13 @@ def test_the_leaderboard_retrains_resumes_and_writes_its_files(tmp_path, capsys)
     on_dev = board["tables"][str(tmp_path / "table")]["reward_to_dev"]["oracle"]
     assert on_dev["mean"] == pytest.approx(0.3 / 4) and on_dev["n"] == 4
     assert summary.startswith(f"| {tmp_path / 'table'} | 4 | +0.0750 [")
+    # and says what adapting to the seed adds over the reward's best open-loop schedule, on dev, paired
+    adapting = board["tables"][str(tmp_path / "table")]["reward_to_dev"]["adapting"]
+    open_loop = board["tables"][str(tmp_path / "table")]["reward_to_dev"]["open_loop"]
+    assert adapting["mean"] == pytest.approx(on_dev["mean"] - open_loop["mean"])
+    from kdenv.benchmark.board_report import dev_text
+
+    assert f"| {dev_text(adapting)} | seeds |" in summary
     assert (tmp_path / "board.png").stat().st_size > 1000
     # Every row is also scored out of sample, from its schedules: here dev is the return, so each row's
     # gain on dev is its gain over the train folds' constant, agents included (from their stored schedules).

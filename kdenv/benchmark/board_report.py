@@ -53,18 +53,21 @@ def summary_lines(board: dict[str, Any]) -> list[str]:
              "scored on the same reward examples, an upper bound that includes the winner's curse. Agents: the "
              f"\"{CHOSEN_ROW}\" row (for each fold, the agent row with the best mean return on the other "
              "folds' held-out seeds, played on the fold's own), so that picking the best row never looks at "
-             "the seeds it is scored on; with one agent row trained, that row.", "",
-             "| table | seeds | out of sample: oracle, reward → dev | above 0? | closed loop, reward → dev | resamples | "
+             "the seeds it is scored on; with one agent row trained, that row. Adapting to the seed: the oracle's "
+             "schedule per seed minus the best open-loop schedule, both chosen by the reward split and scored on "
+             "dev (paired): what choosing per seed adds over one fixed schedule.", "",
+             "| table | seeds | out of sample: oracle, reward → dev | above 0? | closed loop, reward → dev | "
+             "adapting to the seed: oracle − best open-loop, reward → dev | resamples | "
              "in sample: headroom (oracle; upper bound) | closed-loop bound (in sample) | agents | their gain | "
              "above 0? | their gain on dev (out of sample) | share of closed-loop headroom | P(improve) | n |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in board["tables"].items():
         rows = entry["rows"]
         oracle, closed = rows["oracle"]["gain"], rows["closed-loop bound"]["gain"]
         on_dev = entry.get("reward_to_dev") or {}
         line = (f"| {name} | {len(entry['seeds'])} | {dev_text(on_dev.get('oracle'))} | "
                 f"{excludes_zero(ci_summary(on_dev.get('oracle')))} | {dev_text(on_dev.get('closed_loop'))} | "
-                f"{entry.get('reward_to_dev_resamples', 'seeds')} | "
+                f"{dev_text(on_dev.get('adapting'))} | {entry.get('reward_to_dev_resamples', 'seeds')} | "
                 f"{ci_text(oracle)} | {ci_text(closed)} |")
         trained = [row for row in rows if is_agent_row(row)]
         row = CHOSEN_ROW if CHOSEN_ROW in rows else trained[0] if trained else None
