@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kdenv.benchmark.regimes import REGIMES, builds_markdown, regime, survey, survey_markdown, survey_table
@@ -260,6 +261,9 @@ def test_the_scale_table_lists_both_rewards_choices_on_dev_and_what_adapting_add
             in text) and f"| {with_interval(over['mean'], over['ci'])} |" in text
     assert "| `teacher_agreement` |" in text and "n = 4 seeds" in text
     assert "Dev's own best schedule is - → logits on 4 of 4 seeds" in text
+    # the planted schedule's departure from the constant explained phase by phase, dev examples resampled
+    assert row["switches"]["schedule"] == "- → logits" and row["switches"]["resamples"] == "seeds, dev examples"
+    assert "Which switch pays, on dev (the best open-loop schedule, - → logits, against" in text
     assert "nothing to score on dev" in scale_figures_markdown({"table": "t", "out_of_sample": {"crossfit": {}}})
 
 
@@ -286,3 +290,30 @@ def test_the_survey_s_json_records_its_command_and_the_tables_it_read(tmp_path, 
                                                        "seeds": [0, 1, 2, 3]}}
     assert record["rows"][0]["out_of_sample"]["reward_to_dev"]["oracle"]["n"] == 4
     assert (out / "regimes.md").read_text().startswith("# The regime survey")
+
+
+def test_which_switch_pays_is_the_schedule_against_itself_with_one_phase_set_back(tmp_path):
+    """switch_effects: the best open-loop schedule (logits off, then on) against the best constant (on,
+    on) differs in phase 1 only; what that switch adds, given the rest and alone, is the same pair here,
+    paired by seed on dev (here dev = the return)."""
+    from kdenv.benchmark.regimes import switch_effects, switch_sentence
+    from tests.tables import synthetic_table
+
+    bumps = [0.0, 0.02, -0.01, 0.03]
+    table = synthetic_table(tmp_path / "t", {seed: {(0, 0): 0.0, (0, 1): 0.3 + bump, (1, 0): 0.05, (1, 1): 0.1}
+                                             for seed, bump in enumerate(bumps)})
+    effects = switch_effects(table)
+    assert effects["schedule"] == "- → logits" and effects["constant"] == "logits → logits"
+    assert [entry["phase"] for entry in effects["phases"]] == [1]
+    expected = 0.2 + np.mean(bumps)
+    entry = effects["phases"][0]
+    assert entry["switch"] == "logits → -"
+    for figure in (effects["whole"], entry["given_the_rest"], entry["alone"]):
+        assert figure["mean"] == pytest.approx(expected) and figure["n"] == 4
+        assert figure["ci"][0] <= expected <= figure["ci"][1]
+    assert effects["resamples"] == "seeds"
+    text = switch_sentence(effects)
+    assert "phase 1's logits → - adds +0.2100 [" in text and "n = 4" in text
+    # a table whose best open-loop schedule is a constant has no switch to explain
+    flat = synthetic_table(tmp_path / "flat", {0: {(0, 0): 0.0, (0, 1): 0.1, (1, 0): 0.1, (1, 1): 0.3}})
+    assert switch_effects(flat)["phases"] == [] and switch_sentence(switch_effects(flat)) == ""

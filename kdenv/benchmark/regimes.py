@@ -23,7 +23,7 @@ from kdenv.benchmark.oracle import (
     rank_correlation,
     subset_names,
 )
-from kdenv.benchmark.outofsample import StackedOutputs, TableLabels, out_of_sample, table_labels
+from kdenv.benchmark.outofsample import ReadOutputs, StackedOutputs, TableLabels, out_of_sample, table_labels
 from kdenv.benchmark.table import Table
 from kdenv.cli import parse_seeds
 from kdenv.paths import tables_dir
@@ -207,6 +207,9 @@ def survey_table(table: Table, data_dir: str | None = None, halvings: int = 50, 
         figures["out_of_sample"] = out_of_sample(table, labels, "metric_gain", halvings, resamples, stacked=stacked)
         figures["out_of_sample_teacher_agreement"] = out_of_sample(table, labels, "teacher_agreement", halvings,
                                                                    resamples, stacked=stacked)
+        figures["switches"] = switch_effects(table, ReadOutputs(labels, stacked, "seeds, examples"))
+    elif dev is not None:
+        figures["switches"] = switch_effects(table)
     return figures
 
 
@@ -523,6 +526,62 @@ def adaptive_sentence(row: dict[str, Any]) -> str:
             f"{with_interval(halves['mean'], halves['ci'])}.")
 
 
+def switch_effects(table: Table, read: Any | None = None, reward: str = "metric_gain") -> dict[str, Any] | None:
+    """Which of the best open-loop schedule's departures from the best constant pays (both chosen by
+    ``reward`` on the reward split over all seeds, as ``FoldView`` chooses them), scored on dev, paired by
+    seed: per phase where they differ, the schedule minus the same schedule with that phase set back to
+    the constant's action (what the switch adds given the rest), and the constant with only that phase
+    switched minus the constant (the switch alone). Intervals resample seeds and, where the table keeps dev
+    outputs (``read``: ``outofsample.read_outputs``), dev examples. None without dev at every leaf."""
+    from kdenv.benchmark.outofsample import dev_metric_draws
+    from kdenv.benchmark.protocol import FoldView
+    from kdenv.stats import bootstrap_interval, bootstrap_interval_with_examples
+
+    view = FoldView(table, reward)
+    dev = all_dev_metrics(table, view.sequences)
+    if dev is None or np.isnan(dev).any():
+        return None
+    draws = (dev_metric_draws(table, read.labels, stacked=read.stacked)
+             if read is not None and read.stacked is not None and read.stacked.dev is not None else None)
+    column = {tuple(sequence): index for index, sequence in enumerate(view.sequences)}
+    schedule = tuple(view.sequences[view.best_open_loop(table.seeds)])
+    constant = tuple(view.sequences[view.best_constant(table.seeds)])
+    names = subset_names(list(table.knowledge))
+
+    def paired(a: tuple[int, ...], b: tuple[int, ...]) -> dict[str, Any]:
+        values = dev[:, column[a]] - dev[:, column[b]]
+        interval = (bootstrap_interval_with_examples([[np.array([d[row, column[a]] - d[row, column[b]]])
+                                                       for row in range(len(table.seeds))] for d in draws])
+                    if draws else bootstrap_interval([[value] for value in values]))
+        return {"mean": float(values.mean()), "ci": interval, "n": len(values)}
+
+    phases = []
+    for phase, (action, base) in enumerate(zip(schedule, constant)):
+        if action == base:
+            continue
+        back = schedule[:phase] + (base,) + schedule[phase + 1:]
+        alone = constant[:phase] + (action,) + constant[phase + 1:]
+        phases.append({"phase": phase + 1, "switch": f"{names[base]} → {names[action]}",
+                       "given_the_rest": paired(schedule, back), "alone": paired(alone, constant)})
+    return {"schedule": " → ".join(names[a] for a in schedule), "constant": " → ".join(names[a] for a in constant),
+            "whole": paired(schedule, constant), "phases": phases,
+            "resamples": "seeds, dev examples" if draws else "seeds"}
+
+
+def switch_sentence(effects: dict[str, Any] | None) -> str:
+    if not effects or not effects["phases"]:
+        return ""
+
+    def cell(figure: dict[str, Any]) -> str:
+        return with_interval(figure["mean"], figure["ci"])
+
+    parts = [f"phase {entry['phase']}'s {entry['switch']} adds {cell(entry['given_the_rest'])} given the rest "
+             f"(alone: {cell(entry['alone'])})" for entry in effects["phases"]]
+    return (f"Which switch pays, on dev (the best open-loop schedule, {effects['schedule']}, against the best constant, "
+            f"{effects['constant']}: {cell(effects['whole'])}; paired by seed, intervals over "
+            f"{effects['resamples']}, n = {effects['whole']['n']}): " + "; ".join(parts) + ".")
+
+
 def scale_figures_markdown(row: dict[str, Any]) -> str:
     """docs/benchmark.md's table of the regime at scale (a survey row): per reward, each choice made on
     the reward split and scored on dev, minus the constant the same reward picks; the oracle cross-fitted
@@ -558,6 +617,8 @@ def scale_figures_markdown(row: dict[str, Any]) -> str:
         notes.append(f"Dev's own best schedule is {prefers['named']} on {prefers['seeds']} of {n} seeds; chosen per seed "
                      f"on half of dev and scored on the other half, the oracle gains {cell(halves)} over the constant "
                      "(analysis only: nothing may choose by dev).")
+    if row.get("switches"):
+        notes.append(switch_sentence(row["switches"]))
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
