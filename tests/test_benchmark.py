@@ -446,6 +446,9 @@ def test_build_and_oracle_commands_end_to_end(tiny_teacher, glue_dir, tmp_path):
     assert (f"| metric_gain | the same, minus the best open-loop schedule (paired): what adapting to the seed adds | "
             f"seeds, examples | {with_interval(adapting['mean'], adapting['ci'])} |") in text
     assert "; the oracle minus the best open-loop schedule (paired), " in text
+    # the report's switch section is there exactly when the best open-loop schedule is not a constant
+    switches = report["switches"]
+    assert ("## Which switch pays" in text) == bool(switches and switches["phases"])
     assert "In-sample headroom (oracle − best constant, chosen and scored on the same reward examples: an upper bound)" in text
     curve = json.loads((out / "reward_curve.json").read_text())
     assert {row["reward"] for row in curve["rows"]} == {"metric_gain", "loss_decrease", "log_loss", "teacher_agreement"}

@@ -178,8 +178,9 @@ def test_seed_by_seed_rows_are_the_figures_of_a_table_that_held_only_those_seeds
     """docs/history.md's seed-by-seed table recomputes each row on the first n seeds of the table
     (Table.with_seeds): a row must be what a table built with those seeds alone reports."""
     from kdenv.benchmark import outofsample
+    from kdenv.benchmark.at_scale import scale_markdown, seed_by_seed, seed_by_seed_markdown
     from kdenv.benchmark.outofsample import reward_to_dev
-    from kdenv.benchmark.regimes import GLANCE_REWARDS, scale_markdown, seed_by_seed, seed_by_seed_markdown
+    from kdenv.benchmark.regimes import GLANCE_REWARDS
     from kdenv.benchmark.table import TableError
 
     table, labels = noise_table(tmp_path / "whole", signal=1.5)
@@ -208,7 +209,7 @@ def test_seed_by_seed_rows_are_the_figures_of_a_table_that_held_only_those_seeds
 
 
 def test_an_interval_clears_zero_as_printed():
-    from kdenv.benchmark.regimes import clears_zero
+    from kdenv.benchmark.at_scale import clears_zero
 
     assert clears_zero({"mean": 0.005, "ci": (0.0001, 0.01)})
     assert not clears_zero({"mean": 0.005, "ci": (0.00004, 0.01)})  # printed +0.0000
@@ -233,7 +234,7 @@ def test_docs_blocks_are_checked_before_the_survey_runs(monkeypatch, tmp_path):
 
 
 def test_the_scale_paragraph_says_what_adapting_to_the_seed_adds_as_its_intervals_say():
-    from kdenv.benchmark.regimes import adaptive_sentence
+    from kdenv.benchmark.at_scale import adaptive_sentence
 
     def row(low, high):
         figure = {"mean": (low + high) / 2, "ci": (low, high), "n": 11}
@@ -248,7 +249,7 @@ def test_the_scale_paragraph_says_what_adapting_to_the_seed_adds_as_its_interval
 
 
 def test_the_scale_table_lists_both_rewards_choices_on_dev_and_what_adapting_adds(tmp_path):
-    from kdenv.benchmark.regimes import scale_figures_markdown
+    from kdenv.benchmark.at_scale import scale_figures_markdown
     from kdenv.stats import with_interval
 
     table, labels = noise_table(tmp_path, signal=1.5)

@@ -41,8 +41,17 @@ from typing import Any
 import numpy as np
 
 from kdenv.benchmark.oracle import action_names, dev_headroom, reward_dev_correlation, solve
-from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES, SCORED_REWARDS, out_of_sample, reward_curve, table_labels
+from kdenv.benchmark.outofsample import (
+    HALVINGS,
+    RESAMPLES,
+    SCORED_REWARDS,
+    out_of_sample,
+    read_outputs,
+    reward_curve,
+    table_labels,
+)
 from kdenv.benchmark.outputs import OutputsError
+from kdenv.benchmark.regimes import switch_effects, switch_sentence
 from kdenv.benchmark.table import Table, resolve_table
 from kdenv.cli import CLEAR_ERRORS, fail, run_main
 from kdenv.decision.rewards import REWARDS
@@ -153,12 +162,14 @@ def out_of_sample_lines(table: Table, results: dict[str, dict], crossfit: dict[s
 
 
 def report(table: Table, results: dict[str, dict], correlation: dict, on_dev: dict | None,
-           crossfit: dict[str, dict] | None = None, why_not: str | None = None) -> str:
+           crossfit: dict[str, dict] | None = None, why_not: str | None = None, switches: dict | None = None) -> str:
     names = action_names(table)
     lines = [f"# Oracle: {table.task}, {len(table.seeds)} seeds, {table.phases} phases × "
              f"{table.manifest['env']['updates_per_phase']} updates, knowledge {table.knowledge}", "",
              f"Dev figures cover {dev_coverage(table)}; rewards and returns never read dev.", ""]
     lines += out_of_sample_lines(table, results, crossfit or {}, why_not)
+    if switch_sentence(switches):
+        lines += ["## Which switch pays", "", switch_sentence(switches), ""]
     lines += ["## In sample, and the schedules", ""]
     lines.append(f"Reward split vs GLUE dev ({correlation['dev_metric']}): Spearman over leaves, pooled "
                  f"{rho_text(correlation['pooled'])}; per seed " +
@@ -275,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         for reward in rewards if reward in SCORED_REWARDS}
         except (OutputsError, DataError) as error:
             why_not = f"not computed: {error}"
-    text = report(table, results, correlation, on_dev, crossfit, why_not)
+    switches = switch_effects(table, read_outputs(table, args.data_dir))
+    text = report(table, results, correlation, on_dev, crossfit, why_not, switches)
     curve = None
     if args.reward_curve:
         if not crossfit:
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     images["best_constant"] = primary["best_constant"]["schedule"]
     data = {"table": str(table.directory), "manifest": table.manifest, "results": results,
             "out_of_sample": crossfit, "out_of_sample_missing": why_not, "reward_dev_correlation": correlation,
-            "dev_headroom": on_dev, "action_names": action_names(table)}
+            "dev_headroom": on_dev, "switches": switches, "action_names": action_names(table)}
     files = {out / "oracle.md": text.encode(), out / "oracle.json": json.dumps(data, indent=2).encode(),
              **({out / "reward_curve.json": json.dumps(curve, indent=2).encode()} if curve is not None else {}),
              **{out / f"{name}.png": heatmap_png(one_hot(schedule, table), table.knowledge,

@@ -28,19 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from kdenv import __version__
+from kdenv.benchmark.at_scale import (
+    AT_SCALE,
+    scale_figures_markdown,
+    scale_markdown,
+    seed_by_seed,
+    seed_by_seed_markdown,
+)
 from kdenv.benchmark.outofsample import HALVINGS, RESAMPLES
 from kdenv.benchmark.regimes import (
-    AT_SCALE,
     GLANCE_TABLES,
     REGIMES,
     builds_markdown,
     glance,
     glance_markdown,
     regime,
-    scale_figures_markdown,
-    scale_markdown,
-    seed_by_seed,
-    seed_by_seed_markdown,
     survey,
     survey_markdown,
     survey_png,
