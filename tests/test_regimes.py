@@ -201,6 +201,13 @@ def test_seed_by_seed_rows_are_the_figures_of_a_table_that_held_only_those_seeds
     assert text.splitlines()[3].endswith("(4 of 4) |")
     paragraph = scale_markdown("x", 16, rows)
     assert paragraph.startswith("At 4 of its 16 planned seeds") and "at 3–4 both" in paragraph
+    assert "picks beats the constant it picks on dev, +" in paragraph and "(better on 4 of 4 held-out seeds' dev)" in paragraph
+    # the verbs follow the intervals: a figure whose interval holds 0 does not "beat" anything
+    held = [{**row, "metric_gain": {**row["metric_gain"], "ci": (-0.001, 0.01)},
+             "fixed": {**row["fixed"], "mean_ci": (-0.002, 0.003)}} for row in rows]
+    paragraph = scale_markdown("x", 16, held)
+    assert "`metric_gain`'s pick does not measurably beat the constant it picks" in paragraph
+    assert "does not measurably beat the constant (better on" in paragraph and "at 3–4 only `teacher_agreement`'s" in paragraph
     assert "(the folds chose - → - or - → logits)" in paragraph
     with pytest.raises(TableError, match="not a non-empty part"):
         table.with_seeds([0, 9])

@@ -152,12 +152,21 @@ def scale_markdown(name: str, planned: int, rows: list[dict[str, Any]], surveyed
     chosen = (f"{choices[0]}, in every fold, by either reward" if len(choices) == 1
               else f"the folds chose {' or '.join(choices)}")
     better = "n/a" if fixed is None else f"{round(fixed['better'] * fixed['seeds'])} of {fixed['seeds']}"
+    def versus(figure: dict[str, Any] | None, key: str = "ci") -> str:  # the verb follows the interval
+        interval = None if figure is None else figure.get(key)
+        if interval is None:
+            return "is scored against the constant at n/a"
+        verb = ("beats" if round(float(interval[0]), 4) > 0 else "loses to" if round(float(interval[1]), 4) < 0
+                else "does not measurably beat")
+        return f"{verb} the constant"
+
     return (f"At {last['seeds']} of its {planned} planned seeds, the per-seed schedule that `teacher_agreement` (a reward "
-            f"that reads no label) picks beats the constant it picks by {_figure(last['teacher_agreement'])} on dev, and "
-            f"`metric_gain`'s pick by {_figure(last['metric_gain'])}. Whether the lower ends clear 0 has moved as seeds "
+            f"that reads no label) picks {versus(last['teacher_agreement'])} it picks on dev, "
+            f"{_figure(last['teacher_agreement'])}, and `metric_gain`'s pick {versus(last['metric_gain'])} it picks, "
+            f"{_figure(last['metric_gain'])}. Whether the lower ends clear 0 has moved as seeds "
             f"landed ({story}; [history.md](history.md), *seed by seed*). The best fixed schedule chosen by the reward "
-            f"on other seeds ({chosen}) beats the constant "
-            f"on {better} held-out seeds' dev, {_figure(fixed, 'mean_ci')} ({last['seeds']} seeds, 4 folds; "
+            f"on other seeds ({chosen}) {versus(fixed, 'mean_ci')} "
+            f"(better on {better} held-out seeds' dev), {_figure(fixed, 'mean_ci')} ({last['seeds']} seeds, 4 folds; "
             f"{_figure(at_first, 'mean_ci')} at {first['seeds']}), an interval that holds the choice fixed (it resamples "
             "seeds and dev examples, not the reward examples behind the choice)."
             + (adaptive_sentence(surveyed) if surveyed else "") + "\n")
