@@ -152,7 +152,35 @@ PY
     status)
         pgrep -af "agents/build_tree.py" | grep -v "regime-queue\|pgrep" | cut -c1-200 || echo "no build runs"
         for name in $($PYTHON -m kdenv.benchmark.regimes names); do
-            echo "$name: seeds $(seeds_of "$name"), not shipped: $(unshipped "$name")"
+            missing=$(unshipped "$name")
+            echo "$name: seeds $(seeds_of "$name"), not shipped: $missing"
+            [ -n "$missing" ] || continue
+            # a seed begun: its job files (one per first action), how many are complete, and when last written
+            dir=$($PYTHON agents/build_tree.py $(flags_of "$name") --seeds 0 --work-dir 2>/dev/null | tail -1) || continue
+            for seed in ${missing//,/ }; do
+                [ -d "$dir/seed$seed" ] || continue
+                $PYTHON - "$dir/seed$seed" "$seed" <<'PY'
+import json, pathlib, sys, time
+folder, jobs = pathlib.Path(sys.argv[1]), sorted(pathlib.Path(sys.argv[1]).glob("prefix-*.jsonl"))
+def items(path):  # a torn last line (a build writing) is skipped; the build itself heals its files
+    for line in path.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
+def state(path):  # (nodes recorded, whether the job's own prefix is marked complete)
+    name = path.stem[len("prefix-"):]  # prefix-0-3.jsonl: the job of actions 0 then 3; prefix-root: the root's
+    prefix = [] if name == "root" else [int(a) for a in name.split("-")]
+    found = list(items(path))
+    return sum("depth" in item for item in found), any(item.get("complete") is True and item.get("history") == prefix
+                                                       for item in found)
+states = [state(job) for job in jobs]
+last = max((job.stat().st_mtime for job in jobs), default=None)
+ago = "" if last is None else f", last written {int((time.time() - last) / 60)} min ago"
+print(f"  seed {sys.argv[2]} begun: {sum(done for _, done in states)} of {len(jobs)} job files complete, "
+      f"{sum(nodes for nodes, _ in states)} nodes recorded{ago}")
+PY
+            done
         done
         ;;
     *) sed -n '2,17p' "$0"; exit 2 ;;
