@@ -9,14 +9,16 @@ Each regime (kdenv/benchmark/regimes.py, built by bench/regime_builds.sh) is a s
 keeps per-example outputs. Per regime: the headroom of the hindsight oracle and of the best open-loop
 schedule over the best constant, each chosen on the reward split and scored on GLUE dev; the oracle
 cross-fitted on halves of the reward split, and on halves of dev itself; what adapting to the seed
-adds over one fixed schedule (the oracle minus the best open-loop schedule, paired); the best open-loop schedule
+adds over one fixed schedule (the oracle minus the best open-loop schedule, paired), and which of that
+schedule's switches from the constant pays on dev; the best open-loop schedule
 chosen by teacher_agreement (a reward that reads no label) and scored on dev; all with 95% intervals that
 resample seeds and examples, and the number of seeds behind them. Then the constant schedule the
 reward picks against its teacher on dev, and the build's cost in hours a seed on one thread (the
 least and the median over seeds of its nodes' measured times, which count any pause or contention).
 Regimes not built yet are listed as such; regimes.png plots the out-of-sample headrooms with their
 intervals. Then every table at a glance (the board's tables and the
-built regimes): the oracle's out-of-sample figure for metric_gain and teacher_agreement.
+built regimes): the oracle's out-of-sample figure for metric_gain and teacher_agreement, and what
+adapting to the seed adds.
 """
 
 from __future__ import annotations
