@@ -346,6 +346,10 @@ def test_oracle_reports_every_schedule_on_dev_and_the_dev_headroom(tmp_path):
     assert result["headroom_on_dev"]["n"] == 2
     text = oracle_report(table, {"metric_gain": result}, reward_dev_correlation(table), dev_headroom(table))
     assert "both chosen by this reward: -0.1500" in text
+    # adapting to the seed against the reward's open-loop schedule (1, 0), on dev: seed 0 0.70 - 1.00, seed 1 0
+    assert result["reward_to_dev"]["adapting"]["mean"] == pytest.approx(-0.15)
+    assert ("| metric_gain | the same, minus the best open-loop schedule (paired): what adapting to the seed adds | "
+            "seeds | -0.1500 [") in text
     on_dev = dev_headroom(table)
     assert on_dev["dev_metric"] == "accuracy" and on_dev["oracle"]["schedules"] == [[1, 0], [0, 1]]
     assert on_dev["oracle"]["value"]["mean"] == pytest.approx(1.0)

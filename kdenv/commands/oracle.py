@@ -137,6 +137,9 @@ def out_of_sample_lines(table: Table, results: dict[str, dict], crossfit: dict[s
                 "seeds, examples", fitted["over_open_loop"]["reward_to_dev"])
         else:
             row(reward, "reward split → dev (records)", "seeds", result.get("reward_to_dev"))
+            if result.get("reward_to_dev"):
+                row(reward, "the same, minus the best open-loop schedule (paired): what adapting to the seed adds",
+                    "seeds", {"oracle": result["reward_to_dev"]["adapting"]})
         if fitted:
             row(reward, f"half the reward split ({fitted['half_size']}) → the other half; {fitted['halvings']} "
                 "halvings", "seeds, examples", fitted["crossfit"])
