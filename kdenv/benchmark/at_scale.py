@@ -13,7 +13,7 @@ from kdenv.benchmark.outofsample import read_outputs, reward_to_dev
 from kdenv.benchmark.protocol import FoldView, fold_splits
 from kdenv.benchmark.regimes import GLANCE_REWARDS, SURVEY_KEYS, figure_at, switch_sentence
 from kdenv.benchmark.table import Table
-from kdenv.stats import with_interval
+from kdenv.stats import ci_text
 
 # The regime built to scale (issue 34, section 5): the one whose figures docs/history.md follows seed by seed.
 AT_SCALE = "stsb_k2_u128"
@@ -37,19 +37,16 @@ def seed_by_seed(table: Table, first: int = FIRST_ROW, k: int = 4, data_dir: str
             figures, _ = reward_to_dev(part, reward, read)
             row[reward] = None if not figures else figures["oracle"]
         splits = fold_splits(part.seeds, k)
-        on_dev = rows_on_dev(FoldView(part, REPORT_REWARD), splits, [], {}, None, read) or {}
+        views = {reward: FoldView(part, reward) for reward in {*GLANCE_REWARDS, REPORT_REWARD}}
+        on_dev = rows_on_dev(views[REPORT_REWARD], splits, [], {}, None, read) or {}
         fixed = on_dev.get("best open-loop (train folds)")
         row["fixed"] = None if fixed is None else {**fixed["gain"], "better": fixed["improvement"]["value"],
                                                     "seeds": fixed["seeds"]}
         row["fixed_choices"] = sorted({" → ".join(names[a] for a in view.sequences[view.best_open_loop(train)])
-                                       for view in (FoldView(part, reward) for reward in GLANCE_REWARDS)
+                                       for view in (views[reward] for reward in GLANCE_REWARDS)
                                        for train, _ in splits})
         rows.append(row)
     return rows
-
-
-def _figure(figure: dict[str, Any] | None, key: str = "ci") -> str:
-    return "n/a" if figure is None else with_interval(figure["mean"], figure.get(key))
 
 
 def seed_by_seed_markdown(rows: list[dict[str, Any]]) -> str:
@@ -58,16 +55,22 @@ def seed_by_seed_markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         fixed = row["fixed"]
         better = "" if fixed is None else f" ({round(fixed['better'] * fixed['seeds'])} of {fixed['seeds']})"
-        lines.append(f"| {row['seeds']} | {_figure(row['metric_gain'])} | {_figure(row['teacher_agreement'])} | "
-                     f"{_figure(fixed, 'mean_ci')}{better} |")
+        lines.append(f"| {row['seeds']} | {ci_text(row['metric_gain'])} | {ci_text(row['teacher_agreement'])} | "
+                     f"{ci_text(fixed)}{better} |")
     choices = sorted({choice for row in rows for choice in row["fixed_choices"]})
     return "\n".join(lines) + (f"\n\nThe fixed schedules the folds chose, by either reward, over these rows: {' or '.join(choices)}. "
                                f"Intervals resample {rows[-1]['resamples']}.\n" if rows else "\n")
 
 
+def side_of_zero(interval) -> str:
+    """Where a 95% interval lies as printed (4 decimals: +0.0000 is not above 0): "above", "below" or "holds"."""
+    low, high = (round(float(end), 4) for end in interval)
+    return "above" if low > 0 else "below" if high < 0 else "holds"
+
+
 def clears_zero(figure: dict[str, Any] | None) -> bool:
     """Whether an interval's lower end is above 0 as printed (4 decimals: +0.0000 does not clear it)."""
-    return figure is not None and figure.get("ci") is not None and round(float(figure["ci"][0]), 4) > 0
+    return figure is not None and figure.get("ci") is not None and side_of_zero(figure["ci"]) == "above"
 
 
 def adaptive_sentence(row: dict[str, Any]) -> str:
@@ -79,14 +82,13 @@ def adaptive_sentence(row: dict[str, Any]) -> str:
         return ""
 
     def verdict(figure: dict[str, Any]) -> str:
-        low, high = figure["ci"]
-        return "adds" if round(low, 4) > 0 else "loses" if round(high, 4) < 0 else "adds nothing measurable"
+        return {"above": "adds", "below": "loses", "holds": "adds nothing measurable"}[side_of_zero(figure["ci"])]
 
     return (f" Adapting the schedule to the seed {verdict(to_dev)} over one fixed schedule: the oracle's per-seed "
             f"choice minus the best open-loop schedule, both chosen by `metric_gain` on the reward split and scored "
-            f"on dev, {with_interval(to_dev['mean'], to_dev['ci'])} (paired; {to_dev['n']} seeds); chosen per seed on "
+            f"on dev, {ci_text(to_dev)} (paired; {to_dev['n']} seeds); chosen per seed on "
             f"half of dev and scored on the other half (a hindsight choice no policy can make), "
-            f"{with_interval(halves['mean'], halves['ci'])}.")
+            f"{ci_text(halves)}.")
 
 
 def scale_figures_markdown(row: dict[str, Any]) -> str:
@@ -98,23 +100,20 @@ def scale_figures_markdown(row: dict[str, Any]) -> str:
     if "reward_to_dev" not in first:
         return f"`{row['table']}` keeps no dev outputs at its leaves: nothing to score on dev.\n"
 
-    def cell(figure: dict[str, Any] | None) -> str:
-        return "n/a" if figure is None else with_interval(figure["mean"], figure["ci"])
-
     lines = [f"| reward ({first['reward_examples']} examples) → dev ({first['dev_examples']}) | oracle (per seed) | "
              "closed-loop bound | best open-loop | oracle, cross-fitted on halves of the reward split "
              f"({first['half_size']}) | oracle − best open-loop (paired) |", "|---|---|---|---|---|---|"]
     for reward, key in SURVEY_KEYS.items():
         oos = row.get(key) or {}
         to_dev = oos.get("reward_to_dev") or {}
-        lines.append(f"| `{reward}` | {cell(to_dev.get('oracle'))} | {cell(to_dev.get('closed_loop'))} | "
-                     f"{cell(to_dev.get('open_loop'))} | {cell((oos.get('crossfit') or {}).get('oracle'))} | "
-                     f"{cell(figure_at(oos, ('over_open_loop', 'reward_to_dev', 'oracle')))} |")
+        lines.append(f"| `{reward}` | {ci_text(to_dev.get('oracle'))} | {ci_text(to_dev.get('closed_loop'))} | "
+                     f"{ci_text(to_dev.get('open_loop'))} | {ci_text((oos.get('crossfit') or {}).get('oracle'))} | "
+                     f"{ci_text(figure_at(oos, ('over_open_loop', 'reward_to_dev', 'oracle')))} |")
     versus, prefers, spearman = row.get("student_vs_teacher"), row.get("dev_prefers"), row.get("reward_dev_spearman")
     n = len(row["seeds"])
     notes = [f"n = {n} seeds; intervals resample seeds, reward examples and dev examples."]
     if versus and versus.get("teacher"):
-        notes.append(f"The constant `metric_gain` picks reaches dev {versus['metric']} {cell(versus['student'])} (its "
+        notes.append(f"The constant `metric_gain` picks reaches dev {versus['metric']} {ci_text(versus['student'])} (its "
                      f"teacher {versus['teacher']:.4f}; {versus['ratio']:.2f} of it).")
     if spearman:
         notes.append("Reward and dev rank a seed's schedules alike: Spearman " + ", ".join(
@@ -122,7 +121,7 @@ def scale_figures_markdown(row: dict[str, Any]) -> str:
     halves = figure_at(first, ("dev_halves", "oracle"))
     if prefers and halves:
         notes.append(f"Dev's own best schedule is {prefers['named']} on {prefers['seeds']} of {n} seeds; chosen per seed "
-                     f"on half of dev and scored on the other half, the oracle gains {cell(halves)} over the constant "
+                     f"on half of dev and scored on the other half, the oracle gains {ci_text(halves)} over the constant "
                      "(analysis only: nothing may choose by dev).")
     if row.get("switches"):
         notes.append(switch_sentence(row["switches"]))
@@ -142,10 +141,11 @@ def scale_markdown(name: str, planned: int, rows: list[dict[str, Any]], surveyed
 
     runs: list[list[Any]] = []  # consecutive rows alike: [first seeds, last seeds, what cleared]
     for row in rows:
-        if runs and runs[-1][2] == cleared(row):
+        what = cleared(row)
+        if runs and runs[-1][2] == what:
             runs[-1][1] = row["seeds"]
         else:
-            runs.append([row["seeds"], row["seeds"], cleared(row)])
+            runs.append([row["seeds"], row["seeds"], what])
     story = ", ".join(f"at {a}{'' if a == b else f'–{b}'} {what}" for a, b, what in runs)
     fixed, at_first = last["fixed"], first["fixed"]
     choices = last["fixed_choices"]
@@ -156,17 +156,16 @@ def scale_markdown(name: str, planned: int, rows: list[dict[str, Any]], surveyed
         interval = None if figure is None else figure.get(key)
         if interval is None:
             return "is scored against the constant at n/a"
-        verb = ("beats" if round(float(interval[0]), 4) > 0 else "loses to" if round(float(interval[1]), 4) < 0
-                else "does not measurably beat")
+        verb = {"above": "beats", "below": "loses to", "holds": "does not measurably beat"}[side_of_zero(interval)]
         return f"{verb} the constant"
 
     return (f"At {last['seeds']} of its {planned} planned seeds, the per-seed schedule that `teacher_agreement` (a reward "
             f"that reads no label) picks {versus(last['teacher_agreement'])} it picks on dev, "
-            f"{_figure(last['teacher_agreement'])}, and `metric_gain`'s pick {versus(last['metric_gain'])} it picks, "
-            f"{_figure(last['metric_gain'])}. Whether the lower ends clear 0 has moved as seeds "
+            f"{ci_text(last['teacher_agreement'])}, and `metric_gain`'s pick {versus(last['metric_gain'])} it picks, "
+            f"{ci_text(last['metric_gain'])}. Whether the lower ends clear 0 has moved as seeds "
             f"landed ({story}; [history.md](history.md), *seed by seed*). The best fixed schedule chosen by the reward "
             f"on other seeds ({chosen}) {versus(fixed, 'mean_ci')} "
-            f"(better on {better} held-out seeds' dev), {_figure(fixed, 'mean_ci')} ({last['seeds']} seeds, 4 folds; "
-            f"{_figure(at_first, 'mean_ci')} at {first['seeds']}), an interval that holds the choice fixed (it resamples "
+            f"(better on {better} held-out seeds' dev), {ci_text(fixed)} ({last['seeds']} seeds, 4 folds; "
+            f"{ci_text(at_first)} at {first['seeds']}), an interval that holds the choice fixed (it resamples "
             "seeds and dev examples, not the reward examples behind the choice)."
             + (adaptive_sentence(surveyed) if surveyed else "") + "\n")

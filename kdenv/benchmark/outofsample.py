@@ -361,11 +361,11 @@ def out_of_sample(table: Table, labels: TableLabels, reward: str = "metric_gain"
         return result
 
     on_reward_halves = halvings_and_draws(on_reward, n_reward, with_inside=True)
+    over_crossfit = on_reward_halves.pop("over_open_loop")
     result: dict[str, Any] = {"reward": reward, "halvings": halvings, "resamples": resamples,
-                              "reward_examples": n_reward, "half_size": n_reward // 2,
-                              **{key: value for key, value in on_reward_halves.items() if key != "over_open_loop"},
+                              "reward_examples": n_reward, "half_size": n_reward // 2, **on_reward_halves,
                               # what adapting to the seed adds over the best fixed schedule, by figure
-                              "over_open_loop": {"crossfit": on_reward_halves["over_open_loop"]}}
+                              "over_open_loop": {"crossfit": over_crossfit}}
     if stacked.dev is None:
         return result
     n_dev = len(labels.dev)

@@ -27,7 +27,7 @@ from kdenv.benchmark.outofsample import ReadOutputs, StackedOutputs, TableLabels
 from kdenv.benchmark.table import Table
 from kdenv.cli import parse_seeds
 from kdenv.paths import tables_dir
-from kdenv.stats import over_seeds, seeds_text, with_interval
+from kdenv.stats import ci_text, over_seeds, seeds_text, with_interval
 
 # Every regime keeps outputs (build_tree's default), scores dev on all of it or on 1,000 examples where
 # it is larger, and keeps a reward split of up to 512 examples, so that the reward's size can be studied
@@ -494,13 +494,10 @@ def switch_sentence(effects: dict[str, Any] | None) -> str:
     if not effects or not effects["phases"]:
         return ""
 
-    def cell(figure: dict[str, Any]) -> str:
-        return with_interval(figure["mean"], figure["ci"])
-
-    parts = [f"phase {entry['phase']}'s {entry['switch']} adds {cell(entry['given_the_rest'])} given the rest "
-             f"(alone: {cell(entry['alone'])})" for entry in effects["phases"]]
+    parts = [f"phase {entry['phase']}'s {entry['switch']} adds {ci_text(entry['given_the_rest'])} given the rest "
+             f"(alone: {ci_text(entry['alone'])})" for entry in effects["phases"]]
     return (f"Which switch pays, on dev (the best open-loop schedule, {effects['schedule']}, against the best constant, "
-            f"{effects['constant']}: {cell(effects['whole'])}; paired by seed, intervals over "
+            f"{effects['constant']}: {ci_text(effects['whole'])}; paired by seed, intervals over "
             f"{effects['resamples']}, n = {effects['whole']['n']}): " + "; ".join(parts) + ".")
 
 

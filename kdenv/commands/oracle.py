@@ -45,8 +45,9 @@ from kdenv.benchmark.outofsample import (
     HALVINGS,
     RESAMPLES,
     SCORED_REWARDS,
+    ReadOutputs,
+    StackedOutputs,
     out_of_sample,
-    read_outputs,
     reward_curve,
     table_labels,
 )
@@ -278,18 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     results = {reward: solve(table, reward) for reward in rewards}
     correlation = reward_dev_correlation(table)
     on_dev = dev_headroom(table)
-    crossfit, why_not = {}, None
+    crossfit, why_not, read = {}, None, None
     if not table.has_outputs:
         why_not = ("this table keeps no per-example outputs (built before kdenv kept them); only the reward → dev "
                    "figure above is out of sample. Tables built now keep them (agents/build_tree.py).")
     else:
         try:
             labels = table_labels(table.manifest, args.data_dir)
-            crossfit = {reward: out_of_sample(table, labels, reward, args.halvings, args.resamples)
+            stacked = StackedOutputs.of(table)  # once: every reward's figures and the switch effects read it
+            crossfit = {reward: out_of_sample(table, labels, reward, args.halvings, args.resamples, stacked=stacked)
                         for reward in rewards if reward in SCORED_REWARDS}
+            read = ReadOutputs(labels, stacked, "seeds, examples")
         except (OutputsError, DataError) as error:
             why_not = f"not computed: {error}"
-    switches = switch_effects(table, read_outputs(table, args.data_dir))
+    switches = switch_effects(table, read)
     text = report(table, results, correlation, on_dev, crossfit, why_not, switches)
     curve = None
     if args.reward_curve:
